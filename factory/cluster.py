@@ -1,0 +1,38 @@
+"""Connecting to Ray: the cluster a job was submitted to, or a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from factory.config import Config
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to RAY_ADDRESS / a running cluster, else start a local Ray.
+
+    Under `ray job submit` the driver finds its cluster through RAY_ADDRESS;
+    on a laptop with no cluster `ray.init()` starts one in-process.
+    """
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if cfg.ray.address:
+        kwargs["address"] = cfg.ray.address
+    if cfg.ray.num_cpus and not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+    ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # One summary line per stage is ours to print; Ray's per-operator stats are noise here.
+    ctx.print_on_execution_start = False
+
+
+def cpu_actors(cfg: Config) -> int:
+    """Actor-pool size for CPU stages: leave one CPU free so write tasks are never starved."""
+    if cfg.ray.cpu_actors:
+        return cfg.ray.cpu_actors
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - 1)

