@@ -1,0 +1,24 @@
+"""The `generate` job: the ordered stages that turn a corpus into the qa table."""
+
+from __future__ import annotations
+
+from factory import chunking, ingest
+from factory.config import Config
+from factory.pipeline import Run, Stage
+
+STAGES: list[Stage] = [
+    Stage("ingest", ingest.ingest, sections=("corpus", "dedup"), fingerprint_extra=ingest.input_listing),
+    Stage("chunk", chunking.chunk, sections=("chunking",), inputs=("ingest",)),
+]
+
+
+def generate(cfg: Config, force: bool = False, until: str | None = None) -> Run:
+    """Run every stage that is not up to date (all of them with `force`), up to `until`."""
+    from factory.cluster import ensure_ray
+
+    ensure_ray(cfg)
+    run = Run(cfg)
+    names = [s.name for s in STAGES]
+    stop = names.index(until) + 1 if until else len(STAGES)
+    run.run_stages(STAGES[:stop], force=force)
+    return run
