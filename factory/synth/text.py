@@ -1,0 +1,61 @@
+"""Lexical helpers shared by synthesis: tokens, sentences, overlap, token estimates.
+
+All of it is rule-based and offline: the no-LLM path, the groundedness score
+and the near-duplicate filter rest on these few functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-]*")
+_SENTENCE = re.compile(r"(?<=[.!?])[\"”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])|\n{2,}|\n(?=[-*#] )")
+
+# Function words and question scaffolding: they match everything, so they rank nothing.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have having
+    he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+    nor not now of off on once only or other our ours ourselves out over own same she should so some such than
+    that the their theirs them themselves then there these they this those through to too under until up very
+    was we were what when where which while who whom why will with would you your yours yourself yourselves
+    tell know say said says write wrote written note noted entry entries journal describe described happen
+    happened happens thing things anything something also get got one ever much many like""".split()
+)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (apostrophes and hyphens kept inside words)."""
+    return [w.lower().replace("’", "'") for w in _WORD.findall(text or "")]
+
+
+def content_words(text: str) -> list[str]:
+    """Words that carry meaning: no stopwords, no single characters."""
+    return [w for w in words(text) if len(w) > 1 and w not in STOPWORDS]
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose into sentences; headings and list items count as their own."""
+    parts = _SENTENCE.split(text or "")
+    return [" ".join(p.split()) for p in parts if p and p.strip()]
+
+
+def support(claim: str, evidence: str) -> float:
+    """Share of the claim's content words found in the evidence (0..1; 1.0 for an empty claim)."""
+    claim_words = content_words(claim)
+    if not claim_words:
+        return 1.0
+    ev = set(content_words(evidence))
+    return sum(w in ev for w in claim_words) / len(claim_words)
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about 4 characters per token) used for prompt budgets."""
+    return max(1, len(text or "") // 4)
+
+
+def shingles(text: str, n: int = 2) -> set[str]:
+    """Word n-grams plus the words themselves, for near-duplicate detection of short texts."""
+    w = words(text)
+    grams = {" ".join(w[i : i + n]) for i in range(len(w) - n + 1)}
+    return grams | set(w)
