@@ -164,8 +164,23 @@ _table(
     _f("error", STR),
 )
 _table(
+    "eval_judgments", 1, "One pairwise verdict per question, system pair and criterion, judged in both orders.",
+    _f("question_id", STR, False),
+    _f("kind", STR),
+    _f("system_a", STR, False),
+    _f("system_b", STR, False),
+    _f("criterion", STR, False),
+    _f("winner_ab", STR, doc="A | B | tie with system_a shown as answer A"),
+    _f("winner_ba", STR, doc="A | B | tie with system_b shown as answer A"),
+    _f("outcome", STR, doc="a | b | tie: a side wins only when both orders agree; null on error"),
+    _f("reason_ab", STR),
+    _f("reason_ba", STR),
+    _f("error", STR),
+)
+_table(
     "eval_results", 1, "Pairwise judge win rates and judge-free metrics.",
-    _f("metric", STR, False, "win_rate | token_f1 | rouge_l | refusal_accuracy | answer_tokens | benchmark"),
+    _f("metric", STR, False, "win_rate | judge_agreement | token_f1 | rouge_l | refusal_accuracy | "
+       "false_refusal_rate | answer_tokens | benchmark | benchmark_change"),
     _f("system_a", STR, False),
     _f("system_b", STR),
     _f("criterion", STR),
