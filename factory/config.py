@@ -196,13 +196,19 @@ class EvaluateConfig(Section):
     run: str | None = None  # run folder or published dataset with a qa test split; default: output.path
     systems: list[str] = Field(default_factory=lambda: ["student", "base", "naive_rag", "long_context", "graph_global"])
     answer_files: dict[str, str] = Field(default_factory=dict)
+    # Per-system engine overrides; by default student = the student config, the others = it without adapter.
+    engines: dict[str, EngineConfig] = Field(default_factory=dict)
     criteria: list[str] = Field(
         default_factory=lambda: ["usefulness", "richness", "insightfulness", "user_friendliness"]
     )
     graphrag_criteria: bool = False
+    anchor: str = "student"  # judged against every other system
+    all_pairs: bool = False  # judge every pair of systems instead
+    judge_reference: bool = False  # show the judge the dataset's reference answer
     max_questions: int | None = Field(None, ge=1)
     long_context_tokens: int | None = Field(None, ge=256)
     benchmark_file: str | None = None
+    benchmark_max_items: int | None = Field(None, ge=1)
     bootstrap: int = Field(1000, ge=100)
     output: str | None = None  # default: <run>/eval
 

@@ -150,7 +150,7 @@ _table(
     _f("output_tokens", I64),
 )
 _table(
-    "eval_answers", 1, "Each system's answer to each held-out question.",
+    "eval_answers", 2, "Each system's answer to each held-out question (split test) or benchmark item (split benchmark).",
     _f("question_id", STR, False),
     _f("kind", STR),
     _f("system", STR, False),
@@ -160,7 +160,8 @@ _table(
     _f("token_f1", F64),
     _f("rouge_l", F64),
     _f("refused", pa.bool_()),
-    _f("n_tokens", I64),
+    _f("n_tokens", I64, doc="answer length in whitespace words, reasoning removed"),
+    _f("correct", pa.bool_(), doc="benchmark items: whether the reply is right"),
     _f("error", STR),
 )
 _table(
