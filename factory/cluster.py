@@ -28,6 +28,8 @@ def ensure_ray(cfg: Config) -> None:
     ctx.enable_progress_bars = True
     # One summary line per stage is ours to print; Ray's per-operator stats are noise here.
     ctx.print_on_execution_start = False
+    # Same input, same row order in every output file: reruns are byte-comparable.
+    ctx.execution_options.preserve_order = True
 
 
 def cpu_actors(cfg: Config) -> int:
