@@ -1,0 +1,154 @@
+"""The evaluate job: the tuned student against base, naive RAG, long-context and
+GraphRAG-style answering on the held-out `test` split, judged pairwise in both orders.
+
+Four stages run in the eval folder (default `<run>/eval`), each resumable like
+generate's stages (markers + the per-call LLM cache):
+
+    answer     every system answers every question -> eval_answers/test (+ judge-free metrics)
+    judge      every pair, both orders, per criterion -> eval_judgments/test
+    benchmark  the user's benchmark file, base and student -> eval_answers/benchmark
+    report     eval_results/test, results.parquet, report.md, report.html, plots/, config.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pyarrow as pa
+
+import schemas
+from factory.config import Config
+from factory.errors import UserError
+from factory.evaluate import benchmark, judge, metrics, report, systems
+from factory.pipeline import Run, Stage, StageRecord
+from factory.storage import check_readable, join
+
+
+def source_root(cfg: Config) -> str:
+    return cfg.evaluate.run or cfg.output.path
+
+
+def output_root(cfg: Config) -> str:
+    return cfg.evaluate.output or join(source_root(cfg), "eval")
+
+
+def select_questions(qa: pa.Table, limit: int | None) -> list[dict]:
+    """Questions in id order; with a limit, taken round-robin across kinds so every kind is represented."""
+    cols = ["id", "kind", "question", "answer", "source_chunk_id"]
+    rows = sorted(qa.select(cols).to_pylist(), key=lambda r: r["id"])
+    if not limit or limit >= len(rows):
+        return rows
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    queues = [by_kind[k] for k in sorted(by_kind)]
+    picked: list[dict] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    return sorted(picked, key=lambda r: r["id"])
+
+
+def _listing(fs, paths: list[str]) -> str:
+    """Fingerprint material for input files: path, size and version."""
+    out = []
+    for p in paths:
+        info = fs.info(p)
+        out.append([p, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))])
+    return json.dumps(out)
+
+
+def _write(run: Run, name: str, rows: list[dict], split: str) -> int:
+    return run.write_table(name, pa.Table.from_pylist(rows, schema=schemas.schema_of(name)), split)
+
+
+class Evaluation:
+    """The stages of one evaluation, bound to its source run and config."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        check_readable(source_root(cfg), cfg.s3)
+        self.src = Run(cfg, root=source_root(cfg))
+        self.questions = select_questions(self.src.read_arrow("qa", "test"), cfg.evaluate.max_questions)
+        if not self.questions:
+            raise UserError(f"evaluate: {self.src.root} has no qa test split (run generate with synth.test_fraction > 0)")
+        self.systems = list(dict.fromkeys([*cfg.evaluate.systems, *cfg.evaluate.answer_files]))
+        self.judged = cfg.judge is not None and cfg.judge.engine != "none"
+
+    def stages(self) -> list[Stage]:
+        return [
+            Stage("answer", self.answer, sections=("evaluate", "student", "synth"), fingerprint_extra=self._inputs),
+            Stage("judge", self.judge, sections=("evaluate", "judge"), inputs=("answer",)),
+            Stage("benchmark", self.benchmark, sections=("evaluate", "student"), fingerprint_extra=self._bench_input),
+            Stage("report", self.report, sections=("evaluate", "judge"), inputs=("answer", "judge", "benchmark")),
+        ]
+
+    def _inputs(self, run: Run) -> str:
+        files = [f for t in ("qa", "documents", "chunks", "community_reports") for f in self.src.table_files(t)]
+        return _listing(self.src.fs, files) + "".join(
+            self._file_listing(p) for p in self.cfg.evaluate.answer_files.values())
+
+    def _bench_input(self, run: Run) -> str:
+        return self._file_listing(self.cfg.evaluate.benchmark_file) if self.cfg.evaluate.benchmark_file else ""
+
+    def _file_listing(self, path: str) -> str:
+        fs, fpath = check_readable(path, self.cfg.s3)
+        return _listing(fs, [fpath])
+
+    # ---- stages -----------------------------------------------------------------------
+    def answer(self, run: Run, rec: StageRecord) -> None:
+        rows = []
+        for system in self.systems:
+            rows += [metrics.score(r) for r in systems.answer(run, rec, self.src, self.cfg, system, self.questions)]
+        failed = sum(r["error"] is not None for r in rows)
+        rec.rows_in, rec.rows_out = len(self.questions), len(rows) - failed
+        rec.drop("answer_error", failed)
+        rec.stats["engines"] = {s: self.engine_summary(s) for s in self.systems}
+        _write(run, "eval_answers", rows, "test")
+
+    def engine_summary(self, system: str) -> dict:
+        if system in self.cfg.evaluate.answer_files:
+            return {"engine": "file", "path": self.cfg.evaluate.answer_files[system]}
+        return systems.engine_for(self.cfg, system).model_dump(mode="json")
+
+    def judge(self, run: Run, rec: StageRecord) -> None:
+        criteria = judge.criteria_of(self.cfg.evaluate.criteria, self.cfg.evaluate.graphrag_criteria)
+        rec.stats["criteria"] = criteria
+        if not self.judged:
+            rec.stats["skipped"] = "no judge configured"
+            _write(run, "eval_judgments", [], "test")
+            return
+        answers = run.read_arrow("eval_answers", "test")
+        pairs = judge.system_pairs(self.systems, self.cfg.evaluate.anchor, self.cfg.evaluate.all_pairs)
+        table = judge.judge(run, rec, answers, pairs, criteria, self.cfg.judge, self.cfg.evaluate.judge_reference)
+        run.write_table("eval_judgments", table, "test")
+
+    def benchmark(self, run: Run, rec: StageRecord) -> None:
+        rows = benchmark.run_benchmark(run, rec, self.cfg) if self.cfg.evaluate.benchmark_file else []
+        _write(run, "eval_answers", rows, "benchmark")
+
+    def report(self, run: Run, rec: StageRecord) -> None:
+        n_boot, seed = self.cfg.evaluate.bootstrap, self.cfg.seed
+        answers = run.read_arrow("eval_answers", "test").to_pylist()
+        results = metrics.summary(answers, n_boot, seed)
+        results += judge.win_rates(run.read_arrow("eval_judgments", "test"), n_boot, seed)
+        results += benchmark.summary(run.read_arrow("eval_answers", "benchmark").to_pylist(), n_boot, seed)
+        _write(run, "eval_results", results, "test")
+        stats = {**(run.marker("answer") or {}).get("stats", {}), **(run.marker("judge") or {}).get("stats", {})}
+        engines = stats.pop("engines", {})
+        secs = report.sections(self.cfg, self.src.root, engines, answers, results, stats, self.judged)
+        report.write_report(run, self.cfg, secs, results)
+        rec.rows_out = len(results)
+
+
+def evaluate(cfg: Config, force: bool = False) -> Run:
+    """Run every evaluation stage that is not up to date; returns the eval folder's Run."""
+    from factory.cluster import ensure_ray
+
+    ensure_ray(cfg)
+    evaluation = Evaluation(cfg)
+    run = Run(cfg, root=output_root(cfg))
+    run.run_stages(evaluation.stages(), force=force)
+    return run

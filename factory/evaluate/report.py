@@ -1,0 +1,281 @@
+"""The evaluation report: report.md (plots beside it), a self-contained report.html
+(plots inlined as base64 PNG), results.parquet (eval_results schema) and config.yaml.
+
+Both documents render the same sections, so they always carry the same numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+import schemas
+from factory.config import Config
+from factory.pipeline import PARQUET_ARGS, Run
+
+
+@dataclass
+class Section:
+    heading: str
+    text: list[str] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    figure: tuple[str, bytes] | None = None  # (file name, PNG bytes)
+
+
+def fmt(value: float | None, low: float | None = None, high: float | None = None) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if low is None or low != low:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---- figures --------------------------------------------------------------------------
+def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]], ylabel: str, title: str,
+          hline: float | None = None) -> bytes:
+    """Grouped bars with 95% interval whiskers; series name -> (value, low, high) per group."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups) * max(1, len(series)) / 2 + 2), 3.6))
+    width = 0.8 / max(1, len(series))
+    for i, (name, vals) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        v = [x[0] for x in vals]
+        err = [[max(0.0, x[0] - x[1]) if x[1] == x[1] else 0 for x in vals],
+               [max(0.0, x[2] - x[0]) if x[2] == x[2] else 0 for x in vals]]
+        ax.bar(xs, v, width, yerr=err, capsize=3, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _heatmaps(pairs: list[tuple[str, str]], criteria: list[str], kinds: list[str], rate: dict) -> bytes:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(1.2 * len(kinds) * len(pairs) + 2, 0.6 * len(criteria) + 1.6),
+                             squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        grid = [[rate.get((a, b, c, k), float("nan")) for k in kinds] for c in criteria]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(kinds)), kinds, rotation=30, fontsize=8)
+        ax.set_yticks(range(len(criteria)), criteria, fontsize=8)
+        ax.set_title(f"{a} vs {b}", fontsize=9)
+    fig.suptitle("Win rate of the first system by criterion and question kind (0.5 = even)", fontsize=10)
+    return _png(fig)
+
+
+def _lengths(answers: list[dict]) -> bytes:
+    plt = _plt()
+    by_sys: dict[str, list[int]] = defaultdict(list)
+    for r in answers:
+        if r["n_tokens"] is not None:
+            by_sys[r["system"]].append(r["n_tokens"])
+    names = sorted(by_sys)
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 3.6))
+    ax.boxplot([by_sys[n] for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20 if len(names) > 4 else 0)
+    ax.set_ylabel("answer length (words)")
+    ax.set_title("Answer length by system")
+    return _png(fig)
+
+
+# ---- sections -------------------------------------------------------------------------
+def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[dict], results: list[dict],
+             stats: dict, judged: bool) -> list[Section]:
+    out = []
+    kinds = Counter(r["kind"] for r in {r["question_id"]: r for r in answers}.values())
+    errors = Counter(r["system"] for r in answers if r["error"] is not None)
+    out.append(Section(
+        "Setup",
+        [f"Questions: the `test` split of `{source}`, {sum(kinds.values())} questions "
+         f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}).",
+         f"Judge: {_engine_text(cfg.judge.model_dump() if judged and cfg.judge else None)}; criteria "
+         f"{', '.join(stats.get('criteria', []))}; each pair judged in both orders, a win counts only when both "
+         f"orders agree (else a tie); win rate = (wins + ties/2) / n; 95% intervals from {cfg.evaluate.bootstrap} "
+         f"bootstrap resamples of the questions.",
+         f"Config hash `{cfg.hash}`; the exact config is in `config.yaml`."],
+        ["system", "engine", "answers", "failed"],
+        [[s, _engine_text(e), str(sum(r["system"] == s for r in answers)), str(errors.get(s, 0))]
+         for s, e in engines.items()],
+    ))
+    lc = stats.get("long_context")
+    if lc:
+        omitted = lc["docs_total"] - lc["docs_full"] - lc["docs_partial"]
+        out.append(Section("Long-context packing", [
+            f"The corpus was packed in date order into a budget of {lc['budget_tokens']} tokens (counted with "
+            f"{lc['counted_with']}): {lc['tokens_kept']} of {lc['tokens_total']} tokens kept, "
+            f"**{100 * lc['cut_fraction']:.1f}% cut**; {lc['docs_full']} of {lc['docs_total']} documents whole, "
+            f"{lc['docs_partial']} truncated, {omitted} left out (the latest ones)."]))
+    rag = stats.get("naive_rag")
+    if rag:
+        recall = "n/a" if rag["source_chunk_recall"] is None else f"{rag['source_chunk_recall']:.3f}"
+        out.append(Section("Naive RAG", [f"Retriever {rag['retriever']}, top {rag['top_k']} chunks; the question's "
+                                         f"source chunk was retrieved for {recall} of the questions that have one."]))
+    out += _win_sections(results) if judged else [Section("Pairwise judge", ["No judge configured: judge-free metrics only."])]
+    out += _metric_sections(answers, results)
+    bench = [r for r in results if r["metric"] in ("benchmark", "benchmark_change")]
+    if bench:
+        groups = sorted({r["kind"] for r in bench if r["metric"] == "benchmark"})
+        systems = sorted({r["system_a"] for r in bench if r["metric"] == "benchmark"})
+        acc = {(r["kind"], r["system_a"]): (r["value"], r["ci_low"], r["ci_high"]) for r in bench if r["metric"] == "benchmark"}
+        out.append(Section(
+            "General ability (benchmark file)",
+            ["Accuracy of base and student on the user's benchmark; change = student − base with a paired interval."],
+            ["benchmark", "metric", "system", "n", "value [95% CI]"],
+            [[r["kind"], r["metric"], r["system_a"] + (f" − {r['system_b']}" if r["system_b"] else ""), str(r["n"]),
+              fmt(r["value"], r["ci_low"], r["ci_high"])] for r in bench],
+            ("benchmark.png", _bars(groups, {s: [acc.get((g, s), (float("nan"),) * 3) for g in groups] for s in systems},
+                                    "accuracy", "Benchmark accuracy")),
+        ))
+    return out
+
+
+def _engine_text(e: dict | None) -> str:
+    if not e:
+        return "none"
+    if e.get("engine") == "file":
+        return f"answer file {e['path']}"
+    text = f"{e['engine']}:{e.get('model')}"
+    return text + (f" + adapter {e['adapter']}" if e.get("adapter") else "")
+
+
+def _win_sections(results: list[dict]) -> list[Section]:
+    wins = [r for r in results if r["metric"] == "win_rate"]
+    if not wins:
+        return [Section("Pairwise judge", ["The judge returned no valid verdicts."])]
+    agree = {(r["system_a"], r["system_b"], r["criterion"], r["kind"]): r["value"]
+             for r in results if r["metric"] == "judge_agreement"}
+    pairs = list(dict.fromkeys((r["system_a"], r["system_b"]) for r in wins))
+    criteria = list(dict.fromkeys(r["criterion"] for r in wins))
+    kinds = ["all"] + sorted({r["kind"] for r in wins} - {"all"})
+    by = {(r["system_a"], r["system_b"], r["criterion"], r["kind"]): r for r in wins}
+    series = {f"{a} vs {b}": [(by[(a, b, c, "all")]["value"], by[(a, b, c, "all")]["ci_low"], by[(a, b, c, "all")]["ci_high"])
+                              if (a, b, c, "all") in by else (float("nan"),) * 3 for c in criteria] for a, b in pairs}
+    rate = {k: r["value"] for k, r in by.items()}
+    rows = [[f"{r['system_a']} vs {r['system_b']}", r["criterion"], r["kind"], str(r["n"]), str(r["wins_a"]),
+             str(r["wins_b"]), str(r["ties"]), fmt(r["value"], r["ci_low"], r["ci_high"]),
+             fmt(agree.get((r["system_a"], r["system_b"], r["criterion"], r["kind"])))]
+            for r in sorted(wins, key=lambda r: (pairs.index((r["system_a"], r["system_b"])),
+                                                  criteria.index(r["criterion"]), kinds.index(r["kind"])))]
+    return [
+        Section("Win rates by criterion",
+                ["Win rate of the first system of each pair over all question kinds (0.5 = even), with 95% intervals."],
+                figure=("win_rates_by_criterion.png", _bars(criteria, series, "win rate", "Win rate by criterion", 0.5))),
+        Section("Win rates by criterion and kind",
+                ["`agree` is the share of verdicts on which both answer orders agreed; low values mean the judge "
+                 "follows position, not content."],
+                ["pair", "criterion", "kind", "n", "wins A", "wins B", "ties", "win rate A [95% CI]", "agree"], rows,
+                ("win_rates_by_kind.png", _heatmaps(pairs, criteria, kinds, rate))),
+    ]
+
+
+def _metric_sections(answers: list[dict], results: list[dict]) -> list[Section]:
+    names = ("token_f1", "rouge_l", "answer_tokens", "refusal_accuracy", "false_refusal_rate")
+    cells = {(r["system_a"], r["kind"], r["metric"]): r for r in results if r["metric"] in names}
+    keys = sorted({(s, k) for s, k, _ in cells}, key=lambda x: (x[0], x[1] != "all", x[1]))
+
+    def triple(s: str, k: str, m: str) -> tuple:
+        c = cells.get((s, k, m))
+        return (c["value"], c["ci_low"], c["ci_high"]) if c else (float("nan"),) * 3
+
+    rows = [[s, k, str(cells[(s, k, "token_f1")]["n"])] + [fmt(*triple(s, k, m)) for m in names] for s, k in keys]
+    systems = sorted({s for s, _ in keys})
+    series = {m: [triple(s, "all", m) for s in systems] for m in ("token_f1", "rouge_l")}
+    if not systems:
+        return [Section("Judge-free metrics", ["No system produced an answer."])]
+    return [
+        Section("Judge-free metrics",
+                ["Token F1 and ROUGE-L against the dataset's reference answer (reasoning removed), answer length in "
+                 "words, refusal accuracy on unanswerable questions and false refusals on the others; 95% intervals."],
+                ["system", "kind", "n", "token F1", "ROUGE-L", "words", "refusal acc.", "false refusals"], rows,
+                ("reference_overlap.png", _bars(systems, series, "score", "Overlap with the reference answer"))),
+        Section("Answer lengths", [], figure=("answer_lengths.png", _lengths(answers))),
+    ]
+
+
+# ---- rendering ------------------------------------------------------------------------
+def render_md(title: str, secs: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for s in secs:
+        lines += [f"## {s.heading}", ""] + [t + "\n" for t in s.text]
+        if s.headers:
+            lines += ["| " + " | ".join(s.headers) + " |", "|" + "---|" * len(s.headers)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in s.rows] + [""]
+        if s.figure:
+            lines += [f"![{s.heading}](plots/{s.figure[0]})", ""]
+    return "\n".join(lines)
+
+
+def render_html(title: str, secs: list[Section]) -> str:
+    import re
+
+    def inline(text: str) -> str:
+        t = html.escape(text)
+        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in secs:
+        body.append(f"<h2>{html.escape(s.heading)}</h2>")
+        body += [f"<p>{inline(t)}</p>" for t in s.text]
+        if s.headers:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in s.headers)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in s.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        if s.figure:
+            data = base64.b64encode(s.figure[1]).decode()
+            body.append(f'<img alt="{html.escape(s.heading)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(run: Run, cfg: Config, secs: list[Section], results: list[dict]) -> None:
+    """results.parquet, config.yaml, report.md (+ plots/) and report.html into the eval folder."""
+    title = "ragtune evaluation"
+    table = schemas.validate("eval_results", pa.Table.from_pylist(results, schema=schemas.schema_of("eval_results")))
+    with run.fs.open(run.uri("results.parquet"), "wb") as f:
+        pq.write_table(table, f, **PARQUET_ARGS)
+    run.fs.makedirs(run.uri("plots"), exist_ok=True)
+    for s in secs:
+        if s.figure:
+            with run.fs.open(run.uri("plots", s.figure[0]), "wb") as f:
+                f.write(s.figure[1])
+    texts = {"config.yaml": yaml.safe_dump(cfg.public_dict(), sort_keys=False),
+             "report.md": render_md(title, secs), "report.html": render_html(title, secs)}
+    for name, text in texts.items():
+        with run.fs.open(run.uri(name), "w") as f:
+            f.write(text)

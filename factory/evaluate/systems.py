@@ -1,0 +1,255 @@
+"""The systems under evaluation and how each one answers a held-out question.
+
+    student       base model + LoRA adapter, the question alone (memory is in the weights)
+    base          the base model, the question alone
+    naive_rag     the base model + the top-k chunks retrieved for the question
+    long_context  the base model + as much of the corpus as its context holds, in date order
+    graph_global  map-reduce over community reports, the way synthesis answers global questions
+    <name>        answers a user brings (Parquet with id, answer), named in evaluate.answer_files
+
+Every LLM answer goes through the engine layer (Ray, cached per call), so a
+rerun only sends what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory import prompts
+from factory.config import Config, EngineConfig
+from factory.errors import UserError
+from factory.pipeline import Run, StageRecord, log
+from factory.storage import check_readable
+from factory.synth.text import estimate_tokens
+
+SYSTEMS = ("student", "base", "naive_rag", "long_context", "graph_global")
+# Tokens kept free around the packed corpus for the prompt template itself.
+TEMPLATE_RESERVE = 128
+
+
+def engine_for(cfg: Config, system: str) -> EngineConfig:
+    """evaluate.engines[system] if given; else the student config, with its adapter only for `student`."""
+    if system in cfg.evaluate.engines:
+        return cfg.evaluate.engines[system]
+    if cfg.student is None or cfg.student.engine == "none":
+        raise UserError(f"evaluate: system '{system}' needs an LLM: set student (engine, model, adapter) "
+                        f"or evaluate.engines.{system}")
+    if system == "student":
+        if not cfg.student.adapter:
+            log("evaluate: student.adapter is not set; 'student' is the plain student model")
+        return cfg.student
+    return cfg.student.model_copy(update={"adapter": None})
+
+
+def generate(run: Run, rec: StageRecord, rows: list[dict], engine: EngineConfig, task: str) -> dict[str, dict]:
+    """Send rows (id, messages) through the engine layer; id -> reply (generated_text, error, tokens)."""
+    import ray.data
+
+    from factory.engines import run_llm
+
+    if not rows:
+        return {}
+    out = run_llm(run, rec, ray.data.from_items(rows), engine, task)
+    cols = ["id", "generated_text", "error", "output_tokens"]
+    return {r["id"]: r for r in out.select_columns(cols).take_all()}
+
+
+# ---- context builders ----------------------------------------------------------------
+class TokenCounter:
+    """The answering model's tokenizer where it is local (hf, vllm); a 4-chars-per-token estimate otherwise."""
+
+    def __init__(self, engine: EngineConfig):
+        self.tokenizer = None
+        self.how = "estimate (4 characters per token)"
+        if engine.engine in ("hf", "vllm"):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(engine.model)
+            self.how = f"tokenizer of {engine.model}"
+
+    def count(self, text: str) -> int:
+        if self.tokenizer is None:
+            return estimate_tokens(text)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def head(self, text: str, n: int) -> str:
+        """The first n tokens of text."""
+        if n <= 0:
+            return ""
+        if self.tokenizer is None:
+            return text[: 4 * n]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+        return self.tokenizer.decode(ids)
+
+
+def context_window(engine: EngineConfig) -> int | None:
+    if "max_model_len" in engine.engine_kwargs:
+        return int(engine.engine_kwargs["max_model_len"])
+    if engine.engine in ("hf", "vllm"):
+        from transformers import AutoConfig
+
+        return getattr(AutoConfig.from_pretrained(engine.model), "max_position_embeddings", None)
+    return None
+
+
+@dataclass
+class Packed:
+    """The corpus as packed for long_context, and how much of it was cut."""
+
+    text: str
+    budget_tokens: int
+    tokens_total: int
+    tokens_kept: int
+    docs_total: int
+    docs_full: int
+    docs_partial: int
+    counted_with: str
+
+    @property
+    def cut_fraction(self) -> float:
+        return 1 - self.tokens_kept / self.tokens_total if self.tokens_total else 0.0
+
+    def stats(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "text"}, "cut_fraction": round(self.cut_fraction, 4)}
+
+
+def pack_corpus(documents: pa.Table, budget: int, counter: TokenCounter) -> Packed:
+    """Whole documents by date (then source, id) until the budget is spent; the next one is cut
+    at a token boundary and marked; the rest are left out and counted."""
+    docs = sorted(documents.select(["id", "title", "text", "source", "date"]).to_pylist(),
+                  key=lambda d: (d["date"] is None, d["date"] or "", d["source"] or "", d["id"]))
+    parts, kept, total, full, partial = [], 0, 0, 0, 0
+    for d in docs:
+        block = f"## {' '.join(x for x in (d['date'], d['title']) if x)}\n{d['text']}\n\n"
+        n = counter.count(block)
+        total += n
+        room = budget - kept
+        if n <= room:
+            parts.append(block)
+            kept, full = kept + n, full + 1
+        elif room > 32 and not partial:
+            head = counter.head(block, room - 16) + "\n[... document truncated: the context is full]\n\n"
+            parts.append(head)
+            kept, partial = kept + counter.count(head), 1
+    return Packed("".join(parts), budget, total, kept, len(docs), full, partial, counter.how)
+
+
+def _long_context_budget(cfg: Config, engine: EngineConfig, counter: TokenCounter, questions: list[str]) -> int:
+    limits = [x for x in (cfg.evaluate.long_context_tokens, context_window(engine)) if x]
+    if not limits:
+        raise UserError(f"evaluate: long_context with engine '{engine.engine}' needs evaluate.long_context_tokens "
+                        "(the model's context size is unknown)")
+    longest_q = max((counter.count(q) for q in questions), default=0)
+    budget = min(limits) - engine.max_tokens - TEMPLATE_RESERVE - counter.count(cfg.synth.system_prompt) - longest_q
+    if budget < 64:
+        raise UserError(f"evaluate: long_context has only {budget} tokens left for the corpus "
+                        f"(context {min(limits)}, max_tokens {engine.max_tokens}); raise the context or lower max_tokens")
+    return budget
+
+
+def _chunk_label(c: dict) -> str:
+    return ", ".join(x for x in (c.get("date"), c.get("title")) if x)
+
+
+# ---- per-system messages ---------------------------------------------------------------
+def plain_messages(cfg: Config, question: str) -> list[dict]:
+    """What the student saw in training: the dataset's system prompt and the question."""
+    return [{"role": "system", "content": cfg.synth.system_prompt}, {"role": "user", "content": question}]
+
+
+def rag_messages(cfg: Config, src: Run, questions: list[dict], rec: StageRecord) -> list[list[dict]]:
+    from factory.synth.retrieval import Retriever
+
+    chunks = src.read_arrow("chunks")
+    if chunks.num_rows == 0:
+        raise UserError(f"evaluate: naive_rag needs the chunks table in {src.root}")
+    by_id = {c["id"]: c for c in chunks.select(["id", "text", "title", "date"]).to_pylist()}
+    retriever = Retriever.build(chunks, cfg.synth.retriever)
+    hits = retriever.search([q["question"] for q in questions], cfg.synth.top_k)
+    prompt = prompts.load("eval_rag")
+    found = wanted = 0
+    out = []
+    for q, qhits in zip(questions, hits):
+        ids = [cid for cid, _ in qhits]
+        if q.get("source_chunk_id"):
+            wanted += 1
+            found += q["source_chunk_id"] in ids
+        context = "\n\n".join(f"[{i + 1}] ({_chunk_label(by_id[c])})\n{by_id[c]['text']}" for i, c in enumerate(ids))
+        out.append(prompt.messages(system_prompt=cfg.synth.system_prompt, context=context or "(nothing retrieved)",
+                                   question=q["question"]))
+    rec.stats["naive_rag"] = {"retriever": cfg.synth.retriever, "top_k": cfg.synth.top_k,
+                              "source_chunk_recall": round(found / wanted, 4) if wanted else None}
+    return out
+
+
+def long_context_messages(cfg: Config, src: Run, questions: list[dict], engine: EngineConfig,
+                          rec: StageRecord) -> list[list[dict]]:
+    documents = src.read_arrow("documents")
+    if documents.num_rows == 0:
+        raise UserError(f"evaluate: long_context needs the documents table in {src.root}")
+    counter = TokenCounter(engine)
+    packed = pack_corpus(documents, _long_context_budget(cfg, engine, counter, [q["question"] for q in questions]),
+                         counter)
+    rec.stats["long_context"] = packed.stats()
+    note = (f" (cut to {packed.tokens_kept} of {packed.tokens_total} tokens: the latest entries are missing)"
+            if packed.cut_fraction > 0 else "")
+    prompt = prompts.load("eval_long_context")
+    return [prompt.messages(system_prompt=cfg.synth.system_prompt, context=packed.text, truncation_note=note,
+                            question=q["question"]) for q in questions]
+
+
+def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict], engine: EngineConfig,
+                         rec: StageRecord) -> dict[str, dict]:
+    """Map-reduce over community reports, reusing synthesis's global answering."""
+    from factory.synth.answers import global_answers
+
+    reports = src.read_arrow("community_reports")
+    if reports.num_rows == 0:
+        raise UserError(f"evaluate: graph_global needs the community_reports table in {src.root}")
+    return global_answers(run, rec, reports, questions, engine, cfg.synth, task_prefix="eval_graph_global")
+
+
+def load_answer_file(name: str, path: str, cfg: Config) -> dict[str, str]:
+    fs, fpath = check_readable(path, cfg.s3)
+    try:
+        with fs.open(fpath, "rb") as f:
+            table = pq.read_table(f)
+    except Exception as exc:
+        raise UserError(f"evaluate.answer_files.{name}: {path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in ("id", "answer") if c not in table.column_names]
+    if missing:
+        raise UserError(f"evaluate.answer_files.{name}: {path}: missing columns {missing} (need id, answer)")
+    return {str(i): a for i, a in zip(table.column("id").to_pylist(), table.column("answer").to_pylist())}
+
+
+def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, system: str, questions: list[dict]) -> list[dict]:
+    """One eval_answers row (without metrics) per question, for one system."""
+    if system in cfg.evaluate.answer_files:
+        given = load_answer_file(system, cfg.evaluate.answer_files[system], cfg)
+        replies = {q["id"]: {"generated_text": given.get(q["id"]),
+                             "error": None if q["id"] in given else "missing from the answer file"} for q in questions}
+    elif system == "graph_global":
+        replies = graph_global_answers(cfg, run, src, questions, engine_for(cfg, system), rec)
+    else:
+        engine = engine_for(cfg, system)
+        builders: dict[str, Callable[[], list[list[dict]]]] = {
+            "student": lambda: [plain_messages(cfg, q["question"]) for q in questions],
+            "base": lambda: [plain_messages(cfg, q["question"]) for q in questions],
+            "naive_rag": lambda: rag_messages(cfg, src, questions, rec),
+            "long_context": lambda: long_context_messages(cfg, src, questions, engine, rec),
+        }
+        if system not in builders:
+            raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(SYSTEMS)} "
+                            "or a name in evaluate.answer_files)")
+        rows = [{"id": q["id"], "messages": m} for q, m in zip(questions, builders[system]())]
+        replies = generate(run, rec, rows, engine, f"eval_answer_{system}")
+    out = []
+    for q in questions:
+        r = replies.get(q["id"]) or {"error": "no reply"}
+        out.append({"question_id": q["id"], "kind": q["kind"], "system": system, "question": q["question"],
+                    "answer": r.get("generated_text"), "reference": q["answer"], "error": r.get("error")})
+    return out
