@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from factory import __version__
+from factory import __version__, provenance
 from factory.config import Config
 from factory.storage import arrow_filesystem, check_writable
 
@@ -264,6 +264,7 @@ class Run:
         m["config_hash"] = self.cfg.hash
         m["config"] = self.cfg.public_dict()
         m["schema_versions"] = schemas.versions()
+        m.update(provenance.describe(self.cfg))  # packages, prompt hashes, engines per role
         m["updated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         for key, value in sections.items():
             m.setdefault(key, {}).update(value)
