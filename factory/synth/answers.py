@@ -1,0 +1,391 @@
+"""Answers written the way RAG and GraphRAG would answer, with an LLM or extractively.
+
+Public API (the evaluation job reuses it). `engine` is an EngineConfig; None
+or `engine: none` takes the extractive no-LLM path. Every function takes a Ray
+Dataset of questions (`id`, `question`, other columns pass through) and returns
+a Ray Dataset with these columns added:
+
+    answer (str | null: null when no answer could be made; see `error`),
+    reasoning (str | null), evidence (str: the text the answer rests on),
+    engine, model, prompt_hash (null on the extractive path), error (str | null)
+
+answer_local(run, rec, questions, retriever, engine, *, k=5) -> Dataset
+    Naive RAG: the top-k chunks that `retriever` finds FOR THE QUESTION, then an
+    answer from them (extractive: the evidence sentences that best match the
+    question). Adds evidence_chunk_ids (list[str], best first) and
+    retrieved_source (bool: `source_chunk_id` among them; null without one).
+
+answer_global(run, rec, questions, reports, engine, *, level=0, batch_tokens=4000) -> Dataset
+    GraphRAG global search: map over the community reports of `level` in
+    batches of at most `batch_tokens` estimated tokens → key points scored
+    0-100 → zeros dropped, the rest sorted → one reduced answer citing
+    communities. An optional `scope` column (list of community numbers as
+    strings) restricts a question to those reports at any level. Adds
+    community_ids (list[str]: community numbers the answer used).
+
+answer_grounded(run, rec, rows, retriever, engine, *, task, max_source_chunks=30) -> Dataset
+    Entity/relationship answers (task "entity_answer" | "relationship_answer"):
+    a long chain of thought from the description plus up to `max_source_chunks`
+    of its source chunks. Rows also carry `names` (list[str]: the entity titles
+    to look for), `description` and `text_unit_ids`. Adds evidence_chunk_ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+from pydantic import BaseModel, Field, field_validator
+
+from factory.config import EngineConfig
+from factory.pipeline import Run, StageRecord
+from factory.prompts import load as load_prompt
+from factory.synth.retrieval import Retriever
+from factory.synth.rows import MESSAGES, STRS, apply_rows, collect, map_rows, to_dataset
+from factory.synth.text import content_words, estimate_tokens, sentences
+
+# Extractive answers quote at most this many sentences.
+MAX_SENTENCES = 3
+# Reduce prompts and extractive reduces use at most this many key points.
+MAX_POINTS = 12
+# Words that frame a corpus-wide question without naming its topic; they match no finding.
+GLOBAL_FRAMING = frozenset(
+    """main theme themes recurring overall change changed changes changing time times across corpus whole pattern
+    patterns trend trends big picture important common biggest key period months weeks year life memory evolve
+    evolved compare compared comparison different differ most least""".split()
+)
+
+ANSWER_FIELDS = {
+    "answer": pa.string(),
+    "reasoning": pa.string(),
+    "evidence": pa.string(),
+    "engine": pa.string(),
+    "model": pa.string(),
+    "prompt_hash": pa.string(),
+    "error": pa.string(),
+}
+
+
+class AnswerOut(BaseModel):
+    reasoning: str = ""
+    answer: str
+
+
+class KeyPoint(BaseModel):
+    description: str
+    score: int = 0
+    reports: list[int] = Field(default_factory=list)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _clamp(cls, v):
+        return max(0, min(100, int(float(v))))
+
+
+class MapOut(BaseModel):
+    points: list[KeyPoint] = Field(default_factory=list)
+
+
+def llm_enabled(engine: EngineConfig | None) -> bool:
+    return engine is not None and engine.engine != "none"
+
+
+# ---- local: retrieval for the question, then an answer from the retrieved chunks -----
+def answer_local(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None, *, k: int = 5):
+    import ray.data
+
+    from factory.cluster import cpu_actors
+
+    llm = llm_enabled(engine)
+    fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(llm)}
+    ds = questions.map_batches(
+        _RetrieveAndAnswer,
+        fn_constructor_kwargs={"retriever": retriever, "k": k, "fields": fields, "llm": llm},
+        compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
+        batch_format="pyarrow",
+        batch_size=256,
+    )
+    return _llm_answers(run, rec, ds, engine, "local_answer") if llm else ds
+
+
+class _RetrieveAndAnswer:
+    """Actor holding the retriever: top-k for each question, then an extractive answer or a prompt."""
+
+    def __init__(self, retriever: Retriever, k: int, fields: dict, llm: bool):
+        self.retriever, self.k, self.fields, self.llm = retriever, k, fields, llm
+        self.prompt = load_prompt("local_answer")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        hits = self.retriever.search([str(q) for q in batch.column("question").to_pylist()], self.k)
+        hits_iter = iter(hits)
+
+        def one(row: dict) -> dict:
+            ids = [cid for cid, _ in next(hits_iter)]
+            passages = [(self.retriever.label(cid), self.retriever.text(cid)) for cid in ids]
+            source = row.get("source_chunk_id")
+            out = {
+                "evidence_chunk_ids": ids,
+                "retrieved_source": (source in ids) if source else None,
+                "evidence": "\n\n".join(t for _, t in passages),
+            }
+            if self.llm:
+                return {**out, "messages": self.prompt.messages(question=row["question"], context=format_passages(ids, passages))}
+            answer, reasoning = extract_answer(row["question"], passages)
+            return {**out, **_extracted(answer, reasoning)}
+
+        return apply_rows(batch, one, self.fields)
+
+
+def format_passages(ids: list[str], passages: list[tuple[str, str]]) -> str:
+    return "\n\n".join(f"[chunk {cid}] {label}\n{text}" for cid, (label, text) in zip(ids, passages))
+
+
+def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences: int = MAX_SENTENCES) -> tuple[str | None, str | None]:
+    """The evidence sentences sharing the most content words with the question, in reading order."""
+    q = set(content_words(question))
+    scored = []
+    for rank, (label, text) in enumerate(passages):
+        for pos, sent in enumerate(sentences(text)):
+            overlap = len(q & set(content_words(sent)))
+            if overlap:
+                scored.append((-overlap, rank, pos, label, sent))
+    picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[1], s[2]))
+    if not picked:
+        return None, None
+    by_label: dict[str, list[str]] = {}
+    for _, _, _, label, sent in picked:
+        by_label.setdefault(label, []).append(sent)
+    answer = " ".join(f"In {label}: {' '.join(sents)}" if label else " ".join(sents) for label, sents in by_label.items())
+    terms = ", ".join(sorted(q)[:8])
+    quoted = " ".join(f'{label or "A passage"} says: "{s}"' for _, _, _, label, s in picked)
+    reasoning = f"The question is about {terms}. Searching my memory for these, {quoted} These passages answer it."
+    return answer, reasoning
+
+
+# ---- entity / relationship: description + source chunks, long chain of thought ----------
+def answer_grounded(run: Run, rec: StageRecord, rows, retriever: Retriever, engine: EngineConfig | None, *, task: str, max_source_chunks: int = 30):
+    llm = llm_enabled(engine)
+    prompt = load_prompt(task)
+    fields = {"evidence_chunk_ids": STRS, **_fields(llm)}
+
+    def one(row: dict) -> dict:
+        ids = [c for c in (row.get("text_unit_ids") or []) if retriever.has(c)][:max_source_chunks]
+        passages = [(retriever.label(c), retriever.text(c)) for c in ids]
+        description = row.get("description") or ""
+        out = {"evidence_chunk_ids": ids, "evidence": "\n\n".join([description] + [t for _, t in passages])}
+        if llm:
+            return {**out, "messages": prompt.messages(
+                question=row["question"], name=" and ".join(row["names"]), description=description,
+                sources=format_passages(ids, passages),
+            )}
+        answer, reasoning = extract_grounded(row["names"], description, passages)
+        return {**out, **_extracted(answer, reasoning)}
+
+    ds = map_rows(rows, one, fields)
+    return _llm_answers(run, rec, ds, engine, task) if llm else ds
+
+
+def extract_grounded(names: list[str], description: str, passages: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """Restate the description and the source sentences naming the subject, then conclude."""
+    pattern = re.compile("|".join(re.escape(n) for n in names if n), re.IGNORECASE) if any(names) else None
+    quotes = []
+    for label, text in passages:
+        hits = [s for s in sentences(text) if pattern and pattern.search(s)]
+        if hits:
+            quotes.append((label, hits[0]))
+    if not description and not quotes:
+        return None, None
+    subject = " and ".join(names)
+    steps = []
+    if description:
+        steps.append(f"What I hold about {subject}: {description}")
+    steps += [f'{label or "One passage"} says: "{s}"' for label, s in quotes]
+    reasoning = " ".join(steps) + f" Putting these {len(steps)} pieces together gives the picture of {subject}."
+    extra = [s for _, s in quotes if s not in description][:MAX_SENTENCES]
+    answer = " ".join(([description] if description else []) + extra)
+    return answer, reasoning
+
+
+# ---- global: map-reduce over community reports -------------------------------------------
+def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engine: EngineConfig | None, *, level: int | None = 0, batch_tokens: int = 4000):
+    llm = llm_enabled(engine)
+    qtable = collect(questions)
+    qrows = qtable.to_pylist()
+    report_rows = [_report(r) for r in reports.to_pylist()]
+
+    # Map: one row per (question, batch of reports).
+    map_rows_ = []
+    for q in qrows:
+        scope = set(q.get("scope") or [])
+        pool = [r for r in report_rows if (str(r["community"]) in scope if scope else level is None or r["level"] == level)]
+        for b, batch in enumerate(pack_reports(pool, batch_tokens)):
+            map_rows_.append({"id": f"{q['id']}#{b}", "qid": q["id"], "question": q["question"], "reports": json.dumps(batch)})
+    map_schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("question", pa.string()), ("reports", pa.string())])
+    points_by_q: dict[str, list[dict]] = {q["id"]: [] for q in qrows}
+    if map_rows_:
+        for qid, points in _map(run, rec, to_dataset(map_rows_, map_schema), engine):
+            points_by_q[qid] += points
+
+    # Reduce: zeros dropped, best first, within the token budget.
+    schema = qtable.schema
+    for name, type_ in {"community_ids": STRS, **ANSWER_FIELDS}.items():
+        if schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, type_))
+    done, todo = [], []
+    for q in qrows:
+        points = select_points(points_by_q[q["id"]], batch_tokens)
+        row = {**q, "community_ids": [str(c) for c in sorted({c for p in points for c in p["reports"]})],
+               "evidence": format_points(points)}
+        if not points:
+            done.append({**row, **_extracted(None, None, "no_key_points")})
+        elif llm:
+            todo.append({**row, "messages": load_prompt("global_reduce").messages(question=row["question"], points=row["evidence"])})
+        else:
+            done.append({**row, **_extracted(*extract_reduce(points))})
+    out = pa.Table.from_pylist(done, schema=schema)
+    if todo:
+        ask_schema = pa.schema([f for f in schema if f.name not in ANSWER_FIELDS or f.name == "evidence"] + [pa.field("messages", MESSAGES)])
+        asked = collect(_llm_answers(run, rec, to_dataset(todo, ask_schema), engine, "global_reduce"))
+        out = pa.concat_tables([out, asked.select(out.column_names).cast(out.schema)])
+    import ray.data
+
+    return ray.data.from_arrow(out)
+
+
+def _map(run: Run, rec: StageRecord, mapped, engine: EngineConfig | None) -> list[tuple[str, list[dict]]]:
+    """Key points of each (question, report batch): the LLM's, or the extractive ones."""
+    if not llm_enabled(engine):
+        fn = lambda r: {"points": json.dumps(extract_points(r["question"], json.loads(r["reports"])))}  # noqa: E731
+        out = collect(map_rows(mapped, fn, {"points": pa.string()}, drop=("reports",)))
+        return [(r["qid"], json.loads(r["points"])) for r in out.to_pylist()]
+    from factory.engines import run_llm
+
+    prompt = load_prompt("global_map")
+    fn = lambda r: {"messages": prompt.messages(question=r["question"], reports=format_reports(json.loads(r["reports"])))}  # noqa: E731
+    out = collect(run_llm(run, rec, map_rows(mapped, fn, {"messages": MESSAGES}), engine, "global_map", output_model=MapOut))
+    results, failed = [], 0
+    for r in out.to_pylist():
+        if r.get("error") or not r.get("parsed"):
+            failed += 1
+            continue
+        results.append((r["qid"], [p.model_dump() for p in MapOut.model_validate_json(r["parsed"]).points]))
+    rec.stats["global_map_failed_batches"] = rec.stats.get("global_map_failed_batches", 0) + failed
+    return results
+
+
+def _report(r: dict) -> dict:
+    findings = [f for f in (r.get("findings") or []) if f and (f.get("summary") or f.get("explanation"))]
+    rank = r.get("rank")
+    return {
+        "community": int(r["community"]),
+        "level": int(r["level"]),
+        "title": r.get("title") or f"Community {r['community']}",
+        "summary": r.get("summary") or "",
+        "rank": 5.0 if rank is None else float(rank),
+        "findings": [{"summary": f.get("summary") or "", "explanation": f.get("explanation") or ""} for f in findings],
+    }
+
+
+def format_reports(batch: list[dict]) -> str:
+    parts = []
+    for r in batch:
+        lines = [f"[report {r['community']}] {r['title']} (importance {r['rank']:g}/10)", r["summary"]]
+        lines += [f"- {f['summary']}: {f['explanation']}" for f in r["findings"]]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def pack_reports(reports: list[dict], budget: int) -> list[list[dict]]:
+    """Reports by importance, packed into batches of at most `budget` estimated tokens
+    (a report larger than the budget travels alone)."""
+    batches: list[list[dict]] = []
+    used = budget + 1
+    for r in sorted(reports, key=lambda r: (-r["rank"], r["community"])):
+        cost = estimate_tokens(format_reports([r]))
+        if used + cost > budget:
+            batches.append([])
+            used = 0
+        batches[-1].append(r)
+        used += cost
+    return batches
+
+
+def extract_points(question: str, batch: list[dict]) -> list[dict]:
+    """No-LLM map: each finding scored 0-100 by its overlap with the question and its report's
+    importance; a finding sharing no word with a specific question scores 0. Generic
+    questions (no content words) are scored by importance alone."""
+    q = set(content_words(question)) - GLOBAL_FRAMING
+    points = []
+    for r in batch:
+        items = r["findings"] or [{"summary": r["title"], "explanation": r["summary"]}]
+        for f in items:
+            text = f"{f['summary']}: {f['explanation']}" if f["explanation"] else f["summary"]
+            if q:
+                overlap = len(q & set(content_words(f"{r['title']} {text}"))) / len(q)
+                score = round(100 * (0.7 * overlap + 0.03 * r["rank"])) if overlap else 0
+            else:
+                score = round(10 * r["rank"])
+            points.append({"description": text, "score": min(100, score), "reports": [r["community"]]})
+    return points
+
+
+def select_points(points: list[dict], budget: int) -> list[dict]:
+    kept = sorted((p for p in points if p["score"] > 0), key=lambda p: (-p["score"], p["description"]))
+    out, used = [], 0
+    for p in kept[:MAX_POINTS]:
+        used += estimate_tokens(p["description"])
+        if out and used > budget:
+            break
+        out.append(p)
+    return out
+
+
+def format_points(points: list[dict]) -> str:
+    return "\n".join(f"- (score {p['score']}) {p['description']} [Data: Reports ({', '.join(map(str, p['reports']))})]" for p in points)
+
+
+def extract_reduce(points: list[dict]) -> tuple[str, str]:
+    """No-LLM reduce: the strongest key points, best first, each citing its reports."""
+    lines = [f"- {p['description']} [Data: Reports ({', '.join(map(str, p['reports']))})]" for p in points]
+    n_reports = len({c for p in points for c in p["reports"]})
+    answer = "Looking across my memory as a whole, these are the main points:\n" + "\n".join(lines)
+    reasoning = (
+        f"I went through the community summaries in batches and kept {len(points)} key points from "
+        f"{n_reports} communities that bear on the question, strongest first: "
+        + " ".join(f"({p['score']}) {p['description']}" for p in points[:3])
+    )
+    return answer, reasoning
+
+
+# ---- shared -----------------------------------------------------------------------------
+def _fields(llm: bool) -> dict[str, pa.DataType]:
+    """Columns a per-row step adds: the prompt on the LLM path, the whole answer on the extractive one."""
+    return {"evidence": pa.string(), "messages": MESSAGES} if llm else ANSWER_FIELDS
+
+
+def _extracted(answer: str | None, reasoning: str | None, missing: str = "no_evidence") -> dict:
+    return {"answer": answer, "reasoning": reasoning, "engine": "none", "model": None, "prompt_hash": None,
+            "error": None if answer else missing}
+
+
+def _llm_answers(run: Run, rec: StageRecord, ds, engine: EngineConfig, task: str):
+    """Send rows with `messages` to the engine and turn the parsed JSON into answer/reasoning."""
+    from factory.engines import run_llm
+
+    prompt_hash = load_prompt(task).hash
+
+    def parse(row: dict) -> dict:
+        out = {"engine": row.get("engine") or engine.engine, "model": row.get("model") or engine.model,
+               "prompt_hash": row.get("prompt_hash") or prompt_hash, "answer": None, "reasoning": None,
+               "error": row.get("error")}
+        if not out["error"] and row.get("parsed"):
+            parsed = AnswerOut.model_validate_json(row["parsed"])
+            out.update(answer=parsed.answer.strip() or None, reasoning=parsed.reasoning.strip() or None)
+        if not out["answer"] and not out["error"]:
+            out["error"] = "empty_answer"
+        return out
+
+    answered = run_llm(run, rec, ds, engine, task, output_model=AnswerOut)
+    return map_rows(answered, parse, {k: v for k, v in ANSWER_FIELDS.items() if k != "evidence"},
+                    drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens"))
