@@ -16,7 +16,7 @@ import numpy as np
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
-# Phrases an answer uses to decline; matched in the first sentences only, so an
+# Phrases an answer uses to decline; matched in the first sentence only, so an
 # answer that merely mentions a gap somewhere later still counts as an answer.
 _REFUSAL = re.compile(
     r"\b(i (do not|don't|cannot|can't|am unable to|have no) (know|find|answer|say|tell|determine|information|record)"
@@ -74,7 +74,7 @@ def rouge_l(prediction: str | None, reference: str | None) -> float:
 
 
 def is_refusal(text: str | None) -> bool:
-    head = " ".join(re.split(r"(?<=[.!?])\s+", final_answer(text))[:2])
+    head = re.split(r"(?<=[.!?])\s+", final_answer(text), maxsplit=1)[0]
     return bool(_REFUSAL.search(head))
 
 

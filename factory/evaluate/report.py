@@ -71,6 +71,7 @@ def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]]
         ax.bar(xs, v, width, yerr=err, capsize=3, label=name)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(0, 1.05)
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -91,7 +92,7 @@ def _heatmaps(pairs: list[tuple[str, str]], criteria: list[str], kinds: list[str
         ax.set_xticks(range(len(kinds)), kinds, rotation=30, fontsize=8)
         ax.set_yticks(range(len(criteria)), criteria, fontsize=8)
         ax.set_title(f"{a} vs {b}", fontsize=9)
-    fig.suptitle("Win rate of the first system by criterion and question kind (0.5 = even)", fontsize=10)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -188,12 +189,20 @@ def _win_sections(results: list[dict]) -> list[Section]:
              fmt(agree.get((r["system_a"], r["system_b"], r["criterion"], r["kind"])))]
             for r in sorted(wins, key=lambda r: (pairs.index((r["system_a"], r["system_b"])),
                                                   criteria.index(r["criterion"]), kinds.index(r["kind"])))]
+    anchor_rows = [[f"{a} vs {b}"] + [fmt(by[(a, b, criteria[0], k)]["value"]) if (a, b, criteria[0], k) in by else "n/a"
+                                      for k in kinds] for a, b in pairs]
     return [
+        Section("Headline",
+                [f"Win rate of the first system on **{criteria[0]}**, by question kind (0.5 = even; > 0.5 = the first "
+                 "system is preferred in both answer orders more often than the second). The method's claim: the "
+                 "student beats naive_rag on global questions and long_context on local ones."],
+                ["pair", *kinds], anchor_rows),
         Section("Win rates by criterion",
                 ["Win rate of the first system of each pair over all question kinds (0.5 = even), with 95% intervals."],
                 figure=("win_rates_by_criterion.png", _bars(criteria, series, "win rate", "Win rate by criterion", 0.5))),
         Section("Win rates by criterion and kind",
-                ["`agree` is the share of verdicts on which both answer orders agreed; low values mean the judge "
+                ["Cells of the heat map are the first system's win rate (blue > 0.5 > red). "
+                 "`agree` is the share of verdicts on which both answer orders agreed; low values mean the judge "
                  "follows position, not content."],
                 ["pair", "criterion", "kind", "n", "wins A", "wins B", "ties", "win rate A [95% CI]", "agree"], rows,
                 ("win_rates_by_kind.png", _heatmaps(pairs, criteria, kinds, rate))),

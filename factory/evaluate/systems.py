@@ -132,8 +132,8 @@ def pack_corpus(documents: pa.Table, budget: int, counter: TokenCounter) -> Pack
             parts.append(block)
             kept, full = kept + n, full + 1
         elif room > 32 and not partial:
-            head = counter.head(block, room - 16) + "\n[... document truncated: the context is full]\n\n"
-            parts.append(head)
+            head = counter.head(block, room - 16)
+            parts.append(head + "\n[... document truncated: the context is full]\n\n")
             kept, partial = kept + counter.count(head), 1
     return Packed("".join(parts), budget, total, kept, len(docs), full, partial, counter.how)
 
@@ -204,13 +204,19 @@ def long_context_messages(cfg: Config, src: Run, questions: list[dict], engine: 
 
 def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict], engine: EngineConfig,
                          rec: StageRecord) -> dict[str, dict]:
-    """Map-reduce over community reports, reusing synthesis's global answering."""
-    from factory.synth.answers import global_answers
+    """Map-reduce over community reports: synthesis's global answering, reused as is."""
+    import ray.data
+
+    from factory.synth.answers import answer_global
 
     reports = src.read_arrow("community_reports")
     if reports.num_rows == 0:
         raise UserError(f"evaluate: graph_global needs the community_reports table in {src.root}")
-    return global_answers(run, rec, reports, questions, engine, cfg.synth, task_prefix="eval_graph_global")
+    asked = ray.data.from_items([{"id": q["id"], "question": q["question"]} for q in questions])
+    out = answer_global(run, rec, asked, reports, engine, level=cfg.synth.global_level,
+                        batch_tokens=cfg.synth.map_batch_tokens)
+    return {r["id"]: {"generated_text": r["answer"], "error": r["error"]}
+            for r in out.select_columns(["id", "answer", "error"]).take_all()}
 
 
 def load_answer_file(name: str, path: str, cfg: Config) -> dict[str, str]:
