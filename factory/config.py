@@ -144,6 +144,27 @@ class SynthConfig(Section):
     keep_top_fraction: float = Field(1.0, gt=0, le=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     system_prompt: str = "You are a helpful assistant with a personal memory of the user's corpus."
+    # Local questions per chunk: at most this many of the entities/relationships it names.
+    local_per_chunk: int = Field(3, ge=0)
+    # Template questions for the most important communities at global_level, each scoped to its report.
+    community_questions: int = Field(50, ge=0)
+    # Who asks the teacher-written global questions (as in GraphRAG's evaluation); summary size for them.
+    personas: list[str] = Field(
+        default_factory=lambda: [
+            "the author, looking back over the whole period",
+            "a close friend catching up on everything that happened",
+            "a biographer tracing how the author's life changed over time",
+            "a coach looking for patterns in work, habits and wellbeing",
+        ],
+        min_length=1,
+    )
+    summary_tokens: int = Field(6000, ge=256)
+    min_question_chars: int = Field(10, ge=0)
+    max_question_chars: int = Field(500, ge=1)
+    # Lexical support of an answer by its evidence (0..1) below which the row is dropped.
+    min_groundedness: float = Field(0.5, ge=0, le=1)
+    # A train question this similar (word-shingle Jaccard) to a test question is dropped.
+    test_overlap_threshold: float = Field(0.7, gt=0, le=1)
 
 
 class OutputConfig(Section):
