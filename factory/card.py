@@ -1,0 +1,208 @@
+"""The dataset card: `README.md` with the YAML front matter the Hub and `datasets` read.
+
+The front matter's `configs` map each table to its files, which is what makes a
+folder loadable with `datasets.load_dataset(folder, "qa")`; the body says what a
+person needs before using the data: source, teacher, counts, costs, filters,
+retrieval quality, examples and how to load it. Rendering is deterministic (no
+clocks), so the same run always gives the same card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+import schemas
+
+if TYPE_CHECKING:
+    from factory.publish import Snapshot
+
+# The table that `load_dataset(path)` gives without a config name.
+DEFAULT_CONFIG = "qa"
+SAMPLE_CHARS = 400
+TAGS = ["ragtune", "synthetic", "rag", "graphrag", "knowledge-graph", "rag-tuned-llm"]
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` bucket for `n` rows."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    for bound, label in bounds:
+        if n < bound:
+            return label
+    return "n>1T" if n >= 10**12 else "1B<n<10B"
+
+
+def front_matter(snap: "Snapshot", data_files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    output = snap.manifest.get("config", {}).get("output", {})
+    rows = snap.rows()
+    main = DEFAULT_CONFIG if DEFAULT_CONFIG in data_files else next(iter(data_files))
+    configs = []
+    for table, splits in data_files.items():
+        entry: dict[str, Any] = {"config_name": table}
+        if table == main:
+            entry["default"] = True
+        entry["data_files"] = [{"split": split, "path": path} for split, path in splits.items()]
+        configs.append(entry)
+    return {
+        "pretty_name": pretty_name(snap),
+        "license": output.get("license", "other"),
+        "language": output.get("language", ["en"]),
+        "task_categories": ["question-answering", "text-generation"],
+        "size_categories": [size_category(sum(rows.get(main, {}).values()))],
+        "tags": TAGS,
+        "configs": configs,
+    }
+
+
+def pretty_name(snap: "Snapshot") -> str:
+    corpus = snap.manifest.get("config", {}).get("corpus", {}).get("path") or "corpus"
+    return f"ragtune: {os.path.basename(corpus.rstrip('/')) or corpus}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        value = f"{value:.3f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _role(role: dict | None) -> str:
+    if not role or role.get("engine") in (None, "none"):
+        return "rule-based (no LLM)"
+    adapter = f" + adapter `{role['adapter']}`" if role.get("adapter") else ""
+    return f"`{role.get('model')}` via {role.get('engine')}{adapter}"
+
+
+def _recall_stats(stages: dict[str, dict]) -> list[list[Any]]:
+    """Every statistic whose name mentions recall, wherever a stage reported it."""
+    out = []
+
+    def walk(stage: str, prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(stage, f"{prefix}.{k}" if prefix else str(k), v)
+        elif "recall" in prefix.lower():
+            out.append([stage, prefix, value])
+
+    for stage, entry in stages.items():
+        walk(stage, "", entry.get("stats") or {})
+    return out
+
+
+def _load_section(where: str, data_files: dict[str, dict[str, Any]]) -> str:
+    if where.startswith("hf://datasets/"):
+        repo = where[len("hf://datasets/"):].strip("/")
+        return (
+            "```python\nfrom datasets import load_dataset\n\n"
+            f'qa = load_dataset("{repo}", "qa")            # train / test\n'
+            f'entities = load_dataset("{repo}", "entities")\n```\n'
+        )
+    if where.startswith("s3://"):
+        base = where.rstrip("/")
+        return (
+            "```python\nfrom datasets import load_dataset\n\n"
+            'opts = {"client_kwargs": {"endpoint_url": ...}}  # or nothing on AWS\n'
+            f'qa = load_dataset("parquet", data_files={{"train": "{base}/qa/train-*.parquet",\n'
+            f'                                          "test": "{base}/qa/test-*.parquet"}},\n'
+            "                  storage_options=opts)\n```\n\n"
+            "The globs are safe whenever no publish is in progress; `manifest.json` (`files`) names "
+            "the exact files of the current version (see docs/publishing.md).\n\n"
+            f"DuckDB: `SELECT kind, count(*) FROM '{base}/qa/train-*.parquet' GROUP BY kind`\n"
+        )
+    return (
+        "```python\nfrom datasets import load_dataset\n\n"
+        f'qa = load_dataset("{where}", "qa")            # train / test\n'
+        f'chunks = load_dataset("{where}", "chunks")\n```\n\n'
+        f"pandas: `pd.read_parquet(\"{where}/qa\")`\n"
+    )
+
+
+def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) -> str:
+    """The card for `snap`, whose configs point at `data_files` ({table: {split: glob or [paths]}})."""
+    m = snap.manifest
+    cfg = m.get("config", {})
+    stages: dict[str, dict] = m.get("stages", {})
+    roles = m.get("roles", {})
+    rows = snap.rows()
+    out = ["---", yaml.safe_dump(front_matter(snap, data_files), sort_keys=False).rstrip(), "---", ""]
+    out.append(f"# {pretty_name(snap)}\n")
+    corpus = cfg.get("corpus", {})
+    out.append(
+        "Fine-tuning data made by ragtune following RAG-Tuned-LLM "
+        "(Wei et al., arXiv 2503.16071): questions about a private corpus answered the way RAG and "
+        "GraphRAG would answer them, for teaching a small model that corpus as memory.\n"
+    )
+    out.append(
+        f"- **Corpus**: `{corpus.get('path')}` ({corpus.get('format', 'auto')}): "
+        f"{snap.documents:,} documents, {snap.corpus_chars:,} characters after normalization and dedup\n"
+        f"- **Teacher**: {_role(roles.get('teacher'))}\n"
+        f"- **Judge**: {_role(roles.get('judge'))}\n"
+        f"- **Chunks**: {cfg.get('chunking', {}).get('size')} tokens, "
+        f"{cfg.get('chunking', {}).get('overlap')} overlap; retriever "
+        f"{cfg.get('synth', {}).get('retriever')} top-{cfg.get('synth', {}).get('top_k')}\n"
+        f"- **Config hash** `{m.get('config_hash')}`, ragtune {m.get('packages', {}).get('ragtune', m.get('ragtune_version'))}; "
+        "everything else in `manifest.json`\n"
+    )
+
+    out.append("## Tables\n")
+    out.append(_table(
+        ["config", "split", "rows", "what"],
+        [[t, s, n, schemas.TABLES[t].description] for t, splits in rows.items() for s, n in splits.items()],
+    ))
+    if snap.kinds:
+        splits = sorted({s for c in snap.kinds.values() for s in c})
+        out.append("\n## QA rows per kind and split\n")
+        out.append(_table(["kind", *splits], [[k, *(c.get(s, 0) for s in splits)] for k, c in sorted(snap.kinds.items())]))
+
+    out.append("\n## Stages\n")
+    out.append(_table(
+        ["stage", "rows in", "rows out", "seconds"],
+        [[name, e.get("rows_in"), e.get("rows_out"), e.get("seconds")] for name, e in stages.items()],
+    ))
+    out.append("\n## Token usage\n")
+    out.append(_table(
+        ["stage", "engine/model", "calls", "input tokens", "output tokens"],
+        [[name, em, t.get("calls"), t.get("input"), t.get("output")]
+         for name, e in stages.items() for em, t in sorted((e.get("tokens") or {}).items())],
+    ))
+    out.append("\n## Rows dropped, by reason\n")
+    out.append(_table(
+        ["stage", "reason", "rows"],
+        [[name, reason, n] for name, e in stages.items() for reason, n in sorted((e.get("drops") or {}).items())],
+    ))
+    out.append("\n## Retrieval\n")
+    out.append(_table(["stage", "statistic", "value"], _recall_stats(stages)))
+
+    if snap.samples:
+        out.append("\n## Sample rows\n")
+        for row in snap.samples:
+            answer = row["answer"] if len(row["answer"]) <= SAMPLE_CHARS else row["answer"][:SAMPLE_CHARS] + " …"
+            out.append(f"**{row['kind']}** — {row['question']}\n")
+            out.append("> " + answer.replace("\n", "\n> ") + "\n")
+
+    out.append("\n## How to load\n")
+    out.append(_load_section(where, data_files))
+    out.append(
+        "\nThe `messages` column (system / user / assistant) feeds chat SFT directly, e.g. TRL's "
+        "`SFTTrainer(train_dataset=qa[\"train\"])`. Lineage columns (`evidence_chunk_ids`, "
+        "`entity_ids`, `community_ids`) join to the graph configs by `id`.\n"
+    )
+    output = cfg.get("output", {})
+    out.append(
+        f"\n## Files\n\nHub-style Parquet shards (`<config>/<split>-NNNNN-of-NNNNN[-<sha256>].parquet`), "
+        f"zstd, row groups of {output.get('row_group_rows')} rows, at most {output.get('rows_per_shard')} "
+        "rows per shard. Schemas and versions: "
+        f"`{json.dumps(m.get('schema_versions', {}), sort_keys=True)}`.\n"
+    )
+    return "\n".join(out)
