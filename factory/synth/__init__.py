@@ -1,0 +1,123 @@
+"""Synthesis stage: the graph and chunks → the `qa` table (train and test), by RAG principles.
+
+Questions of five kinds (see questions.py) are answered the way RAG and GraphRAG
+would answer them (answers.py): local ones from chunks retrieved for the
+question, entity/relationship ones from descriptions and source chunks,
+global ones by map-reduce over community reports, unanswerable ones with a
+polite refusal. Rows then pass the quality filters (quality.py) and the
+held-out split (split.py). Per-row work runs on Ray Data; filtering and the
+split run on the driver, over rows without their evidence text.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from factory.errors import UserError
+from factory.pipeline import Run, StageRecord
+from factory.synth import questions as Q
+from factory.synth.answers import answer_global, answer_grounded, answer_local
+from factory.synth.quality import filter_rows
+from factory.synth.retrieval import Retriever
+from factory.synth.rows import collect, to_dataset
+from factory.synth.split import split_rows
+from factory.synth.text import words
+
+KINDS = ("local", "global", "entity", "relationship", "unanswerable")
+
+
+def synthesize(run: Run, rec: StageRecord) -> None:
+    cfg, s = run.cfg, run.cfg.synth
+    chunks = run.read_arrow("chunks")
+    if chunks.num_rows == 0:
+        raise UserError("synthesis: the run has no chunks; run the chunk stage first (is the corpus empty?)")
+    entities, relationships = run.read_arrow("entities"), run.read_arrow("relationships")
+    communities, reports = run.read_arrow("communities"), run.read_arrow("community_reports")
+    retriever = Retriever.build(chunks, s.retriever)
+
+    rows: list[dict] = []
+    grounded = [
+        ("entity", Q.entity_questions(entities, cfg.seed), "entity_answer"),
+        ("relationship", Q.relationship_questions(relationships, entities, cfg.seed), "relationship_answer"),
+    ]
+    for kind, qs, task in grounded:
+        rec.stats.setdefault("questions", {})[kind] = len(qs)
+        if qs:
+            ds = answer_grounded(run, rec, to_dataset(qs, Q.GROUNDED_SCHEMA), retriever, cfg.teacher, task=task, max_source_chunks=s.max_source_chunks)
+            rows += _rows(collect(ds))
+
+    local = Q.local_questions(run, rec, chunks, entities, relationships)
+    rec.stats["questions"]["local"] = len(local)
+    if local:
+        answered = _rows(collect(answer_local(run, rec, to_dataset(local, Q.LOCAL_SCHEMA), retriever, cfg.teacher, k=s.top_k)))
+        hits = [r["retrieved_source"] for r in answered if r.get("retrieved_source") is not None]
+        rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
+                                  "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
+        rows += answered
+
+    glob = Q.global_questions(run, rec, reports)
+    rec.stats["questions"]["global"] = len(glob)
+    if glob:
+        answered = _rows(collect(answer_global(run, rec, to_dataset(glob, Q.GLOBAL_SCHEMA), reports, cfg.teacher,
+                                               level=s.global_level, batch_tokens=s.map_batch_tokens)))
+        rows += _trace_communities(answered, communities)
+
+    vocabulary = {w for t in chunks.column("text").to_pylist() for w in words(t)}
+    unanswerable = Q.unanswerable_questions(Q.unanswerable_count(len(rows), s.unanswerable_fraction), vocabulary, cfg.seed)
+    rec.stats["questions"]["unanswerable"] = len(unanswerable)
+    rows += [{**u, "engine": "none"} for u in unanswerable]
+
+    rec.rows_in = len(rows) + sum(rec.drops.values())
+    kept = filter_rows(run, rec, rows)
+    train, test = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
+    n_train = run.write_table("qa", qa_table(train, s.reasoning, s.system_prompt), split="train")
+    n_test = run.write_table("qa", qa_table(test, s.reasoning, s.system_prompt), split="test")
+    rec.rows_out = n_train + n_test
+    rec.stats["rows"] = {split: {k: sum(r["kind"] == k for r in part) for k in KINDS} for split, part in (("train", train), ("test", test))}
+    rec.stats["reasoning"] = s.reasoning
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist() if table.num_rows else []
+
+
+def _trace_communities(rows: list[dict], communities: pa.Table) -> list[dict]:
+    """A global answer's evidence chunks: those of the communities it used."""
+    units = {}
+    if communities.num_rows:
+        for c in communities.select(["community", "text_unit_ids"]).to_pylist():
+            units[str(c["community"])] = c["text_unit_ids"] or []
+    for r in rows:
+        r["evidence_chunk_ids"] = sorted({u for c in r.get("community_ids") or [] for u in units.get(c, [])})
+    return rows
+
+
+def target(answer: str, reasoning: str | None, mode: str) -> str:
+    """The assistant turn: the answer, with the reasoning inline or in <think> tags before it."""
+    if mode == "none" or not reasoning:
+        return answer
+    if mode == "think_tags":
+        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+    return f"{reasoning}\n\nAnswer: {answer}"
+
+
+QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",
+              "entity_ids", "relationship_ids", "community_ids", "level", "question_source", "engine", "model",
+              "prompt_hash", "groundedness", "judge_score", "split")
+
+
+def qa_table(rows: list[dict], reasoning: str, system_prompt: str) -> pa.Table:
+    out = []
+    for r in rows:
+        row = {c: r.get(c) for c in QA_COLUMNS}
+        for c in ("evidence_chunk_ids", "entity_ids", "relationship_ids", "community_ids"):
+            row[c] = row[c] or []
+        row["messages"] = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": r["question"]},
+            {"role": "assistant", "content": target(r["answer"], r.get("reasoning"), reasoning)},
+        ]
+        out.append(row)
+    import schemas
+
+    return schemas.validate("qa", pa.Table.from_pylist(out, schema=schemas.schema_of("qa")))

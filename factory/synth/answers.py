@@ -146,8 +146,10 @@ def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences
     q = set(content_words(question))
     scored = []
     for rank, (label, text) in enumerate(passages):
+        # Words naming the passage (its title, date) find it but do not answer anything in it.
+        terms = q - set(content_words(label))
         for pos, sent in enumerate(sentences(text)):
-            overlap = len(q & set(content_words(sent)))
+            overlap = len(terms & set(content_words(sent)))
             if overlap:
                 scored.append((-overlap, rank, pos, label, sent))
     picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[1], s[2]))
@@ -219,9 +221,10 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     for q in qrows:
         scope = set(q.get("scope") or [])
         pool = [r for r in report_rows if (str(r["community"]) in scope if scope else level is None or r["level"] == level)]
+        terms = json.dumps(sorted(question_terms(q["question"], pool)))
         for b, batch in enumerate(pack_reports(pool, batch_tokens)):
-            map_rows_.append({"id": f"{q['id']}#{b}", "qid": q["id"], "question": q["question"], "reports": json.dumps(batch)})
-    map_schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("question", pa.string()), ("reports", pa.string())])
+            map_rows_.append({"id": f"{q['id']}#{b}", "qid": q["id"], "question": q["question"], "terms": terms, "reports": json.dumps(batch)})
+    map_schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("question", pa.string()), ("terms", pa.string()), ("reports", pa.string())])
     points_by_q: dict[str, list[dict]] = {q["id"]: [] for q in qrows}
     if map_rows_:
         for qid, points in _map(run, rec, to_dataset(map_rows_, map_schema), engine):
@@ -256,7 +259,7 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
 def _map(run: Run, rec: StageRecord, mapped, engine: EngineConfig | None) -> list[tuple[str, list[dict]]]:
     """Key points of each (question, report batch): the LLM's, or the extractive ones."""
     if not llm_enabled(engine):
-        fn = lambda r: {"points": json.dumps(extract_points(r["question"], json.loads(r["reports"])))}  # noqa: E731
+        fn = lambda r: {"points": json.dumps(extract_points(set(json.loads(r["terms"])), json.loads(r["reports"])))}  # noqa: E731
         out = collect(map_rows(mapped, fn, {"points": pa.string()}, drop=("reports",)))
         return [(r["qid"], json.loads(r["points"])) for r in out.to_pylist()]
     from factory.engines import run_llm
@@ -311,11 +314,21 @@ def pack_reports(reports: list[dict], budget: int) -> list[list[dict]]:
     return batches
 
 
-def extract_points(question: str, batch: list[dict]) -> list[dict]:
-    """No-LLM map: each finding scored 0-100 by its overlap with the question and its report's
-    importance; a finding sharing no word with a specific question scores 0. Generic
-    questions (no content words) are scored by importance alone."""
-    q = set(content_words(question)) - GLOBAL_FRAMING
+def _report_text(r: dict) -> str:
+    return " ".join([r["title"], r["summary"]] + [f"{f['summary']} {f['explanation']}" for f in r["findings"]])
+
+
+def question_terms(question: str, reports: list[dict]) -> set[str]:
+    """The question's topic words that some report contains: framing words ("themes", "over
+    time") and words no report has cannot tell one finding from another."""
+    vocabulary = {w for r in reports for w in content_words(_report_text(r))}
+    return (set(content_words(question)) - GLOBAL_FRAMING) & vocabulary
+
+
+def extract_points(q: set[str], batch: list[dict]) -> list[dict]:
+    """No-LLM map: each finding scored 0-100 by its overlap with the question's terms `q` and
+    its report's importance; a finding sharing no term scores 0. A generic question (no
+    terms) scores findings by importance alone."""
     points = []
     for r in batch:
         items = r["findings"] or [{"summary": r["title"], "explanation": r["summary"]}]

@@ -38,9 +38,10 @@ def load_embedder():
 class Retriever:
     """Top-k chunks for questions; see the module docstring."""
 
-    def __init__(self, ids: list[str], texts: list[str], method: Method, bm25=None, embeddings=None):
+    def __init__(self, ids: list[str], texts: list[str], method: Method, labels: list[str] | None = None, bm25=None, embeddings=None):
         self.ids = ids
         self.texts = texts
+        self.labels = labels or [""] * len(ids)
         self.method = method
         self._bm25 = bm25
         self._embeddings = embeddings
@@ -53,7 +54,7 @@ class Retriever:
             raise ValueError(f"unknown retrieval method '{method}' (expected one of {', '.join(METHODS)})")
         ids = [str(x) for x in chunks.column("id").to_pylist()]
         texts = [x or "" for x in chunks.column("text").to_pylist()]
-        r = cls(ids, texts, method)
+        r = cls(ids, texts, method, _labels(chunks))
         if method in ("bm25", "hybrid"):
             r._bm25 = _bm25_index(texts)
         if method in ("dense", "hybrid"):
@@ -70,6 +71,10 @@ class Retriever:
 
     def text(self, chunk_id: str) -> str:
         return self.texts[self._index[chunk_id]]
+
+    def label(self, chunk_id: str) -> str:
+        """How an answer cites the chunk: "title (date)" from the chunk's document, or ""."""
+        return self.labels[self._index[chunk_id]]
 
     def has(self, chunk_id: str) -> bool:
         return chunk_id in self._index
@@ -111,6 +116,17 @@ class Retriever:
             self._model = load_embedder()
         emb = self._model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(emb, dtype=np.float32)
+
+
+def _labels(chunks: pa.Table) -> list[str]:
+    n = chunks.num_rows
+    titles = chunks.column("title").to_pylist() if "title" in chunks.column_names else [None] * n
+    dates = chunks.column("date").to_pylist() if "date" in chunks.column_names else [None] * n
+    out = []
+    for title, date in zip(titles, dates):
+        title = (title or "").strip()
+        out.append(f"{title} ({date})" if title and date and date not in title else title or (date or ""))
+    return out
 
 
 def _bm25_index(texts: list[str]):

@@ -1,0 +1,184 @@
+"""Synthesis on examples/journal in no-LLM mode: every kind, grounded answers, split, qa table."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+
+from factory.config import validate_config
+from factory.pipeline import Run, Stage
+from factory.synth import synthesize
+from factory.synth.retrieval import Retriever
+from factory.synth.text import support
+from tests.conftest import JOURNAL
+
+_NAME = re.compile(r"\b([A-Z][a-z]+ (?:[A-Z][a-z]+|&) ?[A-Z]?[a-z]*)\b")
+_GEO = ("Gardens", "Street", "Road", "River", "Mill")
+
+
+def graph_tables(chunks: pa.Table) -> dict[str, pa.Table]:
+    """Small GraphRAG-shaped tables from the chunks by rule: frequent capitalized names as
+    entities, co-occurrence as relationships, three communities with reports."""
+    rows = chunks.to_pylist()
+    seen: dict[str, set[str]] = {}
+    for c in rows:
+        for m in _NAME.findall(c["text"]):
+            name = m.strip()
+            if len(name.split()) == 2 and not name.split()[0] in {"The", "I", "We", "It", "By", "At", "In", "On"}:
+                seen.setdefault(name, set()).add(c["id"])
+    top = sorted((n for n in seen if len(seen[n]) >= 3), key=lambda n: (-len(seen[n]), n))[:15]
+    assert len(top) >= 6, top
+    text = {c["id"]: c["text"] for c in rows}
+
+    def first_sentence(name: str, ids) -> str:
+        for cid in sorted(ids):
+            for s in re.split(r"(?<=[.!?])\s+", text[cid]):
+                if name in s:
+                    return " ".join(s.split())
+        return ""
+
+    ents = [{
+        "id": f"e{i}", "human_readable_id": i, "title": n,
+        "type": "geo" if n.split()[-1] in _GEO else "person",
+        "description": first_sentence(n, seen[n]), "text_unit_ids": sorted(seen[n]), "frequency": len(seen[n]), "degree": 1,
+    } for i, n in enumerate(top)]
+    rels = []
+    for i, a in enumerate(top):
+        for b in top[i + 1:]:
+            both = seen[a] & seen[b]
+            if len(both) >= 2:
+                rels.append({"id": f"r{len(rels)}", "human_readable_id": len(rels), "source": a, "target": b,
+                             "description": f"{a} and {b} appear together in {len(both)} entries.",
+                             "weight": float(len(both)), "combined_degree": 2, "text_unit_ids": sorted(both)})
+    groups = [ents[i::3] for i in range(3)]
+    comms, reports = [], []
+    for k, g in enumerate(groups):
+        units = sorted({u for e in g for u in e["text_unit_ids"]})
+        comms.append({"id": f"c{k}", "human_readable_id": k, "community": k, "level": 0, "parent": -1, "children": [],
+                      "title": f"Community {k}", "entity_ids": [e["id"] for e in g], "relationship_ids": [],
+                      "text_unit_ids": units, "size": len(g)})
+        reports.append({"id": f"cr{k}", "human_readable_id": k, "community": k, "level": 0,
+                        "title": ", ".join(e["title"] for e in g[:3]), "summary": g[0]["description"],
+                        "full_content": "", "rank": float(8 - k), "rating_explanation": "",
+                        "findings": [{"summary": e["title"], "explanation": e["description"]} for e in g], "size": len(g)})
+    return {"entities": pa.Table.from_pylist(ents), "relationships": pa.Table.from_pylist(rels),
+            "communities": pa.Table.from_pylist(comms), "community_reports": pa.Table.from_pylist(reports)}
+
+
+def make_cfg(journal, out, **synth):
+    return validate_config({
+        "corpus": {"path": str(journal)},
+        "output": {"path": str(out)},
+        "ray": {"cpu_actors": 1},
+        "synth": {"global_questions": 6, "unanswerable_fraction": 0.1, "test_fraction": 0.2, **synth},
+    })
+
+
+@pytest.fixture(scope="module")
+def journal_chunks(ray_session, tmp_path_factory):
+    """The journal run through the real ingest and chunk stages, plus stand-in graph tables."""
+    from factory.generate import STAGES
+
+    out = tmp_path_factory.mktemp("journal-run")
+    run = Run(make_cfg(JOURNAL, out))
+    run.run_stages([s for s in STAGES if s.name in ("ingest", "chunk")])
+    for name, table in graph_tables(run.read_arrow("chunks")).items():
+        run.write_table(name, table)
+    return out
+
+
+def synth_run(journal, src, dest, **synth) -> Run:
+    run = Run(make_cfg(journal, dest, **synth))
+    for name in ("chunks", "entities", "relationships", "communities", "community_reports"):
+        run.write_table(name, Run(make_cfg(journal, src)).read_arrow(name))
+    run.run_stage(Stage("synthesis", synthesize), "test")
+    return run
+
+
+@pytest.fixture(scope="module")
+def no_llm_run(journal_chunks, tmp_path_factory):
+    return synth_run(JOURNAL, journal_chunks, tmp_path_factory.mktemp("synth"))
+
+
+def test_no_llm_run_yields_every_kind_with_grounded_answers(no_llm_run):
+    run = no_llm_run
+    train, test = run.read_arrow("qa", "train").to_pylist(), run.read_arrow("qa", "test").to_pylist()
+    rows = train + test
+    kinds = Counter(r["kind"] for r in rows)
+    assert set(kinds) == {"local", "global", "entity", "relationship", "unanswerable"}, kinds
+    chunks = {c["id"]: c["text"] for c in run.read_arrow("chunks").to_pylist()}
+    for r in rows:
+        assert r["split"] in ("train", "test")
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["system", "user", "assistant"] and r["messages"][1]["content"] == r["question"]
+        assert r["answer"] in r["messages"][2]["content"]
+        if r["kind"] == "unanswerable":
+            assert not r["evidence_chunk_ids"]
+            continue
+        # Every answered row traces back to chunks, and its answer's words come from them.
+        assert r["evidence_chunk_ids"] and all(c in chunks for c in r["evidence_chunk_ids"])
+        evidence = " ".join(chunks[c] for c in r["evidence_chunk_ids"])
+        if r["kind"] in ("local", "entity"):
+            sentence = r["answer"].split(": ", 1)[-1] if r["kind"] == "local" else r["answer"]
+            assert support(sentence, evidence) >= 0.9, (r["question"], r["answer"])
+        assert r["groundedness"] >= run.cfg.synth.min_groundedness
+    local = [r for r in rows if r["kind"] == "local"]
+    assert all(r["source_chunk_id"] in chunks and r["retrieved_source"] is not None for r in local)
+    glob = [r for r in rows if r["kind"] == "global"]
+    assert all(r["community_ids"] and "[Data: Reports (" in r["answer"] for r in glob)
+    # Answers extracted from the evidence sentences that match the question.
+    for r in local:
+        name_words = set(re.findall(r"[A-Z][a-z]+", r["question"])) - {"What", "In"}
+        assert any(w in r["answer"] for w in name_words), (r["question"], r["answer"])
+
+
+def test_reasoning_in_think_tags_and_unanswerable_refusals(no_llm_run):
+    rows = no_llm_run.read_arrow("qa").to_pylist()
+    for r in rows:
+        target = r["messages"][2]["content"]
+        assert target.startswith("<think>\n") and "\n</think>\n\n" in target and target.endswith(r["answer"])
+    refusals = [r for r in rows if r["kind"] == "unanswerable"]
+    corpus = set(re.findall(r"[a-z0-9']+", " ".join(c["text"] for c in no_llm_run.read_arrow("chunks").to_pylist()).lower()))
+    assert refusals
+    for r in refusals:
+        invented = [w for w in re.findall(r"\b[A-Z][a-z]+", r["question"])[1:] if w not in ("Festival", "Industries")]
+        assert invented and not [w for w in invented if w.lower() in corpus], r["question"]
+        assert all(w in r["answer"] for w in invented) and ("don't" in r["answer"] or "Nothing" in r["answer"])
+
+
+def test_split_is_stratified_and_decontaminated(no_llm_run):
+    from factory.synth.quality import NearDuplicates
+
+    train = no_llm_run.read_arrow("qa", "train").to_pylist()
+    test = no_llm_run.read_arrow("qa", "test").to_pylist()
+    assert {r["kind"] for r in test} == {"local", "global", "entity", "relationship", "unanswerable"}
+    index = NearDuplicates(no_llm_run.cfg.synth.test_overlap_threshold)
+    for r in test:
+        index.add(r["question"])
+    assert not [r["question"] for r in train if index.seen(r["question"], add=False)]
+    ids = [r["id"] for r in train + test]
+    assert len(ids) == len(set(ids))
+
+
+def test_manifest_records_recall_and_drops(no_llm_run):
+    stage = no_llm_run.manifest["stages"]["synthesis"]
+    retrieval = stage["stats"]["retrieval"]
+    assert retrieval["method"] == "bm25" and retrieval["k"] == 5
+    assert 0.5 <= retrieval["recall_at_k"] <= 1.0
+    assert stage["rows_out"] == no_llm_run.manifest["counts"]["qa/train"] + no_llm_run.manifest["counts"]["qa/test"]
+    assert stage["rows_in"] == stage["rows_out"] + sum(stage["drops"].values())
+
+
+def test_retriever_methods_find_the_right_chunk(journal_chunks, journal):
+    chunks = Run(make_cfg(journal, journal_chunks)).read_arrow("chunks")
+    target = next(c for c in chunks.to_pylist() if "Flour & Ember" in c["text"])
+    for method in ("bm25", "hybrid"):
+        r = Retriever.build(chunks, method)
+        hits = r.search(["What will Tomas call his bakery on Quay Road?"], 5)[0]
+        assert len(hits) == 5 and any("Flour & Ember" in r.text(cid) for cid, _ in hits), method
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    assert Retriever.build(chunks, "bm25").search(["xyzzy plugh"], 3) == [[]]
+    assert target["id"] in {c for c, _ in Retriever.build(chunks, "bm25").search([target["text"][:300]], 1)[0]}
