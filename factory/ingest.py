@@ -162,7 +162,7 @@ def _finish(row: dict, cfg: CorpusConfig) -> dict:
     return row
 
 
-def decode_files(batch: dict[str, np.ndarray], cfg: CorpusConfig) -> dict[str, list]:
+def decode_files(batch: dict[str, np.ndarray], cfg: CorpusConfig) -> pa.Table:
     """Raw bytes of txt/md/html/jsonl files → one row per document (or per error)."""
     rows: list[dict] = []
     for path, data in zip(batch["path"], batch["bytes"]):
@@ -225,7 +225,7 @@ def record_to_row(record: dict, source: str, cfg: CorpusConfig) -> dict:
     return _finish(row, cfg)
 
 
-def decode_records(batch: pa.Table, cfg: CorpusConfig, source: str) -> dict[str, list]:
+def decode_records(batch: pa.Table, cfg: CorpusConfig, source: str) -> pa.Table:
     rows = []
     for i, record in enumerate(batch.to_pylist()):
         src = record.pop("__source", None) or f"{source}#{i}"
@@ -233,9 +233,12 @@ def decode_records(batch: pa.Table, cfg: CorpusConfig, source: str) -> dict[str,
     return _columns(rows)
 
 
-def _columns(rows: list[dict]) -> dict[str, list]:
-    keys = ["id", "title", "text", "source", "date", "metadata", "error"]
-    return {k: [r[k] for r in rows] for k in keys}
+# Decoded rows before dedup: the documents columns plus the reason a record was skipped.
+RAW_SCHEMA = pa.schema([(k, pa.string()) for k in ("id", "title", "text", "source", "date", "metadata", "error")])
+
+
+def _columns(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
 # ---- near-duplicate detection -------------------------------------------------------------
@@ -291,7 +294,7 @@ def read_corpus(cfg: Config):
             raise UserError(f"{p}: corpus.text_field '{c.text_field}' is not a column (columns: {', '.join(pq_ds.schema().names)})")
         parts.append(pq_ds.map_batches(decode_records, fn_kwargs={"cfg": c, "source": p}, batch_format="pyarrow"))
     if by_kind["skipped"]:
-        skipped = ray.data.from_items([{**_empty_row(p), "error": "unsupported_file"} for p in by_kind["skipped"]])
+        skipped = ray.data.from_arrow(_columns([{**_empty_row(p), "error": "unsupported_file"} for p in by_kind["skipped"]]))
         parts.append(skipped)
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return ds, len(files)

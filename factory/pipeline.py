@@ -237,7 +237,8 @@ class Run:
         total = len(new)
         for i, p in enumerate(new):
             self.fs.mv(p, self.uri(table, f"{split}-{i:05d}-of-{total:05d}.parquet"))
-        self.fs.rm(tmp, recursive=True)
+        if self.fs.exists(tmp):  # object stores have no empty folders: it may be gone already
+            self.fs.rm(tmp, recursive=True)
 
     def read_arrow(self, table: str, split: str | None = None) -> pa.Table:
         files = self.table_files(table, split)
