@@ -267,35 +267,36 @@ class FolderTarget:
         staging = self._p(STAGING + manifest["version"])
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
-        todo = [s for s in snap.shards if not self._has(s)]
+        present = self._shards()
+        todo = [s for s in snap.shards if present.get(s.name) != s.size]
         log(f"publish: uploading {len(todo)} of {len(snap.shards)} shards to {self.dest}")
         for s in todo:
             _copy(snap.run.fs, s.src, self.fs, f"{staging}/{s.name}")
         for s in todo:  # into place under names no version uses yet: nothing current changes
-            self._makedirs(self._p(s.name))
+            if _is_local(self.fs):
+                self.fs.makedirs(self._p(s.table), exist_ok=True)
             self.fs.mv(f"{staging}/{s.name}", self._p(s.name))
         _write_bytes(self.fs, self._p("README.md"), card_text.encode())
         _write_bytes(self.fs, self._p("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
-        self._sweep({s.name for s in snap.shards})
-
-    def _has(self, s: Shard) -> bool:
-        p = self._p(s.name)
-        return self.fs.exists(p) and self.fs.size(p) == s.size
-
-    def _makedirs(self, path: str) -> None:
-        if _is_local(self.fs):
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-
-    def _sweep(self, keep: set[str]) -> None:
-        """After the switch: drop shards no longer named, and staging left by crashed publishes."""
+        # After the switch: drop shards no longer named, and staging left by crashed publishes.
+        keep = {s.name for s in snap.shards}
+        for rel in self._shards():
+            if rel not in keep:
+                self.fs.rm(self._p(rel))
         for entry in self.fs.ls(self.path, detail=False):
-            base = entry.rsplit("/", 1)[-1]
-            if base.startswith(STAGING):
+            if entry.rsplit("/", 1)[-1].startswith(STAGING):
                 self.fs.rm(entry, recursive=True)
-            elif base in schemas.TABLES and self.fs.isdir(entry):
-                for p in self.fs.ls(entry, detail=False):
-                    if f"{base}/{p.rsplit('/', 1)[-1]}" not in keep:
-                        self.fs.rm(p, recursive=True)
+
+    def _shards(self) -> dict[str, int]:
+        """{table/file: size} of every file in the table folders, from one listing."""
+        if not self.fs.exists(self.path):
+            return {}
+        out = {}
+        for path, info in self.fs.find(self.path, detail=True).items():
+            rel = path[len(self.path) + 1:]
+            if rel.split("/", 1)[0] in schemas.TABLES and rel.count("/") == 1:
+                out[rel] = info["size"]
+        return out
 
 
 def _copy(src_fs: fsspec.AbstractFileSystem, src: str, dst_fs: fsspec.AbstractFileSystem, dst: str) -> None:
@@ -368,6 +369,8 @@ def _local_copy(run: Run, s: Shard, tmp: str) -> str:
 def _hub_error(exc: BaseException) -> str:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     text = " ".join(str(exc).split())[:300]
+    if status in (401, 403):
+        return f"HTTP {status}: not allowed; check HF_TOKEN (a write token for this repo)"
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
 
 
