@@ -99,9 +99,7 @@ class Evaluation:
 
     # ---- stages -----------------------------------------------------------------------
     def answer(self, run: Run, rec: StageRecord) -> None:
-        rows = []
-        for system in self.systems:
-            rows += [metrics.score(r) for r in systems.answer(run, rec, self.src, self.cfg, system, self.questions)]
+        rows = [metrics.score(r) for r in systems.answer(run, rec, self.src, self.cfg, self.systems, self.questions)]
         failed = sum(r["error"] is not None for r in rows)
         rec.rows_in, rec.rows_out = len(self.questions), len(rows) - failed
         rec.drop("answer_error", failed)
@@ -147,8 +145,8 @@ def evaluate(cfg: Config, force: bool = False) -> Run:
     """Run every evaluation stage that is not up to date; returns the eval folder's Run."""
     from factory.cluster import ensure_ray
 
+    evaluation = Evaluation(cfg)  # input errors surface before Ray starts
     ensure_ray(cfg)
-    evaluation = Evaluation(cfg)
     run = Run(cfg, root=output_root(cfg))
     run.run_stages(evaluation.stages(), force=force)
     return run

@@ -143,7 +143,7 @@ def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[d
         recall = "n/a" if rag["source_chunk_recall"] is None else f"{rag['source_chunk_recall']:.3f}"
         out.append(Section("Naive RAG", [f"Retriever {rag['retriever']}, top {rag['top_k']} chunks; the question's "
                                          f"source chunk was retrieved for {recall} of the questions that have one."]))
-    out += _win_sections(results) if judged else [Section("Pairwise judge", ["No judge configured: judge-free metrics only."])]
+    out += _win_sections(results, stats.get("criteria", [])) if judged else [Section("Pairwise judge", ["No judge configured: judge-free metrics only."])]
     out += _metric_sections(answers, results)
     bench = [r for r in results if r["metric"] in ("benchmark", "benchmark_change")]
     if bench:
@@ -171,14 +171,15 @@ def _engine_text(e: dict | None) -> str:
     return text + (f" + adapter {e['adapter']}" if e.get("adapter") else "")
 
 
-def _win_sections(results: list[dict]) -> list[Section]:
+def _win_sections(results: list[dict], order: list[str]) -> list[Section]:
     wins = [r for r in results if r["metric"] == "win_rate"]
     if not wins:
         return [Section("Pairwise judge", ["The judge returned no valid verdicts."])]
     agree = {(r["system_a"], r["system_b"], r["criterion"], r["kind"]): r["value"]
              for r in results if r["metric"] == "judge_agreement"}
     pairs = list(dict.fromkeys((r["system_a"], r["system_b"]) for r in wins))
-    criteria = list(dict.fromkeys(r["criterion"] for r in wins))
+    judged = {r["criterion"] for r in wins}
+    criteria = [c for c in order if c in judged] + sorted(judged - set(order))
     kinds = ["all"] + sorted({r["kind"] for r in wins} - {"all"})
     by = {(r["system_a"], r["system_b"], r["criterion"], r["kind"]): r for r in wins}
     series = {f"{a} vs {b}": [(by[(a, b, c, "all")]["value"], by[(a, b, c, "all")]["ci_low"], by[(a, b, c, "all")]["ci_high"])

@@ -14,8 +14,6 @@ rerun only sends what is missing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -232,30 +230,46 @@ def load_answer_file(name: str, path: str, cfg: Config) -> dict[str, str]:
     return {str(i): a for i, a in zip(table.column("id").to_pylist(), table.column("answer").to_pylist())}
 
 
-def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, system: str, questions: list[dict]) -> list[dict]:
-    """One eval_answers row (without metrics) per question, for one system."""
-    if system in cfg.evaluate.answer_files:
-        given = load_answer_file(system, cfg.evaluate.answer_files[system], cfg)
-        replies = {q["id"]: {"generated_text": given.get(q["id"]),
-                             "error": None if q["id"] in given else "missing from the answer file"} for q in questions}
-    elif system == "graph_global":
-        replies = graph_global_answers(cfg, run, src, questions, engine_for(cfg, system), rec)
-    else:
-        engine = engine_for(cfg, system)
-        builders: dict[str, Callable[[], list[list[dict]]]] = {
-            "student": lambda: [plain_messages(cfg, q["question"]) for q in questions],
-            "base": lambda: [plain_messages(cfg, q["question"]) for q in questions],
-            "naive_rag": lambda: rag_messages(cfg, src, questions, rec),
-            "long_context": lambda: long_context_messages(cfg, src, questions, engine, rec),
-        }
-        if system not in builders:
-            raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(SYSTEMS)} "
-                            "or a name in evaluate.answer_files)")
-        rows = [{"id": q["id"], "messages": m} for q, m in zip(questions, builders[system]())]
-        replies = generate(run, rec, rows, engine, f"eval_answer_{system}")
+def _messages(cfg: Config, src: Run, system: str, questions: list[dict], engine: EngineConfig,
+              rec: StageRecord) -> list[list[dict]]:
+    if system in ("student", "base"):
+        return [plain_messages(cfg, q["question"]) for q in questions]
+    if system == "naive_rag":
+        return rag_messages(cfg, src, questions, rec)
+    if system == "long_context":
+        return long_context_messages(cfg, src, questions, engine, rec)
+    raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(SYSTEMS)} "
+                    "or a name in evaluate.answer_files)")
+
+
+def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str], questions: list[dict]) -> list[dict]:
+    """eval_answers rows (without metrics): every system's answer to every question.
+
+    Systems that share one engine config (base, naive_rag and long_context by
+    default) go through one engine call, so the model is loaded once for them.
+    """
+    replies: dict[str, dict[str, dict]] = {}
+    groups: dict[str, tuple[EngineConfig, list[dict]]] = {}
+    for system in systems:
+        if system in cfg.evaluate.answer_files:
+            given = load_answer_file(system, cfg.evaluate.answer_files[system], cfg)
+            replies[system] = {q["id"]: {"generated_text": given.get(q["id"]), "error": None if q["id"] in given
+                                         else "missing from the answer file"} for q in questions}
+        elif system == "graph_global":
+            replies[system] = graph_global_answers(cfg, run, src, questions, engine_for(cfg, system), rec)
+        else:
+            engine = engine_for(cfg, system)
+            msgs = _messages(cfg, src, system, questions, engine, rec)
+            group = groups.setdefault(engine.model_dump_json(), (engine, []))
+            group[1].extend({"id": f"{system}|{q['id']}", "messages": m} for q, m in zip(questions, msgs))
+    for engine, rows in groups.values():
+        for key, reply in generate(run, rec, rows, engine, "eval_answer").items():
+            system, qid = key.split("|", 1)
+            replies.setdefault(system, {})[qid] = reply
     out = []
-    for q in questions:
-        r = replies.get(q["id"]) or {"error": "no reply"}
-        out.append({"question_id": q["id"], "kind": q["kind"], "system": system, "question": q["question"],
-                    "answer": r.get("generated_text"), "reference": q["answer"], "error": r.get("error")})
+    for system in systems:
+        for q in questions:
+            r = replies.get(system, {}).get(q["id"]) or {"error": "no reply"}
+            out.append({"question_id": q["id"], "kind": q["kind"], "system": system, "question": q["question"],
+                        "answer": r.get("generated_text"), "reference": q["answer"], "error": r.get("error")})
     return out

@@ -1,0 +1,151 @@
+"""`python -m jobs.evaluate` end to end: the tiny Llama (hf engine) answers as every system on a
+small run built from examples/journal; a scripted judge on loopback HTTP compares them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import schemas
+from factory.config import load_config
+from factory.generate import generate
+from jobs.evaluate import main as evaluate_main
+from tests.support.openai_server import FakeOpenAIServer
+
+SYSTEMS = ["student", "base", "naive_rag", "long_context", "graph_global"]
+
+
+def _reports() -> list[dict]:
+    themes = [("Running", "Training for the Harwick Half Marathon along the Calder River path."),
+              ("Old Mill Gardens", "The competition brief for the Old Mill Gardens redesign with Priya."),
+              ("Wellbeing", "Sleep trouble and sessions with Dr. Helen Okafor; pottery at the Kiln Room.")]
+    return [{"id": f"r{i}", "community": i, "level": 0, "title": t, "summary": s, "rank": 8.0 - i,
+             "findings": [{"summary": t, "explanation": s}], "full_content": s} for i, (t, s) in enumerate(themes)]
+
+
+def _qa(chunks: pa.Table) -> list[dict]:
+    first = chunks.to_pylist()[0]
+    qs = [("local", "How far was the first training run along the Calder River?", "6 km in 41 minutes 20 seconds.",
+           first["id"]),
+          ("global", "How did my wellbeing change over February?", "Sleep was poor; therapy and pottery helped.", None),
+          ("entity", "What can you tell me about the event Harwick Half Marathon?", "A race on Sunday 18 May.", None),
+          ("relationship", "What is the relationship between Priya and Old Mill Gardens?", "They visit the site.", None),
+          ("unanswerable", "What did I eat in Tokyo?", "I don't know: the journal does not mention Tokyo.", None)]
+    return [{"id": f"q{i}", "kind": k, "question": q, "answer": a, "source_chunk_id": src, "split": "test",
+             "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for i, (k, q, a, src) in enumerate(qs)]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, ray_session, journal):
+    """ingest + chunk of February's entries; community reports and a qa test split written by hand."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, [f"corpus.path={journal}/2025-02-*.md", f"output.path={out}",
+                             "chunking.size=200", "chunking.overlap=40"])
+    run = generate(cfg, until="chunk")
+    run.write_table("community_reports", pa.Table.from_pylist(_reports()))
+    run.write_table("qa", pa.Table.from_pylist(_qa(run.read_arrow("chunks"))), "test")
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_llama):
+    """A LoRA adapter with random (non-zero) weights, so the student really differs from base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("adapter")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(path)
+    return path
+
+
+def prefers_longer(request: dict) -> str:
+    text = request["messages"][-1]["content"]
+    criteria = re.search(r"Judge these criteria: (.+)", text).group(1).split(", ")
+    a = re.search(r"Answer A:\n(.*?)\n\nAnswer B:", text, re.S).group(1)
+    b = re.search(r"Answer B:\n(.*?)\n\nJudge these", text, re.S).group(1)
+    winner = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
+    return json.dumps({c: {"winner": winner, "reason": "More detail."} for c in criteria})
+
+
+def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, tmp_path, capsys):
+    answers_file = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"id": ["q0", "q1", "q2"], "answer": ["6 km.", "Better sleep.", "A race."]}), answers_file)
+    bench = tmp_path / "mini_mmlu.jsonl"
+    bench.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer": "B"}\n'
+                     '{"question": "6*7?", "answer": "42"}\n')
+    with FakeOpenAIServer(prefers_longer) as server:
+        config = {
+            "output": {"path": str(small_run)},
+            "chunking": {"size": 200, "overlap": 40},
+            "synth": {"top_k": 2, "map_batch_tokens": 400},
+            "student": {"engine": "hf", "model": str(tiny_llama), "adapter": str(adapter), "max_tokens": 12,
+                        "batch_size": 8},
+            "judge": {"engine": "openai", "model": "judge", "base_url": server.base_url, "max_retries": 0},
+            "evaluate": {"answer_files": {"mine": str(answers_file)}, "benchmark_file": str(bench),
+                         "bootstrap": 100, "output": str(tmp_path / "eval")},
+        }
+        path = tmp_path / "evaluate.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert evaluate_main(["--config", str(path)]) == 0
+        judge_calls = len(server.requests)
+    out = tmp_path / "eval"
+
+    answers = pq.read_table(out / "eval_answers", filters=None).to_pylist()
+    test = [r for r in answers if r["kind"] and not r["kind"].startswith("benchmark")]
+    assert sorted({r["system"] for r in test}) == sorted(SYSTEMS + ["mine"]) and len(test) == 5 * 6
+    by = {(r["system"], r["question_id"]): r for r in test}
+    for system in ("student", "base", "naive_rag", "long_context"):
+        assert all(by[(system, f"q{i}")]["error"] is None for i in range(5)), system
+    # the adapter is applied: the student does not say what base says
+    assert any(by[("student", f"q{i}")]["answer"] != by[("base", f"q{i}")]["answer"] for i in range(5))
+    # an answer file is a system; questions it lacks are failures, never silent gaps
+    assert by[("mine", "q0")]["answer"] == "6 km." and by[("mine", "q4")]["error"] == "missing from the answer file"
+    assert all(r["token_f1"] is not None for r in test if r["error"] is None)
+
+    markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in ("answer", "judge", "report")}
+    lc = markers["answer"]["stats"]["long_context"]
+    assert lc["cut_fraction"] > 0 and lc["tokens_kept"] <= lc["budget_tokens"] and "tokenizer" in lc["counted_with"]
+    assert markers["answer"]["stats"]["naive_rag"]["source_chunk_recall"] is not None
+    assert judge_calls > 0 and markers["judge"]["rows_out"] > 0
+
+    bench_rows = [r for r in answers if (r["kind"] or "").startswith("benchmark")]
+    assert len(bench_rows) == 4 and {r["system"] for r in bench_rows} == {"base", "student"}
+
+    results = pq.read_table(out / "results.parquet")
+    assert results.schema.equals(schemas.schema_of("eval_results"), check_metadata=False)
+    rows = results.to_pylist()
+    metrics = {r["metric"] for r in rows}
+    assert {"win_rate", "token_f1", "rouge_l", "answer_tokens", "refusal_accuracy", "benchmark", "benchmark_change"} <= metrics
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    win = next(r for r in rows if r["metric"] == "win_rate" and r["kind"] == "all")
+    f1 = next(r for r in rows if r["metric"] == "token_f1" and r["kind"] == "all" and r["system_a"] == "student")
+    for text in (md, page):
+        assert f"{win['value']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]" in text
+        assert f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in text
+        assert f"{100 * lc['cut_fraction']:.1f}% cut" in text
+    assert "data:image/png;base64," in page and (out / "plots" / "answer_lengths.png").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["evaluate"]["bootstrap"] == 100
+
+    # a rerun with nothing changed skips every stage
+    # a rerun skips answer and benchmark; the judge (its base_url changed) is served from the call cache
+    capsys.readouterr()
+    with FakeOpenAIServer(prefers_longer) as server:
+        config["judge"]["base_url"] = server.base_url
+        path.write_text(yaml.safe_dump(config))
+        assert evaluate_main(["--config", str(path)]) == 0
+        assert server.requests == []
+    assert capsys.readouterr().err.count("up to date, skipped") == 2
+    assert pq.read_table(out / "results.parquet").num_rows == len(rows)
+
+
+def test_missing_test_split_is_one_clear_error(tmp_path, capsys):
+    assert evaluate_main(["--set", f"output.path={tmp_path}", "--set", "ray.num_cpus=1"]) == 2
+    assert "no qa test split" in capsys.readouterr().err
