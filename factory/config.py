@@ -100,6 +100,8 @@ class EngineConfig(Section):
     qps: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    # First retry delay; doubles per attempt (full jitter, capped at 60 s); Retry-After wins when sent.
+    backoff_s: float = Field(1.0, ge=0)
     # Per-stage token budget (input + output); the stage stops cleanly when reached.
     budget_tokens: int | None = Field(None, gt=0)
 

@@ -137,17 +137,17 @@ _table(
     _f("split", STR, False, "train | test"),
 )
 _table(
-    "llm_calls", 1, "Cache of every LLM call, keyed by a hash of engine, model, messages and sampling.",
+    "llm_calls", 2, "Cache of every finished LLM call, keyed by a hash of engine, model, messages and sampling.",
     _f("key", STR, False),
     _f("task", STR, False),
     _f("engine", STR),
     _f("model", STR),
-    _f("prompt_hash", STR),
-    _f("generated_text", STR),
+    _f("generated_text", STR, False),
     _f("parsed", STR, doc="JSON of the validated structured output"),
-    _f("error", STR),
+    _f("error", STR, doc="invalid_output: ... when the text did not parse; transport errors are never cached"),
     _f("input_tokens", I64),
     _f("output_tokens", I64),
+    _f("finish_reason", STR),
 )
 _table(
     "eval_answers", 2, "Each system's answer to each held-out question (split test) or benchmark item (split benchmark).",

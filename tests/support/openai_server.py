@@ -2,7 +2,8 @@
 
 `responder(request_json) -> str | Fault` decides each reply: a string becomes
 the assistant message content; a Fault injects an HTTP status, a delay, a cut
-connection or a malformed body. Every request is recorded in `requests`.
+connection or a malformed body. Every request is recorded in `requests`, its
+arrival time (time.monotonic) in `times` and its headers in `headers`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class FakeOpenAIServer:
         self.responder = responder
         self.api_key = api_key
         self.requests: list[dict] = []
+        self.times: list[float] = []
+        self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         server = self
 
@@ -53,6 +56,9 @@ class FakeOpenAIServer:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._send(401, b'{"error": {"message": "bad key"}}')
+                    return
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode())
                 else:
@@ -67,6 +73,8 @@ class FakeOpenAIServer:
                 request = json.loads(raw)
                 with server.lock:
                     server.requests.append(request)
+                    server.times.append(time.monotonic())
+                    server.headers.append(dict(self.headers.items()))
                 reply = server.responder(request)
                 if isinstance(reply, Fault):
                     if reply.delay_s:

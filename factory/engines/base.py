@@ -1,0 +1,287 @@
+"""`run_llm`: one Ray Dataset of chat prompts through one engine, cached and resumable.
+
+Flow of one call:
+1. key every row: hash(engine, model, messages, sampling, output schema);
+2. anti-join on the run's call cache (`_cache/llm/<task>/`): only missing keys are sent;
+3. the backend (openai | hf | vllm) turns request rows into result rows;
+4. the driver streams result blocks as they finish, appends each to the cache,
+   counts tokens and stops cleanly at the stage's token budget;
+5. results are attached back to the original rows by key (never by order).
+
+Every row comes back: with text, or with `error` = "<kind>: <reason>" where
+kind is llm_error (transport, retries exhausted), invalid_output (text that
+did not parse or validate; the text is kept) or budget_exhausted.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+
+from factory.config import EngineConfig
+from factory.engines.cache import CallCache, call_key
+from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
+from factory.errors import UserError, find_user_error
+
+KEY = "_llm_key"
+MAX_TOKENS = "_llm_max_tokens"
+TEMPERATURE = "_llm_temperature"
+INTERNAL = (KEY, MAX_TOKENS, TEMPERATURE)
+
+# What a backend receives (one row per call) and must return (one row per call).
+REQUEST_COLUMNS = ("key", "messages", "max_tokens", "temperature")
+RESULT_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("generated_text", pa.string()),
+    ("parsed", pa.string()),
+    ("error", pa.string()),
+    ("input_tokens", pa.int64()),
+    ("output_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+])
+OUTPUT_COLUMNS = ("generated_text", "parsed", "error", "input_tokens", "output_tokens", "engine", "model", "prompt_hash")
+
+_BACKENDS = {"openai": "factory.engines.openai", "hf": "factory.engines.hf", "vllm": "factory.engines.vllm"}
+
+
+@dataclass
+class CallResult:
+    """One call's outcome inside a backend; `error` is already "<kind>: <reason>"."""
+
+    text: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+
+
+def result_table(keys: list[str], results: list[CallResult], output_model: type[BaseModel] | None) -> pa.Table:
+    """Backends call this in their workers: structured parsing happens next to the call."""
+    parsed, errors = [], []
+    for r in results:
+        if r.error is not None:
+            p, e = None, r.error
+        else:
+            p, e = finish(r.text, output_model)
+        parsed.append(p)
+        errors.append(e)
+    return pa.table(
+        {
+            "key": keys,
+            "generated_text": [r.text for r in results],
+            "parsed": parsed,
+            "error": errors,
+            "input_tokens": [int(r.input_tokens or 0) for r in results],
+            "output_tokens": [int(r.output_tokens or 0) for r in results],
+            "finish_reason": [r.finish_reason for r in results],
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def model_name(cfg: EngineConfig) -> str:
+    return f"{cfg.model}+{cfg.adapter}" if cfg.adapter else str(cfg.model)
+
+
+def backend(engine: str) -> Any:
+    if engine == "none":
+        raise ValueError("engine 'none' has no LLM: callers take their rule-based path instead of run_llm")
+    return importlib.import_module(_BACKENDS[engine])
+
+
+def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, output_model: type[BaseModel] | None = None):
+    """Rows of `ds` (id, messages[, prompt_hash, max_tokens, temperature]) plus the call's outcome."""
+    import ray
+
+    from factory.pipeline import log
+
+    be = backend(role_cfg.engine)
+    engine, model = role_cfg.engine, model_name(role_cfg)
+    params = {
+        "top_p": role_cfg.top_p,
+        "seed": role_cfg.seed,
+        "schema": schema_hash(output_model),
+        "extra": be.request_extras(role_cfg),
+    }
+    keyed = ds.map_batches(
+        _add_keys,
+        fn_kwargs={"engine": engine, "model": model, "params": params,
+                   "max_tokens": role_cfg.max_tokens, "temperature": role_cfg.temperature},
+        batch_format="pyarrow",
+    ).materialize()
+    keys = _column(keyed, KEY)
+    cache = CallCache(run, task)
+    cached = cache.load()
+    cached = cached.filter(pc.is_in(cached.column("key"), value_set=keys)) if len(keys) else cached.slice(0, 0)
+    unique = pc.unique(keys)
+    todo = unique.filter(pc.invert(pc.is_in(unique, value_set=cached.column("key"))))
+    parts = [cached.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)]
+
+    tag = f"{engine}:{model}"
+    stopped = False
+    if len(todo):
+        if _over_budget(rec, tag, role_cfg.budget_tokens):
+            stopped = True
+        else:
+            be.preflight(role_cfg)
+            pending = keyed.map_batches(_requests, fn_kwargs={"todo": [ray.put(todo)]}, batch_format="pyarrow")
+            stopped = _stream(be.generate(pending, role_cfg, output_model), cache, rec, tag, role_cfg, task, engine, model, parts)
+    if stopped:
+        log(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
+            f"kept every finished call, the rest are marked {BUDGET} (raise budget_tokens and rerun to continue)")
+        rec.stats["budget_exhausted"] = True
+    cache.compact()
+
+    results = pa.concat_tables(parts)
+    kind = BUDGET if stopped else LLM_ERROR
+    missing = f"{kind}: token budget of {role_cfg.budget_tokens} reached" if stopped else f"{kind}: no result"
+    _count(rec, task, keys, results, len(cached), kind)
+    return keyed.map_batches(
+        _attach,
+        fn_kwargs={"results": [ray.put(results)], "engine": engine, "model": model,
+                   "prompt_hash": _prompt_hash(task), "missing": missing},
+        batch_format="pyarrow",
+    )
+
+
+def _stream(out: Any, cache: CallCache, rec: Any, tag: str, cfg: EngineConfig, task: str,
+            engine: str, model: str, parts: list[pa.Table]) -> bool:
+    """Drain the backend block by block; True when the token budget stopped it."""
+    try:
+        for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+            block = block.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+            parts.append(block)
+            done = block.filter(pc.is_valid(block.column("generated_text")))
+            n = len(block)
+            cache.append(done.append_column("task", pa.array([task] * len(done), pa.string()))
+                         .append_column("engine", pa.array([engine] * len(done), pa.string()))
+                         .append_column("model", pa.array([model] * len(done), pa.string())))
+            rec.add_tokens(tag, pc.sum(block.column("input_tokens")).as_py() or 0,
+                           pc.sum(block.column("output_tokens")).as_py() or 0, n)
+            if _over_budget(rec, tag, cfg.budget_tokens):
+                return True
+    except Exception as exc:
+        user = find_user_error(exc)
+        if user is not None:
+            raise UserError(str(user)) from None
+        raise
+    return False
+
+
+def _over_budget(rec: Any, tag: str, budget: int | None) -> bool:
+    if budget is None:
+        return False
+    t = rec.tokens.get(tag, {})
+    return t.get("input", 0) + t.get("output", 0) >= budget
+
+
+def _count(rec: Any, task: str, keys: pa.Array, results: pa.Table, cache_hits: int, missing_kind: str) -> None:
+    """Per input row: drops by error kind; per task: rows, cache hits, errors."""
+    idx = pc.index_in(keys, value_set=results.column("key"))
+    errors = pc.take(results.column("error"), pc.fill_null(idx, 0)).to_pylist() if len(results) else [None] * len(keys)
+    kinds: dict[str, int] = {}
+    for err, found in zip(errors, pc.is_valid(idx).to_pylist()):
+        if found and err is None:
+            continue
+        kind = err.split(":", 1)[0] if found else missing_kind
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for kind, n in kinds.items():
+        rec.drop(kind, n)
+    stats = rec.stats.setdefault("llm", {}).setdefault(task, {"rows": 0, "cache_hits": 0, "errors": 0})
+    stats["rows"] += len(keys)
+    stats["cache_hits"] += cache_hits
+    stats["errors"] += sum(kinds.values())
+
+
+def _prompt_hash(task: str) -> str | None:
+    from factory import prompts
+
+    try:
+        return prompts.load(task).hash
+    except FileNotFoundError:
+        return None
+
+
+def _column(ds: Any, name: str) -> pa.Array:
+    import ray
+
+    tables = [t.select([name]) for t in ray.get(ds.to_arrow_refs())]
+    if not tables:
+        return pa.array([], pa.string())
+    return pa.concat_tables(tables).column(name).combine_chunks()
+
+
+# ---- per-block functions (run in Ray workers) --------------------------------------------
+def _add_keys(batch: pa.Table, engine: str, model: str, params: dict, max_tokens: int, temperature: float) -> pa.Table:
+    n = batch.num_rows
+    msgs = batch.column("messages").to_pylist()
+    mt = _override(batch, "max_tokens", n, max_tokens, int)
+    temp = _override(batch, "temperature", n, temperature, float)
+    keys = [
+        call_key(engine, model, m or [], {**params, "max_tokens": a, "temperature": b})
+        for m, a, b in zip(msgs, mt, temp)
+    ]
+    for name in INTERNAL:
+        if name in batch.column_names:
+            batch = batch.drop_columns([name])
+    return (batch.append_column(KEY, pa.array(keys, pa.string()))
+            .append_column(MAX_TOKENS, pa.array(mt, pa.int64()))
+            .append_column(TEMPERATURE, pa.array(temp, pa.float64())))
+
+
+def _override(batch: pa.Table, name: str, n: int, default: Any, cast: type) -> list:
+    if name not in batch.column_names:
+        return [default] * n
+    return [default if v is None else cast(v) for v in batch.column(name).to_pylist()]
+
+
+def _requests(batch: pa.Table, todo: list) -> pa.Table:
+    import ray
+
+    keep = batch.filter(pc.is_in(batch.column(KEY), value_set=ray.get(todo[0])))
+    return pa.table({
+        "key": keep.column(KEY),
+        "messages": keep.column("messages"),
+        "max_tokens": keep.column(MAX_TOKENS),
+        "temperature": keep.column(TEMPERATURE),
+    })
+
+
+def _attach(batch: pa.Table, results: list, engine: str, model: str, prompt_hash: str | None, missing: str) -> pa.Table:
+    import ray
+
+    table = ray.get(results[0])
+    idx = pc.index_in(batch.column(KEY), value_set=table.column("key"))
+    found = pc.is_valid(idx)
+    safe = pc.fill_null(idx, 0)
+    n = batch.num_rows
+
+    def pick(col: str) -> pa.Array:
+        if len(table) == 0:
+            return pa.nulls(n, RESULT_SCHEMA.field(col).type)
+        return pc.if_else(found, pc.take(table.column(col), safe), pa.scalar(None, RESULT_SCHEMA.field(col).type))
+
+    error = pc.if_else(found, pick("error"), pa.scalar(missing)) if len(table) else pa.array([missing] * n, pa.string())
+    if "prompt_hash" in batch.column_names:
+        ph = pc.fill_null(batch.column("prompt_hash"), pa.scalar(prompt_hash, pa.string()))
+    else:
+        ph = pa.array([prompt_hash] * n, pa.string())
+    out = batch.drop_columns([c for c in (*INTERNAL, *OUTPUT_COLUMNS) if c in batch.column_names])
+    values = {
+        "generated_text": pick("generated_text"),
+        "parsed": pick("parsed"),
+        "error": error,
+        "input_tokens": pc.fill_null(pick("input_tokens"), 0),
+        "output_tokens": pc.fill_null(pick("output_tokens"), 0),
+        "engine": pa.array([engine] * n, pa.string()),
+        "model": pa.array([model] * n, pa.string()),
+        "prompt_hash": ph,
+    }
+    for name in OUTPUT_COLUMNS:
+        out = out.append_column(name, values[name])
+    return out

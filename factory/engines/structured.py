@@ -1,0 +1,94 @@
+"""Structured output: JSON schema for the backend, then parse → repair → validate.
+
+Each LLM task declares its output as a pydantic model. Backends that can
+constrain decoding get `json_schema(model)`; whatever comes back (constrained
+or not) goes through `parse_output`, which tolerates what models really emit:
+reasoning in <think> tags, Markdown code fences, prose around the object,
+trailing commas and other small syntax slips (json-repair).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import json_repair
+from pydantic import BaseModel, ValidationError
+
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+
+def json_schema(output_model: type[BaseModel] | None) -> dict | None:
+    return output_model.model_json_schema() if output_model is not None else None
+
+
+def schema_hash(output_model: type[BaseModel] | None) -> str | None:
+    """Part of every call key: a new output schema is a different request."""
+    schema = json_schema(output_model)
+    if schema is None:
+        return None
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _candidates(text: str) -> list[str]:
+    """Texts worth trying, most literal first."""
+    body = _THINK.sub("", text).strip()
+    found = [body]
+    fence = _FENCE.search(body)
+    if fence:
+        found.append(fence.group(1).strip())
+    start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
+    end = max(body.rfind("}"), body.rfind("]"))
+    if start >= 0 and end > start:
+        found.append(body[start:end + 1])
+    return found
+
+
+def _load(text: str) -> Any:
+    for cand in _candidates(text):
+        try:
+            return json.loads(cand)
+        except ValueError:
+            continue
+    # json-repair returns "" when it finds nothing JSON-like at all.
+    for cand in reversed(_candidates(text)):
+        value = json_repair.loads(cand)
+        if value not in ("", None):
+            return value
+    raise ValueError("no JSON found in the output")
+
+
+def parse_output(text: str | None, output_model: type[BaseModel]) -> tuple[BaseModel | None, str | None]:
+    """(validated instance, None) or (None, one-line reason)."""
+    if text is None or not text.strip():
+        return None, "empty output"
+    try:
+        value = _load(text)
+    except (ValueError, RecursionError) as exc:
+        return None, str(exc)
+    try:
+        return output_model.model_validate(value), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return None, f"schema mismatch at {where}: {first['msg']}{more}"
+
+
+def finish(text: str | None, output_model: type[BaseModel] | None) -> tuple[str | None, str | None]:
+    """(parsed JSON text, error) for one generated text; error is prefixed with its kind."""
+    if output_model is None or text is None:
+        return None, None
+    value, err = parse_output(text, output_model)
+    if value is None:
+        return None, f"{INVALID_OUTPUT}: {err}"
+    return value.model_dump_json(), None
+
+
+# Error kinds, the first word of every `error` value (and the reasons counted in rec.drops).
+LLM_ERROR = "llm_error"
+INVALID_OUTPUT = "invalid_output"
+BUDGET = "budget_exhausted"

@@ -1,0 +1,238 @@
+"""run_llm through the openai backend against a real loopback HTTP server with injected faults."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import defaultdict
+
+import pyarrow.compute as pc
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from factory.config import EngineConfig, load_config, validate_config
+from factory.engines import run_llm
+from factory.engines.cache import CallCache
+from factory.errors import UserError
+from factory.pipeline import Run, StageRecord
+from tests.support.openai_server import FakeOpenAIServer, Fault
+
+
+class Answer(BaseModel):
+    answer: str
+    score: int
+
+
+def make_run(tmp_path) -> Run:
+    return Run(validate_config({"output": {"path": str(tmp_path / "run")}}))
+
+
+def engine(server: FakeOpenAIServer, **kw) -> EngineConfig:
+    base = {"engine": "openai", "model": "m", "base_url": server.base_url, "timeout_s": 2.0,
+            "max_retries": 4, "backoff_s": 0.01, "concurrency": 4, "batch_size": 4}
+    return EngineConfig(**{**base, **kw})
+
+
+def prompts(ray, n: int, start: int = 0, **extra):
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"row {i}"}], "keep": i, **extra}
+            for i in range(start, start + n)]
+    random.Random(n).shuffle(rows)
+    return ray.data.from_items(rows)
+
+
+def by_id(ds) -> dict[str, dict]:
+    return {r["id"]: r for r in ds.take_all()}
+
+
+def row_of(request: dict) -> int:
+    return int(request["messages"][-1]["content"].split()[-1])
+
+
+def test_plain_run_keys_rows_by_id_and_counts_tokens(ray_session, tmp_path):
+    with FakeOpenAIServer() as server:
+        rec = StageRecord("t")
+        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 20), engine(server), "demo"))
+    assert len(out) == 20
+    for i in range(20):
+        r = out[f"r{i}"]
+        assert r["generated_text"] == f"echo: row {i}" and r["keep"] == i
+        assert r["error"] is None and r["parsed"] is None
+        assert (r["engine"], r["model"], r["input_tokens"], r["output_tokens"]) == ("openai", "m", 2, 3)
+    assert rec.tokens == {"openai:m": {"input": 40, "output": 60, "calls": 20}}
+    assert not rec.drops
+    body = server.requests[0]
+    assert body["model"] == "m" and body["max_tokens"] == 1024 and body["temperature"] == 0.0
+    assert "response_format" not in body
+
+
+def test_faults_every_row_ends_with_answer_or_error(ray_session, tmp_path):
+    # Per row: the faults its successive attempts meet; after them the server answers.
+    plans = {
+        0: [Fault(status=429)], 1: [Fault(status=500), Fault(status=503)], 2: [Fault(delay_s=3.0)],
+        3: [Fault(cut=True)], 4: [Fault(malformed=True)], 5: [Fault(status=500)] * 10,
+        6: [Fault(status=400)] * 10, 7: [Fault(cut=True)] * 10,
+    }
+    seen: dict[int, int] = defaultdict(int)
+    lock = threading.Lock()
+
+    def responder(req):
+        i = row_of(req)
+        with lock:
+            n = seen[i]
+            seen[i] += 1
+        plan = plans.get(i, [])
+        return plan[n] if n < len(plan) else f"ok {i}"
+
+    with FakeOpenAIServer(responder) as server:
+        rec = StageRecord("t")
+        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 12), engine(server, timeout_s=1.0), "faults"))
+    assert len(out) == 12
+    for i in (0, 1, 2, 3, 4, 8, 9, 10, 11):
+        assert out[f"r{i}"]["generated_text"] == f"ok {i}" and out[f"r{i}"]["error"] is None, out[f"r{i}"]
+    assert out["r5"]["error"].startswith("llm_error: HTTP 500") and "gave up after 5 attempts" in out["r5"]["error"]
+    assert out["r6"]["error"].startswith("llm_error: HTTP 400")
+    assert out["r7"]["error"].startswith("llm_error: connection failed")
+    assert all(out[f"r{i}"]["generated_text"] is None for i in (5, 6, 7))
+    assert seen[5] == 5 and seen[6] == 1 and seen[0] == 2 and seen[1] == 3
+    assert rec.drops == {"llm_error": 3}
+    assert rec.tokens["openai:m"]["calls"] == 12
+
+
+def test_structured_output_schema_repair_and_invalid(ray_session, tmp_path):
+    replies = {
+        0: '{"answer": "plain", "score": 1}',
+        1: '<think>hmm {not this}</think>\n```json\n{"answer": "fenced", "score": 2,}\n```',
+        2: 'Sure! Here it is: {"answer": "prose", "score": 3} Hope it helps.',
+        3: '{"answer": "wrong type", "score": "high"}',
+        4: "I cannot answer that.",
+    }
+    with FakeOpenAIServer(lambda req: replies[row_of(req)]) as server:
+        rec = StageRecord("t")
+        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 5), engine(server), "structured", Answer))
+    fmt = server.requests[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == Answer.model_json_schema()
+    assert json.loads(out["r0"]["parsed"]) == {"answer": "plain", "score": 1}
+    assert json.loads(out["r1"]["parsed"]) == {"answer": "fenced", "score": 2}
+    assert json.loads(out["r2"]["parsed"]) == {"answer": "prose", "score": 3}
+    for i in (3, 4):
+        assert out[f"r{i}"]["parsed"] is None and out[f"r{i}"]["generated_text"] == replies[i]
+        assert out[f"r{i}"]["error"].startswith("invalid_output: ")
+    assert "score" in out["r3"]["error"]
+    assert rec.drops == {"invalid_output": 2}
+
+
+def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
+    run = make_run(tmp_path)
+    fail = {3}
+
+    def responder(req):
+        return Fault(status=500) if row_of(req) in fail else f"a{row_of(req)}"
+
+    with FakeOpenAIServer(responder) as server:
+        cfg = engine(server, max_retries=0)
+        first = by_id(run_llm(run, StageRecord("t"), prompts(ray_session, 6), cfg, "resume"))
+        assert first["r3"]["error"].startswith("llm_error") and len(server.requests) == 6
+        fail.clear()
+        rec = StageRecord("t")
+        # Same 6 rows plus 4 new ones: only the failed call and the new ones are sent.
+        second = by_id(run_llm(run, rec, prompts(ray_session, 10), cfg, "resume"))
+        sent = sorted(row_of(r) for r in server.requests[6:])
+    assert sent == [3, 6, 7, 8, 9]
+    assert all(second[f"r{i}"]["generated_text"] == f"a{i}" for i in range(10))
+    assert rec.stats["llm"]["resume"] == {"rows": 10, "cache_hits": 5, "errors": 0}
+    assert rec.tokens["openai:m"]["calls"] == 5
+    cached = CallCache(run, "resume").load()
+    assert cached.num_rows == 10 and pc.all(pc.is_null(cached.column("error"))).as_py()
+
+
+def test_sampling_overrides_and_prompt_hash_are_per_row(ray_session, tmp_path):
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "row 1"}], "max_tokens": 7, "temperature": 0.5,
+         "prompt_hash": "p1"},
+        {"id": "b", "messages": [{"role": "user", "content": "row 1"}], "max_tokens": None, "temperature": None,
+         "prompt_hash": None},
+    ]
+    with FakeOpenAIServer() as server:
+        out = by_id(run_llm(make_run(tmp_path), StageRecord("t"), ray_session.data.from_items(rows),
+                            engine(server), "no_such_prompt"))
+        bodies = sorted((r["max_tokens"], r["temperature"]) for r in server.requests)
+    # Same messages, different sampling: two different calls.
+    assert bodies == [(7, 0.5), (1024, 0.0)]
+    assert out["a"]["prompt_hash"] == "p1" and out["b"]["prompt_hash"] is None
+
+
+def test_budget_stops_cleanly_and_keeps_what_finished(ray_session, tmp_path):
+    run = make_run(tmp_path)
+    with FakeOpenAIServer(lambda req: Fault(delay_s=0.05, content="five words of answer here")) as server:
+        rec = StageRecord("t")
+        # Each call costs 2 + 5 = 7 tokens; one batch of 2 in flight at a time.
+        cfg = engine(server, concurrency=1, batch_size=2, budget_tokens=30)
+        out = by_id(run_llm(run, rec, prompts(ray_session, 20), cfg, "budget"))
+        done = [r for r in out.values() if r["error"] is None]
+        skipped = [r for r in out.values() if r["error"] is not None]
+        assert 30 <= rec.tokens["openai:m"]["input"] + rec.tokens["openai:m"]["output"] < 30 + 7 * 8
+        assert len(done) == rec.tokens["openai:m"]["calls"] and 4 <= len(done) < 20
+        assert all(r["error"].startswith("budget_exhausted: token budget of 30") for r in skipped)
+        assert rec.drops == {"budget_exhausted": len(skipped)} and rec.stats["budget_exhausted"] is True
+        # The next call in the same stage sends nothing; a new stage record (rerun) finishes the rest.
+        before = len(server.requests)
+        again = by_id(run_llm(run, rec, prompts(ray_session, 20), cfg, "budget"))
+        assert len(server.requests) == before and sum(r["error"] is None for r in again.values()) == len(done)
+        rest = by_id(run_llm(run, StageRecord("t"), prompts(ray_session, 20), cfg.model_copy(update={"budget_tokens": None}), "budget"))
+        assert all(r["error"] is None for r in rest.values())
+        assert len(server.requests) - before == 20 - len(done)
+
+
+def test_qps_limit_spaces_requests(ray_session, tmp_path):
+    with FakeOpenAIServer() as server:
+        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 11), engine(server, qps=20, concurrency=8), "qps")
+        times = sorted(server.times)
+    assert len(times) == 11 and times[-1] - times[0] >= 10 / 20 * 0.9
+
+
+def test_api_key_from_env_sent_and_never_recorded(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-secret-123")
+    with FakeOpenAIServer(api_key="sk-secret-123") as server:
+        cfg_file = tmp_path / "c.yaml"
+        cfg_file.write_text(
+            f"output: {{path: {tmp_path / 'run'}}}\n"
+            f"teacher: {{engine: openai, model: m, base_url: '{server.base_url}', api_key: '${{TEST_LLM_KEY}}', backoff_s: 0}}\n"
+        )
+        cfg = load_config(cfg_file)
+        run = Run(cfg)
+        rec = StageRecord("t")
+        out = run_llm(run, rec, prompts(ray_session, 3), cfg.teacher, "keyed").take_all()
+        run.update_manifest(stages={"t": {"tokens": rec.tokens}})
+        assert all(r["error"] is None for r in out)
+        assert server.headers[0]["Authorization"] == "Bearer sk-secret-123"
+        files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+        assert files and not any(b"sk-secret-123" in p.read_bytes() for p in files)
+        wrong = cfg.teacher.model_copy(update={"api_key": SecretStr("sk-wrong")})
+        with pytest.raises(UserError, match="rejected the API key") as err:
+            run_llm(run, rec, prompts(ray_session, 3, start=10), wrong, "keyed")
+        assert "sk-wrong" not in str(err.value)
+
+
+def test_unreachable_server_and_engine_none(ray_session, tmp_path):
+    from tests.conftest import free_port
+
+    cfg = EngineConfig(engine="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(UserError, match="cannot reach"):
+        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), cfg, "x")
+    with pytest.raises(ValueError, match="engine 'none'"):
+        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), EngineConfig(), "x")
+
+
+def test_slow_server_is_used_concurrently(ray_session, tmp_path):
+    # 16 calls of 0.3 s each with concurrency 8 finish in about 0.6 s of waiting, not 4.8 s.
+    with FakeOpenAIServer(lambda req: Fault(delay_s=0.3, content="late")) as server:
+        start = time.monotonic()
+        out = run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 16),
+                      engine(server, concurrency=8, batch_size=4), "slow").take_all()
+        elapsed = time.monotonic() - start
+        spans = sorted(server.times)
+    assert all(r["generated_text"] == "late" for r in out)
+    # Requests overlapped: the 16 arrivals fall within a window far shorter than 16 × 0.3 s.
+    assert spans[-1] - spans[0] < 16 * 0.3 / 2, (spans[-1] - spans[0], elapsed)
