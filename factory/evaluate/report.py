@@ -61,7 +61,7 @@ def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]]
           hline: float | None = None) -> bytes:
     """Grouped bars with 95% interval whiskers; series name -> (value, low, high) per group."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups) * max(1, len(series)) / 2 + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(14, max(5, 0.45 * len(groups) * max(1, len(series)) + 2)), 3.6))
     width = 0.8 / max(1, len(series))
     for i, (name, vals) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
@@ -81,14 +81,20 @@ def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]]
 
 def _heatmaps(pairs: list[tuple[str, str]], criteria: list[str], kinds: list[str], rate: dict) -> bytes:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(1.2 * len(kinds) * len(pairs) + 2, 0.6 * len(criteria) + 1.6),
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (0.75 * len(kinds) + 2.4), rows * (0.4 * len(criteria) + 1.4)),
                              squeeze=False)
-    for ax, (a, b) in zip(axes[0], pairs):
+    for ax in axes.flat[len(pairs):]:
+        ax.axis("off")
+    for ax, (a, b) in zip(axes.flat, pairs):
         grid = [[rate.get((a, b, c, k), float("nan")) for k in kinds] for c in criteria]
-        ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu")
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdBu", aspect="auto")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
-                ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8)
+                dark = v == v and abs(v - 0.5) > 0.3
+                ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
         ax.set_xticks(range(len(kinds)), kinds, rotation=30, fontsize=8)
         ax.set_yticks(range(len(criteria)), criteria, fontsize=8)
         ax.set_title(f"{a} vs {b}", fontsize=9)
