@@ -1,0 +1,106 @@
+"""Ray side of the finetune job: data through Ray Data, then a `TorchTrainer`."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from factory.cluster import cpu_actors, ensure_ray
+from factory.config import Config
+from factory.errors import UserError
+from factory.pipeline import Run, log
+from factory.storage import arrow_filesystem, check_writable, filesystem, is_remote, join
+from factory.train.data import Tokenize, pack_batch
+from factory.train.loop import Plan, run_training
+from factory.train.session import RaySession
+
+# Samples packed together come from windows of this many shuffled rows.
+PACK_WINDOW = 1024
+
+
+def student_model(cfg: Config) -> str:
+    model = cfg.train.model or (cfg.student.model if cfg.student else None)
+    if not model:
+        raise UserError(f"{cfg._source}: train.model: set the student model (a local path or a Hub id)")
+    return model
+
+
+def micro_batches(cfg: Config, run: Run, split: str, model: str) -> ray.data.Dataset:
+    """qa/<split> → tokenized with the chat template (actor pool) → packed micro-batch rows."""
+    t = cfg.train
+    ds = run.read_ray("qa", split).select_columns(["messages"])
+    if split == "train":
+        ds = ds.random_shuffle(seed=t.seed)
+    ds = ds.map_batches(
+        Tokenize, fn_constructor_args=(model, min(t.max_seq_len, t.batch_tokens)), batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cpu_actors(cfg)),
+    )
+    ds = ds.map_batches(pack_batch, fn_kwargs={"batch_tokens": t.batch_tokens, "packing": t.packing},
+                        batch_size=PACK_WINDOW, batch_format="numpy")
+    return ds.materialize()
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry."""
+    run_training(config["cfg"].train, config["plan"], RaySession(), config["cfg"].s3)
+
+
+def storage(cfg: Config) -> tuple[str, Any]:
+    """Ray Train's storage_path and filesystem for train.output (local or s3:// with our credentials)."""
+    fs, path = check_writable(cfg.train.output, cfg.s3)
+    if is_remote(cfg.train.output):
+        return path, arrow_filesystem(fs)
+    return path, None
+
+
+def finetune(cfg: Config) -> dict[str, Any]:
+    """Train (or resume) the student; returns the final metrics (step, losses, export paths)."""
+    from transformers import AutoTokenizer
+
+    t = cfg.train
+    model = student_model(cfg)
+    ensure_ray(cfg)
+    dataset = t.dataset or cfg.output.path
+    run = Run(cfg, root=dataset)
+    if not run.has_table("qa", "train"):
+        raise UserError(f"{dataset}: no qa/train table (run `ragtune generate` or point train.dataset at a published dataset)")
+    pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
+    train = micro_batches(cfg, run, "train", model)
+    test = micro_batches(cfg, run, "test", model)
+    rows = train.count()
+    steps_per_epoch = rows // t.num_workers
+    if steps_per_epoch == 0:
+        raise UserError(f"{dataset}: {rows} training micro-batches for {t.num_workers} workers; lower train.num_workers or train.batch_tokens")
+    total = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
+    storage_path, storage_fs = storage(cfg)
+    plan = Plan(model=model, total_steps=total, steps_per_epoch=steps_per_epoch,
+                export_to=join(t.output, t.name, "export"), pad_id=pad_id)
+    log(f"[finetune] {rows} train micro-batches ({steps_per_epoch} steps/epoch on {t.num_workers} workers), "
+        f"{test.count()} test; training to step {total}")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg, "plan": plan},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=t.resources_per_worker or None),
+        run_config=ray.train.RunConfig(
+            name=t.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+        datasets={"train": train, "test": test},
+    )
+    trainer.fit()
+    return read_summary(plan.export_to, cfg)
+
+
+def read_summary(export_to: str, cfg: Config) -> dict[str, Any]:
+    """The final metrics rank 0 wrote next to the export (Ray's result only keeps checkpointed metrics)."""
+    fs, path = filesystem(join(export_to, "summary.json"), cfg.s3)
+    with fs.open(path, "r") as f:
+        return json.load(f)

@@ -1,0 +1,199 @@
+"""The finetune job on CPU: labels, packing, the loop alone, Ray Train with 2 workers, S3, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from factory.config import TrainConfig, validate_config
+from factory.pipeline import Run
+from factory.train.data import IGNORE, collate, group_samples, make_rows, tokenize_conversation
+from factory.train.loop import AssistantLoss, Plan, evaluate, load_student, run_training
+from factory.train.session import LocalSession
+
+ROOT = Path(__file__).resolve().parents[1]
+PEOPLE = ["Mira", "Tomas", "Ines", "Kofi", "Lena", "Ravi", "Anya", "Jonas"]
+PLACES = ["the harbour", "the library", "the mill", "the orchard", "the tower"]
+SYSTEM = "You remember the Lantern journal."
+
+
+def conversation(i: int) -> list[dict]:
+    q = f"Where did {PEOPLE[i % 8]} go on day {i}?"
+    a = f"On day {i}, {PEOPLE[i % 8]} went to {PLACES[i % 5]} and wrote about it."
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def qa_table(ids: range, split: str) -> pa.Table:
+    rows = []
+    for i in ids:
+        m = conversation(i)
+        rows.append({"id": f"{split}-{i}", "kind": "local", "question": m[1]["content"], "answer": m[2]["content"],
+                     "messages": m, "split": split})
+    return pa.Table.from_pylist(rows)
+
+
+def write_qa(cfg) -> None:
+    run = Run(cfg)
+    run.write_table("qa", qa_table(range(40), "train"), split="train")
+    run.write_table("qa", qa_table(range(40, 48), "test"), split="test")
+
+
+@pytest.fixture
+def one_thread():
+    # Two cores shared with other test runs: OpenMP spinning on 2 threads is ~50x slower than 1 thread here.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def samples(tokenizer, ids, max_len=256):
+    return [tokenize_conversation(tokenizer, conversation(i), max_len) for i in ids]
+
+
+def test_labels_cover_only_the_assistant_turn(tokenizer):
+    s = samples(tokenizer, [3])[0]
+    assert len(s.labels) == len(s.input_ids)
+    learned = tokenizer.decode([t for t in s.labels if t != IGNORE])
+    assert learned.startswith(conversation(3)[2]["content"] + "<|end|>")
+    assert "Where did" not in learned and SYSTEM not in learned
+    # Truncation keeps the prompt and cuts the answer; a sample with no answer left is dropped.
+    assert len(tokenize_conversation(tokenizer, conversation(3), 40).input_ids) == 40
+    assert tokenize_conversation(tokenizer, conversation(3), 20) is None
+
+
+def test_grouping_respects_the_token_budget():
+    lengths = [100, 30, 250, 60, 90, 200, 10, 40]
+    packed = group_samples(lengths, 256, packing=True)
+    assert sorted(i for g in packed for i in g) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in g) <= 256 for g in packed)
+    assert len(packed) == 4  # 780 tokens need at least 4 rows of 256
+    padded = group_samples(lengths, 256, packing=False)
+    assert [i for g in padded for i in g] == list(range(len(lengths)))
+    assert all(len(g) * max(lengths[i] for i in g) <= 256 for g in padded)
+
+
+def test_packed_loss_equals_unpacked_loss(tiny_llama, tokenizer, one_thread):
+    model = AssistantLoss(load_student(str(tiny_llama), TrainConfig(), torch.float32)).eval()
+    ss = samples(tokenizer, range(5))
+    with torch.no_grad():
+        alone = [model(**collate(make_rows([s], 4096, True)[0], True)) for s in ss]
+        rows = make_rows(ss, 4096, packing=True)
+        assert len(rows) == 1 and len(rows[0]["lengths"]) == 5
+        packed = model(**collate(rows[0], True))
+        padded = model(**collate(make_rows(ss, 4096, packing=False)[0], False, tokenizer.pad_token_id))
+        leaky = collate(rows[0], True)
+        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]  # one long sequence
+        crossed = model(**leaky)
+    total = sum(float(l) for l, _ in alone)
+    assert int(packed[1]) == sum(int(n) for _, n in alone) == int(padded[1])
+    assert float(packed[0]) == pytest.approx(total, rel=1e-5)
+    assert float(padded[0]) == pytest.approx(total, rel=1e-5)
+    assert abs(float(crossed[0]) - total) > 1e-3  # attention across samples would change the loss
+
+
+def test_loop_runs_alone_learns_and_resumes(tiny_llama, tokenizer, tmp_path, one_thread):
+    rows = make_rows(samples(tokenizer, range(40)), 256, packing=True)
+    cfg = TrainConfig(learning_rate=1e-2, checkpoint_every=4, warmup_ratio=0.0, lr_scheduler="constant")
+    plan = Plan(model=str(tiny_llama), total_steps=8, steps_per_epoch=len(rows))
+    first = LocalSession(rows, rows, tmp_path / "ckpt")
+    out = run_training(cfg, plan, first)
+    losses = [h["loss"] for h in first.history[:-1]]
+    assert out["step"] == 8 and out["resumed_from"] == 0
+    assert losses[-1] < losses[0] - 0.1
+    base = AssistantLoss(load_student(str(tiny_llama), cfg, torch.float32))
+    base_loss = evaluate(base, rows, True, 0, False, torch.device("cpu"))
+    assert out["eval_loss"] < base_loss - 0.1  # the tuned adapter fits the training questions better
+
+    again = LocalSession(rows, rows, tmp_path / "ckpt")
+    out2 = run_training(cfg, Plan(model=str(tiny_llama), total_steps=12, steps_per_epoch=len(rows)), again)
+    assert out2["resumed_from"] == 8 and out2["step"] == 12
+    assert [h["step"] for h in again.history[:-1]] == [9, 10, 11, 12]
+    assert again.history[0]["loss"] < losses[0] - 0.1  # continued from the trained adapter, not from scratch
+
+
+def base_loss_on(tiny_llama, tokenizer, ids) -> float:
+    rows = make_rows(samples(tokenizer, ids), 256, packing=True)
+    model = AssistantLoss(load_student(str(tiny_llama), TrainConfig(), torch.float32))
+    return evaluate(model, rows, True, 0, False, torch.device("cpu"))
+
+
+def test_two_workers_train_export_and_continue(ray_session, tiny_llama, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from factory.train import finetune
+
+    train = {"model": str(tiny_llama), "output": str(tmp_path / "student"), "num_workers": 2, "batch_tokens": 256,
+             "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-2, "lr_scheduler": "constant",
+             "warmup_ratio": 0.0, "merge": True}
+    cfg = validate_config({"output": {"path": str(tmp_path / "data")}, "train": train, "ray": {"cpu_actors": 1}})
+    write_qa(cfg)
+    out = finetune(cfg)
+    assert out["step"] == 4 and out["resumed_from"] == 0
+    assert out["eval_loss"] < base_loss_on(tiny_llama, tokenizer, range(40, 48))
+
+    merged = AutoModelForCausalLM.from_pretrained(out["merged"])
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    rows = make_rows(samples(tokenizer, range(40)), 256, packing=True)
+    tuned = evaluate(AssistantLoss(merged), rows, True, 0, False, torch.device("cpu"))
+    assert tuned < base_loss_on(tiny_llama, tokenizer, range(40)) - 0.1
+    assert (Path(out["adapter"]) / "adapter_config.json").is_file()
+    assert (Path(out["merged"]) / "tokenizer_config.json").is_file()
+
+    cfg.train.max_steps = 6  # the same run, trained further: continues from the step-4 checkpoint
+    out2 = finetune(cfg)
+    assert out2["resumed_from"] == 4 and out2["step"] == 6
+
+
+def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
+    import fsspec
+
+    endpoint, bucket = s3_bucket
+    cfg_data = {
+        "output": {"path": f"s3://{bucket}/data"},
+        "s3": {"endpoint_url": endpoint},
+        "ray": {"num_cpus": 2, "cpu_actors": 1},
+        "train": {"model": str(tiny_llama), "output": f"s3://{bucket}/student", "name": "lantern",
+                  "num_workers": 1, "batch_tokens": 128, "max_steps": 40, "checkpoint_every": 1},
+    }
+    cfg = validate_config(cfg_data)
+    write_qa(cfg)
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(cfg_data))
+    cmd = [sys.executable, "-m", "jobs.finetune", "--config", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
+    snapshot = f"{bucket}/student/lantern/checkpoint_manager_snapshot.json"
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 150
+    while not fs.exists(snapshot) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    assert not fs.exists(f"{bucket}/student/lantern/export/summary.json")
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = yaml.safe_load(fs.cat(f"{bucket}/student/lantern/export/summary.json"))
+    assert summary["step"] == 40 and 1 <= summary["resumed_from"] < 40
+    assert f"resumed from {summary['resumed_from']}" in done.stderr
+    assert fs.exists(f"{bucket}/student/lantern/export/adapter/adapter_model.safetensors")
