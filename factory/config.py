@@ -210,7 +210,11 @@ class TrainConfig(Section):
     bf16: bool | None = None  # None: on when a GPU is used
     strategy: Literal["ddp", "fsdp"] = "ddp"
     checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
     eval_every: int | None = Field(None, ge=1)
+    max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping
+    # sdpa masks attention across packed samples from their position_ids; "flex_attention" skips masked blocks.
+    attn_implementation: str = "sdpa"
     merge: bool = False
     seed: int = 0
 
