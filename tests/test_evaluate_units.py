@@ -150,6 +150,14 @@ def test_engine_for_strips_the_adapter_for_baselines():
         engine_for(validate_config({}), "base")
 
 
+def test_student_adapter_defaults_to_the_finetune_export(tmp_path):
+    cfg = validate_config({"student": {"engine": "hf", "model": "m"}, "train": {"output": str(tmp_path), "name": "s"}})
+    assert engine_for(cfg, "student").adapter is None
+    (tmp_path / "s" / "export" / "adapter").mkdir(parents=True)
+    assert engine_for(cfg, "student").adapter == str(tmp_path / "s" / "export" / "adapter")
+    assert engine_for(cfg, "base").adapter is None
+
+
 def test_select_questions_round_robin_over_kinds():
     qa = pa.Table.from_pylist([{"id": f"{k}{i}", "kind": k, "question": "q", "answer": "a", "source_chunk_id": None}
                                for k in ("local", "global", "unanswerable") for i in range(5)])

@@ -21,7 +21,7 @@ from factory import prompts
 from factory.config import Config, EngineConfig
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord, log
-from factory.storage import check_readable
+from factory.storage import check_readable, filesystem, join
 from factory.synth.text import estimate_tokens
 
 SYSTEMS = ("student", "base", "naive_rag", "long_context", "graph_global")
@@ -37,8 +37,14 @@ def engine_for(cfg: Config, system: str) -> EngineConfig:
         raise UserError(f"evaluate: system '{system}' needs an LLM: set student (engine, model, adapter) "
                         f"or evaluate.engines.{system}")
     if system == "student":
-        if not cfg.student.adapter:
-            log("evaluate: student.adapter is not set; 'student' is the plain student model")
+        if cfg.student.adapter:
+            return cfg.student
+        exported = join(cfg.train.output, cfg.train.name, "export", "adapter")
+        fs, path = filesystem(exported, cfg.s3)
+        if fs.exists(path):
+            log(f"evaluate: student.adapter not set; using the finetune job's export {exported}")
+            return cfg.student.model_copy(update={"adapter": exported})
+        log("evaluate: student.adapter is not set and no finetune export exists; 'student' is the plain student model")
         return cfg.student
     return cfg.student.model_copy(update={"adapter": None})
 
