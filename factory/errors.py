@@ -28,12 +28,16 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     def wrapper(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs) or 0
-        except UserError as exc:
-            print(f"ragtune: error: {one_line(exc)}", file=sys.stderr)
-            return exc.exit_code
         except KeyboardInterrupt:
             print("ragtune: interrupted", file=sys.stderr)
             return 130
+        except Exception as exc:
+            # Ray re-raises a task's exception wrapped; the UserError may be inside.
+            user = find_user_error(exc)
+            if user is None:
+                raise
+            print(f"ragtune: error: {one_line(user)}", file=sys.stderr)
+            return user.exit_code
 
     return wrapper
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from factory import chunking, ingest
 from factory.config import Config
+from factory.errors import UserError
 from factory.pipeline import Run, Stage
 
 STAGES: list[Stage] = [
@@ -19,6 +20,8 @@ def generate(cfg: Config, force: bool = False, until: str | None = None) -> Run:
     ensure_ray(cfg)
     run = Run(cfg)
     names = [s.name for s in STAGES]
+    if until and until not in names:
+        raise UserError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     stop = names.index(until) + 1 if until else len(STAGES)
     run.run_stages(STAGES[:stop], force=force)
     return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from factory.config import load_config
-from factory.errors import cli_entry, find_user_error
+from factory.errors import cli_entry
 from jobs.common import parser
 
 
@@ -19,13 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from factory.generate import generate
 
-    try:
-        run = generate(cfg, force=args.force, until=args.until)
-    except Exception as exc:
-        user = find_user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
+    run = generate(cfg, force=args.force, until=args.until)
     print(f"ragtune: generate finished: {run.root} (config {cfg.hash})", file=sys.stderr)
     return 0
 
