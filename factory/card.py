@@ -45,7 +45,7 @@ def front_matter(snap: "Snapshot", data_files: dict[str, dict[str, Any]]) -> dic
         entry: dict[str, Any] = {"config_name": table}
         if table == main:
             entry["default"] = True
-        entry["data_files"] = [{"split": split, "path": path} for split, path in splits.items()]
+        entry["data_files"] = [{"split": split, "path": path} for split, path in _splits(splits)]
         configs.append(entry)
     return {
         "pretty_name": pretty_name(snap),
@@ -78,7 +78,9 @@ def _cell(value: Any) -> str:
 
 
 def _role(role: dict | None) -> str:
-    if not role or role.get("engine") in (None, "none"):
+    if not role:
+        return "not used"
+    if role.get("engine") in (None, "none"):
         return "rule-based (no LLM)"
     adapter = f" + adapter `{role['adapter']}`" if role.get("adapter") else ""
     return f"`{role.get('model')}` via {role.get('engine')}{adapter}"
@@ -98,6 +100,14 @@ def _recall_stats(stages: dict[str, dict]) -> list[list[Any]]:
     for stage, entry in stages.items():
         walk(stage, "", entry.get("stats") or {})
     return out
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return ({"train": 0, "validation": 1, "test": 2}.get(split, 3), split)
+
+
+def _splits(splits: dict[str, Any]) -> list[tuple[str, Any]]:
+    return sorted(splits.items(), key=lambda kv: _split_key(kv[0]))
 
 
 def _load_section(where: str, data_files: dict[str, dict[str, Any]]) -> str:
@@ -124,7 +134,7 @@ def _load_section(where: str, data_files: dict[str, dict[str, Any]]) -> str:
         "```python\nfrom datasets import load_dataset\n\n"
         f'qa = load_dataset("{where}", "qa")            # train / test\n'
         f'chunks = load_dataset("{where}", "chunks")\n```\n\n'
-        f"pandas: `pd.read_parquet(\"{where}/qa\")`\n"
+        f"pandas: `pd.read_parquet(\"{where}/qa\")` (both splits; the `split` column tells them apart)\n"
     )
 
 
@@ -158,10 +168,10 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) 
     out.append("## Tables\n")
     out.append(_table(
         ["config", "split", "rows", "what"],
-        [[t, s, n, schemas.TABLES[t].description] for t, splits in rows.items() for s, n in splits.items()],
+        [[t, s, n, schemas.TABLES[t].description] for t, splits in rows.items() for s, n in _splits(splits)],
     ))
     if snap.kinds:
-        splits = sorted({s for c in snap.kinds.values() for s in c})
+        splits = sorted({s for c in snap.kinds.values() for s in c}, key=_split_key)
         out.append("\n## QA rows per kind and split\n")
         out.append(_table(["kind", *splits], [[k, *(c.get(s, 0) for s in splits)] for k, c in sorted(snap.kinds.items())]))
 
@@ -189,7 +199,7 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) 
         for row in snap.samples:
             answer = row["answer"] if len(row["answer"]) <= SAMPLE_CHARS else row["answer"][:SAMPLE_CHARS] + " …"
             out.append(f"**{row['kind']}** — {row['question']}\n")
-            out.append("> " + answer.replace("\n", "\n> ") + "\n")
+            out.append("> " + answer.strip().replace("\n", "\n> ") + "\n")
 
     out.append("\n## How to load\n")
     out.append(_load_section(where, data_files))
@@ -203,6 +213,6 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) 
         f"\n## Files\n\nHub-style Parquet shards (`<config>/<split>-NNNNN-of-NNNNN[-<sha256>].parquet`), "
         f"zstd, row groups of {output.get('row_group_rows')} rows, at most {output.get('rows_per_shard')} "
         "rows per shard. Schemas and versions: "
-        f"`{json.dumps(m.get('schema_versions', {}), sort_keys=True)}`.\n"
+        f"`{json.dumps({t: v for t, v in m.get('schema_versions', {}).items() if t in rows}, sort_keys=True)}`.\n"
     )
     return "\n".join(out)

@@ -126,11 +126,15 @@ def open_run(path: str, s3: S3Config | None = None) -> Run:
     return Run(cfg, root=path)
 
 
+def generate_stages() -> list:
+    from factory.generate import STAGES  # read at call time: the stage list grows
+
+    return STAGES
+
+
 def check_complete(run: Run) -> None:
     """Every stage of `generate` finished, and is up to date with the run's config and inputs."""
-    from factory.generate import STAGES  # read now: the stage list grows
-
-    for stage in STAGES:
+    for stage in generate_stages():
         marker = run.marker(stage.name)
         if marker is None:
             raise UserError(f"{run.root}: incomplete run: stage '{stage.name}' has not finished; run generate")
@@ -149,6 +153,9 @@ def snapshot(run: Run) -> Snapshot:
     """
     check_complete(run)
     manifest = {k: v for k, v in run.manifest.items() if k not in VOLATILE}
+    # Stages in pipeline order (the manifest file stores keys sorted).
+    order = {s.name: i for i, s in enumerate(generate_stages())}
+    manifest["stages"] = dict(sorted(manifest.get("stages", {}).items(), key=lambda kv: order.get(kv[0], len(order))))
     snap = Snapshot(run, [], manifest)
     counts = run.manifest.get("counts", {})
     # qa first: it is the default config.

@@ -130,7 +130,7 @@ def test_card_front_matter_and_body(run):
     assert qa["default"] is True
     assert {d["split"]: d["path"] for d in qa["data_files"]} == {"train": "qa/train-*.parquet", "test": "qa/test-*.parquet"}
     for needle in ("journal", "rule-based (no LLM)", "openai/teacher-7b", "too_short", "retrieval_recall@5",
-                   "| local | 2 | 6 |", "How to load", "zstd"):
+                   "| local | 6 | 2 |", "How to load", "zstd"):
         assert needle in body, needle
 
 
