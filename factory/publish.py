@@ -220,6 +220,30 @@ def write_card(run: Run, snap: Snapshot | None = None) -> Snapshot:
     return snap
 
 
+def data_files(path: str, table: str = "qa", s3: S3Config | None = None) -> dict[str, list[str]]:
+    """{split: [file URIs]} of `table` at `path`: exactly the files a published copy's manifest
+    names (safe while another publish is in flight), or a run folder's shards.
+
+    For `datasets.load_dataset("parquet", data_files=..., storage_options=...)`, pandas or DuckDB.
+    """
+    fs, fpath = check_readable(path, s3)
+    base = path.rstrip("/")
+    mpath = f"{fpath.rstrip('/')}/manifest.json"
+    manifest = json.loads(fs.cat_file(mpath)) if fs.exists(mpath) else {}
+    out: dict[str, list[str]] = {}
+    if "files" in manifest:
+        for f in manifest["files"]:
+            if f["table"] == table:
+                out.setdefault(f["split"], []).append(f"{base}/{f['path']}")
+        return out
+    folder = f"{fpath.rstrip('/')}/{table}"
+    for p in sorted(fs.ls(folder, detail=False)) if fs.exists(folder) else []:
+        m = SHARD.match(p.rsplit("/", 1)[-1])
+        if m:
+            out.setdefault(m["split"], []).append(f"{base}/{table}/{p.rsplit('/', 1)[-1]}")
+    return out
+
+
 # ---- destinations ----------------------------------------------------------------------
 def published_manifest(snap: Snapshot) -> dict[str, Any]:
     """The run's manifest plus what names this version: the pointer readers trust."""
