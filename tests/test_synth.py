@@ -8,6 +8,8 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
+import schemas
+
 from factory.config import validate_config
 from factory.pipeline import Run, Stage
 from factory.synth import synthesize
@@ -77,15 +79,28 @@ def make_cfg(journal, out, **synth):
     })
 
 
+def journal_chunk_table(cfg) -> pa.Table:
+    """The journal's chunks as the chunk stage makes them (same functions, without Ray)."""
+    from factory.chunking import chunk_document, load_tokenizer
+    from factory.ingest import document_id, markdown_title, normalize
+
+    tok = load_tokenizer(cfg.chunking.tokenizer)
+    rows = []
+    for path in sorted(JOURNAL.glob("*.md")):
+        text = normalize(path.read_text(encoding="utf-8"))
+        doc = {"id": document_id(text), "text": text, "title": markdown_title(text), "date": path.stem}
+        rows += chunk_document(doc, tok, cfg.chunking)
+    return schemas.validate("chunks", pa.Table.from_pylist(rows))
+
+
 @pytest.fixture(scope="module")
 def journal_chunks(ray_session, tmp_path_factory):
-    """The journal run through the real ingest and chunk stages, plus stand-in graph tables."""
-    from factory.generate import STAGES
-
+    """The journal's chunks plus stand-in graph tables, in a run folder."""
     out = tmp_path_factory.mktemp("journal-run")
     run = Run(make_cfg(JOURNAL, out))
-    run.run_stages([s for s in STAGES if s.name in ("ingest", "chunk")])
-    for name, table in graph_tables(run.read_arrow("chunks")).items():
+    chunks = journal_chunk_table(run.cfg)
+    run.write_table("chunks", chunks)
+    for name, table in graph_tables(chunks).items():
         run.write_table(name, table)
     return out
 

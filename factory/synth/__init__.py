@@ -67,7 +67,8 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rec.stats["questions"]["unanswerable"] = len(unanswerable)
     rows += [{**u, "engine": "none"} for u in unanswerable]
 
-    rec.rows_in = len(rows) + sum(rec.drops.values())
+    # Questions that reached answering (declined or failed question calls are drops before that).
+    rec.rows_in = sum(rec.stats["questions"].values())
     kept = filter_rows(run, rec, rows)
     train, test = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     n_train = run.write_table("qa", qa_table(train, s.reasoning, s.system_prompt), split="train")

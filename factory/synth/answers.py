@@ -267,13 +267,17 @@ def _map(run: Run, rec: StageRecord, mapped, engine: EngineConfig | None) -> lis
     prompt = load_prompt("global_map")
     fn = lambda r: {"messages": prompt.messages(question=r["question"], reports=format_reports(json.loads(r["reports"])))}  # noqa: E731
     out = collect(run_llm(run, rec, map_rows(mapped, fn, {"messages": MESSAGES}), engine, "global_map", output_model=MapOut))
-    results, failed = [], 0
+    results = []
     for r in out.to_pylist():
-        if r.get("error") or not r.get("parsed"):
-            failed += 1
-            continue
-        results.append((r["qid"], [p.model_dump() for p in MapOut.model_validate_json(r["parsed"]).points]))
-    rec.stats["global_map_failed_batches"] = rec.stats.get("global_map_failed_batches", 0) + failed
+        # Failed calls are counted by run_llm (stats.llm.global_map); their batch adds no points.
+        if not r.get("error") and r.get("parsed"):
+            batch = sorted(x["community"] for x in json.loads(r["reports"]))
+            points = []
+            for p in MapOut.model_validate_json(r["parsed"]).points:
+                # Citations must name reports of this batch; an uncited point stands on the whole batch.
+                cited = [c for c in p.reports if c in batch] or batch
+                points.append({**p.model_dump(), "reports": cited})
+            results.append((r["qid"], points))
     return results
 
 

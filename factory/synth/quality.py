@@ -3,7 +3,8 @@
 In order: answer missing (by the answering step's reason), question and answer
 length bounds, groundedness (lexical support of the answer by its evidence,
 0..1) below `min_groundedness`, the judge's 0-10 score when a judge engine is
-configured (failed judge calls drop the row), near-duplicate questions (the
+configured (failed judge calls drop the row; the engine layer counts those,
+and failed answer calls, by error kind), near-duplicate questions (the
 better-scored row of a pair stays), and keep-top-fraction per kind.
 Unanswerable rows carry no evidence: they are length-checked and deduplicated only.
 """
@@ -15,6 +16,7 @@ import math
 import pyarrow as pa
 from pydantic import BaseModel, field_validator
 
+from factory.engines.structured import BUDGET, INVALID_OUTPUT, LLM_ERROR
 from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
 from factory.synth.answers import llm_enabled
@@ -22,6 +24,8 @@ from factory.synth.rows import MESSAGES, collect, to_dataset
 from factory.synth.text import shingles, support
 
 NUM_PERM = 64
+# Error kinds the engine layer reports and counts itself (the first word of `error`).
+ENGINE_ERRORS = (LLM_ERROR, INVALID_OUTPUT, BUDGET)
 
 
 class JudgeOut(BaseModel):
@@ -78,6 +82,8 @@ def filter_rows(run: Run, rec: StageRecord, rows: list[dict]) -> list[dict]:
     s = run.cfg.synth
     kept = []
     for r in rows:
+        if (r.get("error") or "").split(":")[0] in ENGINE_ERRORS:
+            continue  # run_llm counted it already, by kind
         reason = _bounds(r, s)
         if reason is None and r["kind"] != "unanswerable":
             r["groundedness"] = round(support(r["answer"], r.get("evidence") or ""), 4)
@@ -95,8 +101,7 @@ def filter_rows(run: Run, rec: StageRecord, rows: list[dict]) -> list[dict]:
 
 def _bounds(r: dict, s) -> str | None:
     if not r.get("answer"):
-        # Engine errors read "<kind>: <detail>"; the kind is the reason.
-        return (r.get("error") or "no_answer").split(":")[0]
+        return r.get("error") or "no_answer"
     if not s.min_question_chars <= len(r["question"]) <= s.max_question_chars:
         return "question_length"
     if len(r["answer"]) < s.min_answer_chars:
@@ -127,8 +132,7 @@ def judge(run: Run, rec: StageRecord, rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["kind"] != "unanswerable":
             if r["id"] not in scores:
-                rec.drop("judge_error")
-                continue
+                continue  # a failed judge call: run_llm counted it by kind (see stats.llm.groundedness)
             r["judge_score"] = scores[r["id"]]
         kept.append(r)
     return kept

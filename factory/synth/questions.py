@@ -233,8 +233,7 @@ def local_questions(run: Run, rec: StageRecord, chunks: pa.Table, entities: pa.T
     result = []
     for r in out.to_pylist() if out.num_rows else []:
         if r.get("error") or not r.get("parsed"):
-            rec.drop("llm_error")
-            continue
+            continue  # run_llm counted it by error kind
         parsed = LocalQuestionOut.model_validate_json(r["parsed"])
         if parsed.declined or not parsed.question.strip():
             rec.drop("question_declined")
@@ -307,8 +306,7 @@ def _llm_global_questions(run: Run, rec: StageRecord, reports: list[dict]) -> li
     questions = []
     for r in sorted(out.to_pylist(), key=lambda r: r["id"]) if out.num_rows else []:
         if r.get("error") or not r.get("parsed"):
-            rec.drop("llm_error")
-            continue
+            continue  # run_llm counted it by error kind
         questions += [q.strip() for q in GlobalQuestionsOut.model_validate_json(r["parsed"]).questions[:n] if q.strip()]
     return questions[: s.global_questions]
 
