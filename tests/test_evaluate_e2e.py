@@ -41,7 +41,7 @@ def _qa(chunks: pa.Table) -> list[dict]:
             for i, (k, q, a, src) in enumerate(qs)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def small_run(tmp_path_factory, ray_session, journal):
     """ingest + chunk of February's entries; community reports and a qa test split written by hand."""
     out = tmp_path_factory.mktemp("run")
