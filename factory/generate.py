@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from factory import chunking, ingest
+from factory import chunking, ingest, synth
 from factory.config import Config
 from factory.errors import UserError
 from factory.pipeline import Run, Stage
@@ -10,6 +10,8 @@ from factory.pipeline import Run, Stage
 STAGES: list[Stage] = [
     Stage("ingest", ingest.ingest, sections=("corpus", "dedup"), fingerprint_extra=ingest.input_listing),
     Stage("chunk", chunking.chunk, sections=("chunking",), inputs=("ingest",)),
+    # The graph stages go before this one; "graph" and "reports" are their names.
+    Stage("synthesis", synth.synthesize, sections=("synth", "teacher", "judge", "seed"), inputs=("chunk", "graph", "reports")),
 ]
 
 
