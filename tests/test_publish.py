@@ -57,10 +57,11 @@ def graph_tables() -> dict[str, pa.Table]:
     }
 
 
-def make_run(root: Path, journal: Path, tag: str = "v1", n_train: int = 23, n_test: int = 5) -> Run:
+def make_run(root: Path | str, journal: Path, tag: str = "v1", n_train: int = 23, n_test: int = 5,
+             s3: dict | None = None) -> Run:
     """A complete run: every table written, every stage of generate marked done."""
     cfg = validate_config({
-        "corpus": {"path": str(journal)},
+        "corpus": {"path": str(journal)}, "s3": s3 or {},
         "output": {"path": str(root), "rows_per_shard": 10, "row_group_rows": 4, "license": "cc-by-4.0"},
     })
     run = Run(cfg)
@@ -337,6 +338,17 @@ def test_s3_crash_while_moving_into_place_keeps_manifest_readers_on_previous(run
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
     listed = sorted(f"s3://{p}" for p in fs.glob(f"{bucket}/journal/qa/*.parquet"))
     assert listed == sorted(sum(data_files(dest, "qa", _s3(endpoint)).values(), []))
+
+
+def test_run_on_s3_publishes_to_a_local_folder(s3_bucket, journal, tmp_path):
+    from datasets import load_dataset
+
+    endpoint, bucket = s3_bucket
+    run = make_run(f"s3://{bucket}/runs/journal", journal, s3={"endpoint_url": endpoint})
+    done = publish(open_run(run.root, _s3(endpoint)), str(tmp_path / "pub"))
+    assert done.rows["qa"] == {"train": 23, "test": 5}
+    qa = load_dataset(str(tmp_path / "pub"), "qa")
+    assert qa["train"].num_rows == 23 and qa["test"][0]["id"] == "v1-test-0"
 
 
 def test_cli_publish_and_card_in_place(run, tmp_path, capsys):
