@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,6 +132,11 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
         assert f"{win['value']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]" in text
         assert f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in text
         assert f"{100 * lc['cut_fraction']:.1f}% cut" in text
+    # graph_global ran through map-reduce; whatever failed (the tiny model writes no JSON) is reported, not hidden
+    gg = [by[("graph_global", f"q{i}")] for i in range(5)]
+    assert all((r["answer"] is None) == (r["error"] is not None) for r in gg)
+    failures = Counter(r["error"] for r in gg if r["error"])
+    assert not failures or failures.most_common(1)[0][0][:80] in md
     assert "data:image/png;base64," in page and (out / "plots" / "answer_lengths.png").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["evaluate"]["bootstrap"] == 100
 

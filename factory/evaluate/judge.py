@@ -135,6 +135,7 @@ def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, 
             e for e in ((first or {}).get("error"), (second or {}).get("error")) if e) or "no valid verdict"
         if error:
             rec.drop("judge_error", len(criteria))
+            rec.stats["judge_errors"] = rec.stats.get("judge_errors", 0) + 1
         for c in criteria:
             w1 = v1[c]["winner"] if v1 else None
             w2 = v2[c]["winner"] if v2 else None

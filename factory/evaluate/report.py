@@ -123,6 +123,8 @@ def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[d
     out = []
     kinds = Counter(r["kind"] for r in {r["question_id"]: r for r in answers}.values())
     errors = Counter(r["system"] for r in answers if r["error"] is not None)
+    reasons = {s: Counter(r["error"] for r in answers if r["system"] == s and r["error"]).most_common(1)
+               for s in engines}
     out.append(Section(
         "Setup",
         [f"Questions: the `test` split of `{source}`, {sum(kinds.values())} questions "
@@ -131,10 +133,12 @@ def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[d
          f"{', '.join(stats.get('criteria', []))}; each pair judged in both orders, a win counts only when both "
          f"orders agree (else a tie); win rate = (wins + ties/2) / n; 95% intervals from {cfg.evaluate.bootstrap} "
          f"bootstrap resamples of the questions.",
+         f"Judge verdicts that failed (invalid JSON or transport errors, left out of the win rates): "
+         f"{stats.get('judge_errors', 0)} pair judgments.",
          f"Config hash `{cfg.hash}`; the exact config is in `config.yaml`."],
-        ["system", "engine", "answers", "failed"],
-        [[s, _engine_text(e), str(sum(r["system"] == s for r in answers)), str(errors.get(s, 0))]
-         for s, e in engines.items()],
+        ["system", "engine", "answers", "failed", "most common failure"],
+        [[s, _engine_text(e), str(sum(r["system"] == s for r in answers)), str(errors.get(s, 0)),
+          reasons[s][0][0][:80] if reasons[s] else ""] for s, e in engines.items()],
     ))
     lc = stats.get("long_context")
     if lc:
