@@ -119,8 +119,10 @@ class GraphConfig(Section):
         default_factory=lambda: ["person", "organization", "geo", "event", "activity", "object"]
     )
     gleaning: int = Field(1, ge=0)
-    # No-LLM extractor pruning.
+    # No-LLM extractor: lower-case noun phrases as entities too; pruning by chunk counts and evidence sentences.
+    noun_phrases: bool = True
     min_entity_frequency: int = Field(2, ge=1)
+    min_phrase_frequency: int = Field(3, ge=1)
     min_edge_weight: float = Field(2.0, ge=0)
     max_description_tokens: int = Field(500, ge=16)
     max_cluster_size: int = Field(10, ge=2)

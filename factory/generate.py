@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from factory import chunking, ingest, synth
+from factory import chunking, graph, ingest, synth
+from factory.graph import reports
 from factory.config import Config
 from factory.errors import UserError
 from factory.pipeline import Run, Stage
@@ -10,7 +11,8 @@ from factory.pipeline import Run, Stage
 STAGES: list[Stage] = [
     Stage("ingest", ingest.ingest, sections=("corpus", "dedup"), fingerprint_extra=ingest.input_listing),
     Stage("chunk", chunking.chunk, sections=("chunking",), inputs=("ingest",)),
-    # The graph stages go before this one; "graph" and "reports" are their names.
+    Stage("graph", graph.build_graph, sections=("graph", "teacher"), inputs=("chunk",)),
+    Stage("reports", reports.write_reports, sections=("graph", "teacher"), inputs=("graph",)),
     Stage("synthesis", synth.synthesize, sections=("synth", "teacher", "judge", "seed"), inputs=("chunk", "graph", "reports")),
 ]
 

@@ -97,7 +97,7 @@ _table(
     _f("size", I64),
 )
 _table(
-    "community_reports", 1, "One report per community.",
+    "community_reports", 2, "One report per community.",
     _f("id", STR, False),
     _f("human_readable_id", I64),
     _f("community", I64, False),
@@ -112,6 +112,9 @@ _table(
     _f("engine", STR),
     _f("model", STR),
     _f("prompt_hash", STR),
+    _f("entity_ids", STRS, doc="entities the findings cite"),
+    _f("relationship_ids", STRS, doc="relationships the findings cite"),
+    _f("text_unit_ids", STRS, doc="chunks the findings cite"),
 )
 _table(
     "qa", 1, "The training dataset: questions with RAG-principled answers.",

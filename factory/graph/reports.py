@@ -1,0 +1,325 @@
+"""The `reports` stage: one report per community, bottom-up by level, on Ray Data.
+
+Each community's context (its entities, relationships and the passages they
+come from) is packed within `graph.report_max_context_tokens`. When the raw
+context is over budget, the reports of its sub-communities (written one level
+earlier) stand in for their members, largest first, until it fits; what still
+does not fit is cut by rank (entity degree, relationship combined degree).
+
+The teacher writes a JSON report from that context (`community_report`
+prompt). Without an LLM, or when the teacher's output does not parse, the
+report is built by rules: title from the top-degree entities, summary from the
+most central sentences of the context (TextRank: PageRank on a sentence
+similarity graph, networkx), findings from the strongest relationships.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import networkx as nx
+import pyarrow as pa
+from pydantic import BaseModel, Field, field_validator
+
+import schemas
+from factory import prompts
+from factory.graph.text import approx_tokens, sentences
+from factory.pipeline import Run, StageRecord, log
+
+_SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
+_SUMMARY_SENTENCES = 3
+_MAX_POOL = 150  # sentences TextRank ranks per community (pairwise cost)
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+class Finding(BaseModel):
+    summary: str
+    explanation: str = ""
+    entity_ids: list[int] = Field(default_factory=list)
+    relationship_ids: list[int] = Field(default_factory=list)
+    source_ids: list[int] = Field(default_factory=list)
+
+
+class CommunityReport(BaseModel):
+    title: str
+    summary: str
+    rating: float = Field(ge=0, le=10)
+    rating_explanation: str = ""
+    findings: list[Finding] = Field(min_length=1)
+
+    @field_validator("findings")
+    @classmethod
+    def _at_most_ten(cls, v: list[Finding]) -> list[Finding]:
+        return v[:10]
+
+
+# ---- the graph as seen by workers -------------------------------------------------------
+class _Index:
+    """Lookups over the graph tables, built once per worker process."""
+
+    def __init__(self, entities: pa.Table, relationships: pa.Table, chunks: pa.Table):
+        self.ent = {r["id"]: r for r in entities.to_pylist()}
+        self.rel = {r["id"]: r for r in relationships.to_pylist()}
+        self.text = dict(zip(chunks.column("id").to_pylist(), chunks.column("text").to_pylist()))
+        self.n_units = len(self.text)
+
+
+_INDEX: dict[str, _Index] = {}
+
+
+def _index(ref: list) -> _Index:
+    import ray
+
+    key = ref[0].hex()
+    if key not in _INDEX:
+        _INDEX.clear()
+        _INDEX[key] = _Index(*ray.get(ref[0]))
+    return _INDEX[key]
+
+
+# ---- context packing ----------------------------------------------------------------------
+def _entity_line(e: dict) -> str:
+    return f"{e['human_readable_id']}|{e['title']}|{e['type'] or ''}|{_flat(e['description'])}|{e['degree']}"
+
+
+def _rel_line(r: dict) -> str:
+    return f"{r['human_readable_id']}|{r['source']}|{r['target']}|{_flat(r['description'])}|{r['weight']:g}"
+
+
+def _flat(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _fill(lines: list[str], budget: int) -> tuple[list[str], int]:
+    out, used = [], 0
+    for line in lines:
+        cost = approx_tokens(line) + 1
+        if used + cost > budget:
+            break
+        out.append(line)
+        used += cost
+    return out, used
+
+
+def pack_context(community: dict, idx: _Index, budget: int) -> dict:
+    """The records of one community that fit `budget` tokens (see the module docstring)."""
+    ents = sorted((idx.ent[i] for i in community["entity_ids"] if i in idx.ent), key=lambda e: (-e["degree"], e["human_readable_id"]))
+    rels = sorted((idx.rel[i] for i in community["relationship_ids"] if i in idx.rel),
+                  key=lambda r: (-r["combined_degree"], -r["weight"], r["human_readable_id"]))
+    children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["community"]))
+    used_reports: list[dict] = []
+    local_cost = sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+    for child in children:
+        if local_cost <= budget:
+            break
+        # The child's report replaces its members and the relationships inside it.
+        members, inner = set(child["entity_ids"]), set(child["relationship_ids"])
+        ents = [e for e in ents if e["id"] not in members]
+        rels = [r for r in rels if r["id"] not in inner]
+        used_reports.append(child)
+        local_cost = sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+    report_lines, cost = _fill([f"{c['community']}|{_flat(c['title'])}|{_flat(c['summary'])}" for c in used_reports], budget)
+    used_reports = used_reports[: len(report_lines)]
+    left = budget - cost
+    ent_lines, cost_e = _fill([_entity_line(e) for e in ents], left // 2 if local_cost > left else left)
+    rel_lines, cost_r = _fill([_rel_line(r) for r in rels], left - cost_e)
+    ents, rels = ents[: len(ent_lines)], rels[: len(rel_lines)]
+    left -= cost_e + cost_r
+    # Passages that mention the most of the kept entities first.
+    votes: dict[str, int] = {}
+    for e in ents:
+        for u in e["text_unit_ids"] or []:
+            votes[u] = votes.get(u, 0) + 1
+    order = sorted((u for u in votes if u in idx.text), key=lambda u: (-votes[u], community["text_unit_ids"].index(u) if u in community["text_unit_ids"] else 0))
+    sources = []
+    for u in order:
+        text = _cut(idx.text[u], _SOURCE_TOKENS)
+        cost = approx_tokens(text) + 8
+        if cost > left:
+            break
+        sources.append((u, text))
+        left -= cost
+    return {"entities": ents, "relationships": rels, "reports": used_reports, "sources": sources,
+            "tokens": budget - left, "substituted": len(used_reports)}
+
+
+def _cut(text: str, tokens: int) -> str:
+    text = _flat(text)
+    return text if approx_tokens(text) <= tokens else text[: tokens * 4].rsplit(" ", 1)[0] + " ..."
+
+
+def render_context(ctx: dict) -> str:
+    parts = []
+    if ctx["reports"]:
+        parts.append("-----Sub-community reports-----\ncommunity|title|summary")
+        parts.extend(f"{c['community']}|{_flat(c['title'])}|{_flat(c['summary'])}" for c in ctx["reports"])
+    parts.append("-----Entities-----\nid|entity|type|description|degree")
+    parts.extend(_entity_line(e) for e in ctx["entities"])
+    parts.append("-----Relationships-----\nid|source|target|description|weight")
+    parts.extend(_rel_line(r) for r in ctx["relationships"])
+    if ctx["sources"]:
+        parts.append("-----Sources-----\nid|text")
+        parts.extend(f"{i}|{text}" for i, (_, text) in enumerate(ctx["sources"], 1))
+    return "\n".join(parts)
+
+
+# ---- the rule-based report ----------------------------------------------------------------
+def textrank(sents: list[str], k: int) -> list[str]:
+    """The `k` most central sentences (PageRank over word-overlap similarity), in their original order."""
+    words = [set(_WORD.findall(s.lower())) for s in sents]
+    g = nx.Graph()
+    g.add_nodes_from(range(len(sents)))
+    for i in range(len(sents)):
+        for j in range(i + 1, len(sents)):
+            common = len(words[i] & words[j])
+            if common and len(words[i]) > 1 and len(words[j]) > 1:
+                g.add_edge(i, j, weight=common / (math.log(len(words[i])) + math.log(len(words[j]))))
+    score = nx.pagerank(g, weight="weight") if g.number_of_edges() else {i: 0.0 for i in g}
+    best = sorted(score, key=lambda i: (-score[i], i))[:k]
+    return [sents[i] for i in sorted(best)]
+
+
+def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
+    ents, rels = ctx["entities"], ctx["relationships"]
+    names = [e["title"] for e in ents[:3]] or [c["title"] for c in ctx["reports"][:3]]
+    if not names:
+        title = f"Community {community['community']}"
+    else:
+        title = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    low_names = [e["title"].lower() for e in ents]
+    pool = [s for _, text in ctx["sources"] for s in sentences(text) if any(n in s.lower() for n in low_names)]
+    pool = list(dict.fromkeys(pool))
+    # Cheap pre-ranking keeps TextRank's pairwise cost bounded: sentences naming more members first.
+    pool = sorted(pool, key=lambda s: -sum(n in s.lower() for n in low_names))[:_MAX_POOL]
+    pool += [s for c in ctx["reports"] for s in sentences(c["summary"])]
+    summary = " ".join(textrank(pool, _SUMMARY_SENTENCES)) if pool else (
+        "; ".join(f"{e['title']}: {_first_line(e['description'])}" for e in ents[:3]))
+    src_num = {u: i for i, (u, _) in enumerate(ctx["sources"], 1)}
+    findings = []
+    for r in sorted(rels, key=lambda r: (-r["weight"], r["human_readable_id"]))[:10]:
+        ends = [e for e in ents if e["title"] in (r["source"], r["target"])]
+        findings.append({
+            "summary": f"{r['source']} and {r['target']}",
+            "explanation": _first_line(r["description"], 3),
+            "entity_ids": [e["human_readable_id"] for e in ends],
+            "relationship_ids": [r["human_readable_id"]],
+            "source_ids": [src_num[u] for u in r["text_unit_ids"] or [] if u in src_num][:5],
+        })
+    for e in ents:
+        if len(findings) >= 5:
+            break
+        findings.append({
+            "summary": f"{e['title']} ({e['type'] or 'entity'})",
+            "explanation": _first_line(e["description"], 3),
+            "entity_ids": [e["human_readable_id"]], "relationship_ids": [],
+            "source_ids": [src_num[u] for u in e["text_unit_ids"] or [] if u in src_num][:5],
+        })
+    units = len(community["text_unit_ids"])
+    rating = round(10 * math.log1p(units) / math.log1p(max(n_units, 1)), 1)
+    return {
+        "title": title, "summary": summary, "rating": rating,
+        "rating_explanation": f"Rule-based: appears in {units} of {n_units} passages, with {community['size']} "
+                              f"entities and {len(community['relationship_ids'])} relationships.",
+        "findings": findings,
+    }
+
+
+def _first_line(text: str | None, n: int = 1) -> str:
+    return " ".join((text or "").split("\n")[:n]).strip()
+
+
+# ---- per-community work (Ray) -------------------------------------------------------------
+def prepare(row: dict, graph: list, budget: int, llm: bool) -> dict:
+    """Pack one community's context; attach the rule report (the fallback) and, with an LLM, the prompt."""
+    idx = _index(graph)
+    ctx = pack_context(row, idx, budget)
+    out = {
+        "id": str(row["community"]),
+        "community": row["community"],
+        "rule_report": json.dumps(rule_report(ctx, row, idx.n_units)),
+        "refs": json.dumps({
+            "e": {e["human_readable_id"]: e["id"] for e in ctx["entities"]},
+            "r": {r["human_readable_id"]: r["id"] for r in ctx["relationships"]},
+            "s": {i: u for i, (u, _) in enumerate(ctx["sources"], 1)},
+        }),
+        "context_tokens": ctx["tokens"],
+        "substituted": ctx["substituted"],
+    }
+    if llm:
+        out["messages"] = prompts.load("community_report").messages(context=render_context(ctx))
+    return out
+
+
+def finalize(row: dict, community: dict, engine: str, model: str | None, prompt_hash: str | None) -> dict:
+    """One `community_reports` row from the teacher's report, or the rule report when it is missing."""
+    parsed = row.get("parsed") if not row.get("error") else None
+    rep = json.loads(parsed) if parsed else json.loads(row["rule_report"])
+    if not parsed:
+        engine, model, prompt_hash = "none", None, None
+    refs = json.loads(row["refs"])
+    cited = {"e": {}, "r": {}, "s": {}}
+    findings = []
+    for f in rep["findings"]:
+        ids = {k: [refs[k][str(i)] for i in f.get(name) or [] if str(i) in refs[k]]
+               for k, name in (("e", "entity_ids"), ("r", "relationship_ids"), ("s", "source_ids"))}
+        for k in cited:
+            cited[k].update(dict.fromkeys(ids[k]))
+        data = "; ".join(f"{label} ({', '.join(str(i) for i in f.get(name) or [] if str(i) in refs[k])})"
+                         for k, label, name in (("e", "Entities", "entity_ids"), ("r", "Relationships", "relationship_ids"))
+                         if any(str(i) in refs[k] for i in f.get(name) or []))
+        findings.append({"summary": f["summary"], "explanation": f["explanation"] + (f" [Data: {data}]" if data else "")})
+    full = "\n\n".join([f"# {rep['title']}", rep["summary"], *(f"## {f['summary']}\n\n{f['explanation']}" for f in findings)])
+    return {
+        "id": community["id"], "human_readable_id": community["community"], "community": community["community"],
+        "level": community["level"], "title": rep["title"], "summary": rep["summary"], "full_content": full,
+        "rank": float(rep["rating"]), "rating_explanation": rep["rating_explanation"], "findings": findings,
+        "size": community["size"], "engine": engine, "model": model, "prompt_hash": prompt_hash,
+        "entity_ids": list(cited["e"]), "relationship_ids": list(cited["r"]), "text_unit_ids": list(cited["s"]),
+    }
+
+
+def write_reports(run: Run, rec: StageRecord) -> None:
+    """Stage `reports`: communities → community_reports, deepest level first."""
+    import ray
+
+    cfg, teacher = run.cfg.graph, run.cfg.teacher
+    communities = run.read_arrow("communities").to_pylist()
+    rec.rows_in = len(communities)
+    if not communities:
+        log(f"[{rec.name}] no communities (the graph is empty or has no relationships): "
+            "writing an empty community_reports table; global questions will have nothing to draw on")
+        rec.stats["empty"] = True
+        run.write_table("community_reports", schemas.schema_of("community_reports").empty_table())
+        return
+    llm = teacher.engine != "none"
+    graph = [ray.put((
+        run.read_arrow("entities"), run.read_arrow("relationships"),
+        run.read_arrow("chunks").select(["id", "text"]),
+    ))]
+    by_id = {c["community"]: c for c in communities}
+    done: dict[int, dict] = {}
+    rows: list[dict] = []
+    for level in sorted({c["level"] for c in communities}, reverse=True):
+        items = []
+        for c in (c for c in communities if c["level"] == level):
+            kids = [{**done[k], "entity_ids": by_id[k]["entity_ids"], "relationship_ids": by_id[k]["relationship_ids"]}
+                    for k in c["children"] or [] if k in done]
+            items.append({**c, "children_reports": json.dumps(kids)})
+        ds = ray.data.from_items(items).map(prepare, fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm})
+        if llm:
+            from factory.engines import run_llm
+
+            ds = run_llm(run, rec, ds, teacher, "community_report", output_model=CommunityReport)
+        prepared = ds.take_all()
+        for p in prepared:
+            model = teacher.model if llm else None
+            row = finalize(p, by_id[p["community"]], teacher.engine, model, p.get("prompt_hash"))
+            if llm and row["engine"] == "none":
+                rec.drop("report_fell_back_to_rules")
+            rec.stats["context_substitutions"] = rec.stats.get("context_substitutions", 0) + (p["substituted"] > 0)
+            done[p["community"]] = {"community": p["community"], "title": row["title"], "summary": row["summary"], "size": row["size"]}
+            rows.append(row)
+    rows.sort(key=lambda r: r["community"])
+    rec.rows_out = run.write_table("community_reports", pa.Table.from_pylist(rows, schema=schemas.schema_of("community_reports")))
