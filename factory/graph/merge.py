@@ -72,7 +72,12 @@ class Merged:
 def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dict[str, int] | None = None) -> Merged:
     """Merge EXTRACTION rows; `rules` turns on the corpus-level cleanup of rule extractions."""
     order = chunk_order or {}
-    rows = sorted(extractions.to_pylist(), key=lambda r: (order.get(r["chunk_id"], len(order)), r["chunk_id"]))
+
+
+    def rank(chunk_id: str) -> tuple:
+        return order.get(chunk_id, len(order)), chunk_id
+
+    rows = sorted(extractions.to_pylist(), key=lambda r: rank(r["chunk_id"]))
     nodes: dict[str, _Node] = {}
     stats: Counter = Counter()
     for r in rows:
@@ -132,16 +137,17 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dic
     for key in sorted(nodes, key=lambda k: (-len(nodes[k].chunks), k)):
         n = nodes[key]
         etype = min(n.types.items(), key=lambda tv: (-tv[1], types_order.get(tv[0], len(types_order)), tv[0]))[0] if n.types else ""
-        title = max(n.titles.items(), key=lambda tv: (tv[1], len(tv[0]), tv[0]))[0]
+        # Most used surface form; ties go to the better capitalized, then the first seen.
+        title = max(enumerate(n.titles.items()), key=lambda it: (it[1][1], sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
         graph.add_node(
             title, key=key, id=stable_id("entity", key), type=etype, descriptions=n.descriptions,
-            text_unit_ids=list(n.chunks), frequency=len(n.chunks),
+            text_unit_ids=sorted(n.chunks, key=rank), frequency=len(n.chunks),
         )
     title_of = {d["key"]: t for t, d in graph.nodes(data=True)}
     for (a, b), e in sorted(edges.items(), key=lambda kv: (-kv[1].weight, kv[0])):
         graph.add_edge(
             title_of[e.source], title_of[e.target], id=stable_id("relationship", a, b), weight=e.weight,
-            descriptions=e.descriptions, text_unit_ids=list(e.chunks), src=title_of[e.source], tgt=title_of[e.target],
+            descriptions=e.descriptions, text_unit_ids=sorted(e.chunks, key=rank), src=title_of[e.source], tgt=title_of[e.target],
         )
     long = _pool_descriptions(graph, cfg, cut=rules)
     stats.update(entities=graph.number_of_nodes(), relationships=graph.number_of_edges())

@@ -47,7 +47,7 @@ STOP = _WORDS(
     mondays tuesdays wednesdays thursdays fridays saturdays sundays two three four five six seven eight nine
     ten eleven twelve twenty thirty forty fifty hundred thousand
     brought fell began became bought caught drove ate drank slept woke won lost sent spoke held hung paid sold
-    built left gone
+    built left gone home
     along beside behind beyond inside outside across against past via per onto upon amid despite except
     looks seems feels makes takes gives keeps goes comes ran walked talked spent wrote read sat stood
     felt heard met let lets put set used using tried trying called calling told telling says saying"""
