@@ -39,7 +39,7 @@ def size_category(n: int) -> str:
 def front_matter(snap: "Snapshot", data_files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     output = snap.manifest.get("config", {}).get("output", {})
     rows = snap.rows()
-    main = DEFAULT_CONFIG if DEFAULT_CONFIG in data_files else next(iter(data_files))
+    main = DEFAULT_CONFIG if DEFAULT_CONFIG in data_files else next(iter(data_files), None)
     configs = []
     for table, splits in data_files.items():
         entry: dict[str, Any] = {"config_name": table}

@@ -98,9 +98,15 @@ class Snapshot:
         return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def data_files(self, published: bool) -> dict[str, dict[str, Any]]:
-        """{table: {split: files}}: exact names when published, globs in the run folder."""
+        """{table: {split: files}}: exact names when published, globs in the run folder.
+
+        Empty splits are left out: `datasets` cannot build a split with no rows.
+        """
+        rows = self.rows()
         out: dict[str, dict[str, Any]] = {}
         for s in self.shards:
+            if not rows[s.table][s.split]:
+                continue
             if published:
                 out.setdefault(s.table, {}).setdefault(s.split, []).append(s.name)
             else:

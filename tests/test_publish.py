@@ -135,6 +135,18 @@ def test_card_front_matter_and_body(run):
         assert needle in body, needle
 
 
+def test_empty_split_is_left_out_of_the_configs(run):
+    from datasets import load_dataset
+
+    run.write_table("qa", schemas.schema_of("qa").empty_table(), "test")
+    run.write_table("relationships", schemas.schema_of("relationships").empty_table())
+    snap = write_card(run)
+    assert snap.rows()["qa"]["test"] == 0
+    assert {k: v.num_rows for k, v in load_dataset(run.root, "qa").items()} == {"train": 23}
+    meta = yaml.safe_load(Path(run.root, "README.md").read_text().split("---\n")[1])
+    assert "relationships" not in {c["config_name"] for c in meta["configs"]}
+
+
 def test_refuses_incomplete_run(run, tmp_path, capsys):
     from jobs.publish import main
 

@@ -22,10 +22,13 @@ def test_generated_run_loads_and_publishes(tmp_path, journal, ray_session, monke
     run = generate(cfg)
     snap = write_card(open_run(run.root))
     assert {s.name for s in STAGES} <= set(json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"])
+    assert snap.rows()["documents"]["train"] > 0 and snap.rows()["chunks"]["train"] > 0
     for table, splits in snap.rows().items():
-        loaded = load_dataset(run.root, table)
-        assert {k: v.num_rows for k, v in loaded.items()} == splits, table
         assert sum(splits.values()) == run.read_arrow(table).num_rows, table
+        nonempty = {k: n for k, n in splits.items() if n}  # datasets cannot build an empty split
+        if nonempty:
+            loaded = load_dataset(run.root, table)
+            assert {k: v.num_rows for k, v in loaded.items()} == nonempty, table
 
     done = publish(open_run(run.root), str(tmp_path / "pub"))
     assert done.rows == snap.rows()
