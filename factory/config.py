@@ -167,8 +167,8 @@ class SynthConfig(Section):
     max_question_chars: int = Field(500, ge=1)
     # Lexical support of an answer by its evidence (0..1) below which the row is dropped.
     min_groundedness: float = Field(0.5, ge=0, le=1)
-    # A train question this similar (word-shingle Jaccard) to a test question is dropped.
-    test_overlap_threshold: float = Field(0.7, gt=0, le=1)
+    # A train question this similar (Jaccard of content words and bigrams) to a test question is dropped.
+    test_overlap_threshold: float = Field(0.8, gt=0, le=1)
 
 
 class OutputConfig(Section):

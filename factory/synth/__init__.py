@@ -11,6 +11,8 @@ split run on the driver, over rows without their evidence text.
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 
 from factory.errors import UserError
@@ -33,7 +35,9 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         raise UserError("synthesis: the run has no chunks; run the chunk stage first (is the corpus empty?)")
     entities, relationships = run.read_arrow("entities"), run.read_arrow("relationships")
     communities, reports = run.read_arrow("communities"), run.read_arrow("community_reports")
+    clock = _Clock(rec)
     retriever = Retriever.build(chunks, s.retriever)
+    clock.lap("retriever_index")
 
     rows: list[dict] = []
     grounded = [
@@ -45,6 +49,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         if qs:
             ds = answer_grounded(run, rec, to_dataset(qs, Q.GROUNDED_SCHEMA), retriever, cfg.teacher, task=task, max_source_chunks=s.max_source_chunks)
             rows += _rows(collect(ds))
+        clock.lap(kind)
 
     local = Q.local_questions(run, rec, chunks, entities, relationships)
     rec.stats["questions"]["local"] = len(local)
@@ -54,6 +59,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
                                   "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
         rows += answered
+    clock.lap("local")
 
     glob = Q.global_questions(run, rec, reports)
     rec.stats["questions"]["global"] = len(glob)
@@ -61,21 +67,37 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         answered = _rows(collect(answer_global(run, rec, to_dataset(glob, Q.GLOBAL_SCHEMA), reports, cfg.teacher,
                                                level=s.global_level, batch_tokens=s.map_batch_tokens)))
         rows += _trace_communities(answered, communities)
+    clock.lap("global")
 
     vocabulary = {w for t in chunks.column("text").to_pylist() for w in words(t)}
     unanswerable = Q.unanswerable_questions(Q.unanswerable_count(len(rows), s.unanswerable_fraction), vocabulary, cfg.seed)
     rec.stats["questions"]["unanswerable"] = len(unanswerable)
     rows += [{**u, "engine": "none"} for u in unanswerable]
+    clock.lap("unanswerable")
 
     # Questions that reached answering (declined or failed question calls are drops before that).
     rec.rows_in = sum(rec.stats["questions"].values())
     kept = filter_rows(run, rec, rows)
     train, test = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
+    clock.lap("quality_and_split")
     n_train = run.write_table("qa", qa_table(train, s.reasoning, s.system_prompt), split="train")
     n_test = run.write_table("qa", qa_table(test, s.reasoning, s.system_prompt), split="test")
     rec.rows_out = n_train + n_test
     rec.stats["rows"] = {split: {k: sum(r["kind"] == k for r in part) for k in KINDS} for split, part in (("train", train), ("test", test))}
     rec.stats["reasoning"] = s.reasoning
+
+
+class _Clock:
+    """Seconds per phase into rec.stats["seconds"] (question writing and answering per kind)."""
+
+    def __init__(self, rec: StageRecord):
+        self.seconds = rec.stats.setdefault("seconds", {})
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
 
 
 def _rows(table: pa.Table) -> list[dict]:

@@ -43,9 +43,12 @@ class NearDuplicates:
     (Jaccard of words + word bigrams). MinHash LSH finds candidates, the exact Jaccard decides."""
 
     def __init__(self, threshold: float):
-        from datasketch import MinHashLSH
+        from datasketch import MinHash, MinHashLSH
 
         self.threshold = threshold
+        # Drawing the hash permutations is most of a MinHash's cost: draw them once.
+        template = MinHash(num_perm=NUM_PERM, seed=1)
+        self.permutations, self.scheme = template.permutations, template.scheme
         # A lower LSH threshold than the decision one: candidates are cheap, misses are not.
         self.lsh = MinHashLSH(threshold=max(0.05, threshold * 0.8), num_perm=NUM_PERM)
         self.sets: list[set[str]] = []
@@ -53,7 +56,7 @@ class NearDuplicates:
     def _minhash(self, grams: set[str]):
         from datasketch import MinHash
 
-        mh = MinHash(num_perm=NUM_PERM, seed=1)
+        mh = MinHash(num_perm=NUM_PERM, seed=1, permutations=self.permutations, scheme=self.scheme)
         mh.update_batch([g.encode() for g in grams] or [b""])
         return mh
 

@@ -30,8 +30,8 @@ def words(text: str) -> list[str]:
 
 
 def content_words(text: str) -> list[str]:
-    """Words that carry meaning: no stopwords, no single characters."""
-    return [w for w in words(text) if len(w) > 1 and w not in STOPWORDS]
+    """Words that carry meaning: no stopwords, no single letters (single digits stay)."""
+    return [w for w in words(text) if (len(w) > 1 or w.isdigit()) and w not in STOPWORDS]
 
 
 def sentences(text: str) -> list[str]:
@@ -55,7 +55,9 @@ def estimate_tokens(text: str) -> int:
 
 
 def shingles(text: str, n: int = 2) -> set[str]:
-    """Word n-grams plus the words themselves, for near-duplicate detection of short texts."""
-    w = words(text)
+    """Content words and their n-grams, for near-duplicate detection of short texts: two
+    questions that differ only in a name, a date or a number stay apart, while two phrasings
+    of the same question about the same subject come together."""
+    w = content_words(text) or words(text)
     grams = {" ".join(w[i : i + n]) for i in range(len(w) - n + 1)}
     return grams | set(w)
