@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import schemas
@@ -180,6 +181,8 @@ def test_benchmark_scoring(tmp_path):
     assert benchmark.is_correct(num, "6 times 7 is 42") and not benchmark.is_correct(num, "42 or 41")
     assert benchmark.is_correct(word, "blue.") and not benchmark.is_correct(word, "green")
     assert "A. Paris" in benchmark.messages(mc2)[-1]["content"]
+    pq.write_table(pa.Table.from_pylist([{"question": "Q?", "choices": ["x", "y", "z"], "answer": "C"}]), tmp_path / "b.parquet")
+    assert benchmark.load_items(str(tmp_path / "b.parquet"), validate_config({}))[0]["answer"] == "C"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x", "choices": ["a", "b"], "answer": "Z"}\n')
     with pytest.raises(UserError, match="item 1"):
@@ -216,6 +219,19 @@ def test_report_files_contain_the_numbers(tmp_path):
     assert page.count("data:image/png;base64,") >= 4 and 'src="plots/' not in page
     for png in ("win_rates_by_criterion.png", "win_rates_by_kind.png", "answer_lengths.png"):
         assert (tmp_path / "eval" / "plots" / png).stat().st_size > 1000 and f"plots/{png}" in md
-    back = pa.parquet.read_table(tmp_path / "eval" / "results.parquet")
+    back = pq.read_table(tmp_path / "eval" / "results.parquet")
     assert back.schema.equals(schemas.schema_of("eval_results"), check_metadata=False) and back.num_rows == len(results)
     assert "evaluate:" in (tmp_path / "eval" / "config.yaml").read_text()
+
+
+def test_report_to_s3(s3_bucket):
+    endpoint, bucket = s3_bucket
+    cfg = validate_config({"s3": {"endpoint_url": endpoint}, "evaluate": {"bootstrap": 100}})
+    run = Run(cfg, root=f"s3://{bucket}/eval")
+    answers = [metrics.score({"question_id": "q", "kind": "local", "system": "base", "question": "q", "answer": "a",
+                              "reference": "a", "error": None})]
+    results = metrics.summary(answers, 100)
+    report.write_report(run, cfg, report.sections(cfg, "s3://x", {"base": {"engine": "hf", "model": "m"}}, answers,
+                                                  results, {}, False), results)
+    names = {p.rsplit("/", 1)[-1] for p in run.fs.find(f"{bucket}/eval")}
+    assert {"report.md", "report.html", "results.parquet", "config.yaml", "answer_lengths.png"} <= names
