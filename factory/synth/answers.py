@@ -93,48 +93,63 @@ def llm_enabled(engine: EngineConfig | None) -> bool:
 
 # ---- local: retrieval for the question, then an answer from the retrieved chunks -----
 def answer_local(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None, *, k: int = 5):
+    ds = _with_retriever(run, questions, retriever, task="local_answer", llm=llm_enabled(engine), k=k)
+    return _llm_answers(run, rec, ds, engine, "local_answer") if llm_enabled(engine) else ds
+
+
+def _with_retriever(run: Run, ds, retriever: Retriever, **kwargs):
+    """Rows through an actor pool that holds the retriever (chunk texts and index travel once per actor)."""
     import ray.data
 
     from factory.cluster import cpu_actors
 
-    llm = llm_enabled(engine)
-    fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(llm)}
-    ds = questions.map_batches(
-        _RetrieveAndAnswer,
-        fn_constructor_kwargs={"retriever": retriever, "k": k, "fields": fields, "llm": llm},
+    return ds.map_batches(
+        _Answerer,
+        fn_constructor_kwargs={"retriever": retriever, **kwargs},
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
         batch_format="pyarrow",
         batch_size=256,
     )
-    return _llm_answers(run, rec, ds, engine, "local_answer") if llm else ds
 
 
-class _RetrieveAndAnswer:
-    """Actor holding the retriever: top-k for each question, then an extractive answer or a prompt."""
+class _Answerer:
+    """Per row: the evidence chunks (retrieved for the question, or the subject's sources),
+    then the prompt (LLM path) or the extractive answer."""
 
-    def __init__(self, retriever: Retriever, k: int, fields: dict, llm: bool):
-        self.retriever, self.k, self.fields, self.llm = retriever, k, fields, llm
-        self.prompt = load_prompt("local_answer")
+    def __init__(self, retriever: Retriever, task: str, llm: bool, k: int = 5, max_source_chunks: int = 30):
+        self.retriever, self.task, self.llm, self.k, self.max_source_chunks = retriever, task, llm, k, max_source_chunks
+        self.prompt = load_prompt(task)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        hits = self.retriever.search([str(q) for q in batch.column("question").to_pylist()], self.k)
-        hits_iter = iter(hits)
+        if self.task != "local_answer":
+            return apply_rows(batch, self._grounded, {"evidence_chunk_ids": STRS, **_fields(self.llm)})
+        hits = iter(self.retriever.search([str(q) for q in batch.column("question").to_pylist()], self.k))
+        return apply_rows(batch, lambda row: self._local(row, [cid for cid, _ in next(hits)]),
+                          {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(self.llm)})
 
-        def one(row: dict) -> dict:
-            ids = [cid for cid, _ in next(hits_iter)]
-            passages = [(self.retriever.label(cid), self.retriever.text(cid)) for cid in ids]
-            source = row.get("source_chunk_id")
-            out = {
-                "evidence_chunk_ids": ids,
-                "retrieved_source": (source in ids) if source else None,
-                "evidence": "\n\n".join(t for _, t in passages),
-            }
-            if self.llm:
-                return {**out, "messages": self.prompt.messages(question=row["question"], context=format_passages(ids, passages))}
-            answer, reasoning = extract_answer(row["question"], passages)
-            return {**out, **_extracted(answer, reasoning)}
+    def _passages(self, ids: list[str]) -> list[tuple[str, str]]:
+        return [(self.retriever.label(c), self.retriever.text(c)) for c in ids]
 
-        return apply_rows(batch, one, self.fields)
+    def _local(self, row: dict, ids: list[str]) -> dict:
+        passages = self._passages(ids)
+        source = row.get("source_chunk_id")
+        out = {"evidence_chunk_ids": ids, "retrieved_source": (source in ids) if source else None,
+               "evidence": "\n\n".join(t for _, t in passages)}
+        if self.llm:
+            return {**out, "messages": self.prompt.messages(question=row["question"], context=format_passages(ids, passages))}
+        return {**out, **_extracted(*extract_answer(row["question"], passages))}
+
+    def _grounded(self, row: dict) -> dict:
+        ids = [c for c in (row.get("text_unit_ids") or []) if self.retriever.has(c)][: self.max_source_chunks]
+        passages = self._passages(ids)
+        description = row.get("description") or ""
+        out = {"evidence_chunk_ids": ids, "evidence": "\n\n".join([description] + [t for _, t in passages])}
+        if self.llm:
+            return {**out, "messages": self.prompt.messages(
+                question=row["question"], name=" and ".join(row["names"]), description=description,
+                sources=format_passages(ids, passages),
+            )}
+        return {**out, **_extracted(*extract_grounded(row["names"], description, passages))}
 
 
 def format_passages(ids: list[str], passages: list[tuple[str, str]]) -> str:
@@ -167,25 +182,8 @@ def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences
 
 # ---- entity / relationship: description + source chunks, long chain of thought ----------
 def answer_grounded(run: Run, rec: StageRecord, rows, retriever: Retriever, engine: EngineConfig | None, *, task: str, max_source_chunks: int = 30):
-    llm = llm_enabled(engine)
-    prompt = load_prompt(task)
-    fields = {"evidence_chunk_ids": STRS, **_fields(llm)}
-
-    def one(row: dict) -> dict:
-        ids = [c for c in (row.get("text_unit_ids") or []) if retriever.has(c)][:max_source_chunks]
-        passages = [(retriever.label(c), retriever.text(c)) for c in ids]
-        description = row.get("description") or ""
-        out = {"evidence_chunk_ids": ids, "evidence": "\n\n".join([description] + [t for _, t in passages])}
-        if llm:
-            return {**out, "messages": prompt.messages(
-                question=row["question"], name=" and ".join(row["names"]), description=description,
-                sources=format_passages(ids, passages),
-            )}
-        answer, reasoning = extract_grounded(row["names"], description, passages)
-        return {**out, **_extracted(answer, reasoning)}
-
-    ds = map_rows(rows, one, fields)
-    return _llm_answers(run, rec, ds, engine, task) if llm else ds
+    ds = _with_retriever(run, rows, retriever, task=task, llm=llm_enabled(engine), max_source_chunks=max_source_chunks)
+    return _llm_answers(run, rec, ds, engine, task) if llm_enabled(engine) else ds
 
 
 def extract_grounded(names: list[str], description: str, passages: list[tuple[str, str]]) -> tuple[str | None, str | None]:
