@@ -22,7 +22,7 @@ from factory.config import Config
 from factory.errors import UserError
 from factory.evaluate import benchmark, judge, metrics, report, systems
 from factory.pipeline import Run, Stage, StageRecord
-from factory.storage import check_readable, join
+from factory.storage import check_readable, filesystem, join
 
 
 def source_root(cfg: Config) -> str:
@@ -87,11 +87,21 @@ class Evaluation:
 
     def _inputs(self, run: Run) -> str:
         files = [f for t in ("qa", "documents", "chunks", "community_reports") for f in self.src.table_files(t)]
-        return _listing(self.src.fs, files) + "".join(
+        return _listing(self.src.fs, files) + self._adapter() + "".join(
             self._file_listing(p) for p in self.cfg.evaluate.answer_files.values())
 
     def _bench_input(self, run: Run) -> str:
-        return self._file_listing(self.cfg.evaluate.benchmark_file) if self.cfg.evaluate.benchmark_file else ""
+        if not self.cfg.evaluate.benchmark_file:
+            return ""
+        return self._file_listing(self.cfg.evaluate.benchmark_file) + self._adapter()
+
+    def _adapter(self) -> str:
+        """The adapter's files: a student retrained into the same folder must not look up to date."""
+        if self.cfg.student is None or self.cfg.student.engine == "none":
+            return ""
+        adapter = systems.engine_for(self.cfg, "student").adapter
+        fs, path = filesystem(adapter, self.cfg.s3) if adapter else (None, "")
+        return _listing(fs, sorted(fs.find(path))) if adapter and fs.exists(path) else ""
 
     def _file_listing(self, path: str) -> str:
         fs, fpath = check_readable(path, self.cfg.s3)

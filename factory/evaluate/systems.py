@@ -155,10 +155,6 @@ def _long_context_budget(cfg: Config, engine: EngineConfig, counter: TokenCounte
     return budget
 
 
-def _chunk_label(c: dict) -> str:
-    return ", ".join(x for x in (c.get("date"), c.get("title")) if x)
-
-
 # ---- per-system messages ---------------------------------------------------------------
 def plain_messages(cfg: Config, question: str) -> list[dict]:
     """What the student saw in training: the dataset's system prompt and the question."""
@@ -171,7 +167,6 @@ def rag_messages(cfg: Config, src: Run, questions: list[dict], rec: StageRecord)
     chunks = src.read_arrow("chunks")
     if chunks.num_rows == 0:
         raise UserError(f"evaluate: naive_rag needs the chunks table in {src.root}")
-    by_id = {c["id"]: c for c in chunks.select(["id", "text", "title", "date"]).to_pylist()}
     retriever = Retriever.build(chunks, cfg.synth.retriever)
     hits = retriever.search([q["question"] for q in questions], cfg.synth.top_k)
     prompt = prompts.load("eval_rag")
@@ -182,7 +177,7 @@ def rag_messages(cfg: Config, src: Run, questions: list[dict], rec: StageRecord)
         if q.get("source_chunk_id"):
             wanted += 1
             found += q["source_chunk_id"] in ids
-        context = "\n\n".join(f"[{i + 1}] ({_chunk_label(by_id[c])})\n{by_id[c]['text']}" for i, c in enumerate(ids))
+        context = "\n\n".join(f"[{i + 1}] {retriever.label(c)}\n{retriever.text(c)}" for i, c in enumerate(ids))
         out.append(prompt.messages(system_prompt=cfg.synth.system_prompt, context=context or "(nothing retrieved)",
                                    question=q["question"]))
     rec.stats["naive_rag"] = {"retriever": cfg.synth.retriever, "top_k": cfg.synth.top_k,
