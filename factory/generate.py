@@ -28,4 +28,9 @@ def generate(cfg: Config, force: bool = False, until: str | None = None) -> Run:
         raise UserError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     stop = names.index(until) + 1 if until else len(STAGES)
     run.run_stages(STAGES[:stop], force=force)
+    if not until:
+        from factory.publish import write_card
+
+        # The card's front matter is what makes the run folder loadable by datasets.load_dataset.
+        write_card(run)
     return run
