@@ -14,6 +14,7 @@ import yaml
 
 import schemas
 from factory.config import load_config
+from factory.evaluate import select_questions
 from factory.generate import generate
 from jobs.evaluate import main as evaluate_main
 from tests.support.openai_server import FakeOpenAIServer
@@ -21,36 +22,16 @@ from tests.support.openai_server import FakeOpenAIServer
 SYSTEMS = ["student", "base", "naive_rag", "long_context", "graph_global"]
 
 
-def _reports() -> list[dict]:
-    themes = [("Running", "Training for the Harwick Half Marathon along the Calder River path."),
-              ("Old Mill Gardens", "The competition brief for the Old Mill Gardens redesign with Priya."),
-              ("Wellbeing", "Sleep trouble and sessions with Dr. Helen Okafor; pottery at the Kiln Room.")]
-    return [{"id": f"r{i}", "community": i, "level": 0, "title": t, "summary": s, "rank": 8.0 - i,
-             "findings": [{"summary": t, "explanation": s}], "full_content": s} for i, (t, s) in enumerate(themes)]
-
-
-def _qa(chunks: pa.Table) -> list[dict]:
-    first = chunks.to_pylist()[0]
-    qs = [("local", "How far was the first training run along the Calder River?", "6 km in 41 minutes 20 seconds.",
-           first["id"]),
-          ("global", "How did my wellbeing change over February?", "Sleep was poor; therapy and pottery helped.", None),
-          ("entity", "What can you tell me about the event Harwick Half Marathon?", "A race on Sunday 18 May.", None),
-          ("relationship", "What is the relationship between Priya and Old Mill Gardens?", "They visit the site.", None),
-          ("unanswerable", "What did I eat in Tokyo?", "I don't know: the journal does not mention Tokyo.", None)]
-    return [{"id": f"q{i}", "kind": k, "question": q, "answer": a, "source_chunk_id": src, "split": "test",
-             "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for i, (k, q, a, src) in enumerate(qs)]
+GENERATE = ["chunking.size=200", "chunking.overlap=40", "synth.test_fraction=0.3"]
 
 
 @pytest.fixture
 def small_run(tmp_path_factory, ray_session, journal):
-    """ingest + chunk of February's entries; community reports and a qa test split written by hand."""
+    """`generate` without an LLM (rule-based teacher) over February's entries: every table, a test split."""
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, [f"corpus.path={journal}/2025-02-*.md", f"output.path={out}",
-                             "chunking.size=200", "chunking.overlap=40"])
-    run = generate(cfg, until="chunk")
-    run.write_table("community_reports", pa.Table.from_pylist(_reports()))
-    run.write_table("qa", pa.Table.from_pylist(_qa(run.read_arrow("chunks"))), "test")
+    run = generate(load_config(None, [f"corpus.path={journal}/2025-02-*.md", f"output.path={out}", *GENERATE]))
+    kinds = set(run.read_arrow("qa", "test").column("kind").to_pylist())
+    assert {"local", "global", "entity", "unanswerable"} <= kinds and run.read_arrow("community_reports").num_rows
     return out
 
 
@@ -76,9 +57,12 @@ def prefers_longer(request: dict) -> str:
     return json.dumps({c: {"winner": winner, "reason": "More detail."} for c in criteria})
 
 
+@pytest.mark.slow
 def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, tmp_path, capsys):
+    qa = pq.read_table(small_run / "qa", filters=[("split", "=", "test")])
+    qids = [q["id"] for q in select_questions(qa, 5)]  # what max_questions=5 picks: one question per kind
     answers_file = tmp_path / "mine.parquet"
-    pq.write_table(pa.table({"id": ["q0", "q1", "q2"], "answer": ["6 km.", "Better sleep.", "A race."]}), answers_file)
+    pq.write_table(pa.table({"id": qids[:3], "answer": ["One.", "Two.", "Three."]}), answers_file)
     bench = tmp_path / "mini_mmlu.jsonl"
     bench.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer": "B"}\n'
                      '{"question": "6*7?", "answer": "42"}\n')
@@ -86,12 +70,12 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
         config = {
             "output": {"path": str(small_run)},
             "chunking": {"size": 200, "overlap": 40},
-            "synth": {"top_k": 2, "map_batch_tokens": 400},
+            "synth": {"top_k": 2, "map_batch_tokens": 400, "test_fraction": 0.3},
             "student": {"engine": "hf", "model": str(tiny_llama), "adapter": str(adapter), "max_tokens": 12,
                         "batch_size": 8},
             "judge": {"engine": "openai", "model": "judge", "base_url": server.base_url, "max_retries": 0},
             "evaluate": {"answer_files": {"mine": str(answers_file)}, "benchmark_file": str(bench),
-                         "bootstrap": 100, "output": str(tmp_path / "eval")},
+                         "max_questions": 5, "bootstrap": 100, "output": str(tmp_path / "eval")},
         }
         path = tmp_path / "evaluate.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -103,12 +87,14 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
     test = [r for r in answers if r["kind"] and not r["kind"].startswith("benchmark")]
     assert sorted({r["system"] for r in test}) == sorted(SYSTEMS + ["mine"]) and len(test) == 5 * 6
     by = {(r["system"], r["question_id"]): r for r in test}
+    assert {r["question_id"] for r in test} == set(qids)
+    assert {r["kind"] for r in test} >= {"local", "global", "entity", "unanswerable"}
     for system in ("student", "base", "naive_rag", "long_context"):
-        assert all(by[(system, f"q{i}")]["error"] is None for i in range(5)), system
+        assert all(by[(system, q)]["error"] is None for q in qids), system
     # the adapter is applied: the student does not say what base says
-    assert any(by[("student", f"q{i}")]["answer"] != by[("base", f"q{i}")]["answer"] for i in range(5))
+    assert any(by[("student", q)]["answer"] != by[("base", q)]["answer"] for q in qids)
     # an answer file is a system; questions it lacks are failures, never silent gaps
-    assert by[("mine", "q0")]["answer"] == "6 km." and by[("mine", "q4")]["error"] == "missing from the answer file"
+    assert by[("mine", qids[0])]["answer"] == "One." and by[("mine", qids[4])]["error"] == "missing from the answer file"
     assert all(r["token_f1"] is not None for r in test if r["error"] is None)
 
     markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in ("answer", "judge", "report")}
@@ -133,14 +119,13 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
         assert f"{f1['value']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in text
         assert f"{100 * lc['cut_fraction']:.1f}% cut" in text
     # graph_global ran through map-reduce; whatever failed (the tiny model writes no JSON) is reported, not hidden
-    gg = [by[("graph_global", f"q{i}")] for i in range(5)]
+    gg = [by[("graph_global", q)] for q in qids]
     assert all((r["answer"] is None) == (r["error"] is not None) for r in gg)
     failures = Counter(r["error"] for r in gg if r["error"])
     assert not failures or failures.most_common(1)[0][0][:80] in md
     assert "data:image/png;base64," in page and (out / "plots" / "answer_lengths.png").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["evaluate"]["bootstrap"] == 100
 
-    # a rerun with nothing changed skips every stage
     # a rerun skips answer and benchmark; the judge (its base_url changed) is served from the call cache
     capsys.readouterr()
     with FakeOpenAIServer(prefers_longer) as server:
