@@ -76,6 +76,14 @@ class Evaluation:
             raise UserError(f"evaluate: {self.src.root} has no qa test split (run generate with synth.test_fraction > 0)")
         self.systems = list(dict.fromkeys([*cfg.evaluate.systems, *cfg.evaluate.answer_files]))
         self.judged = cfg.judge is not None and cfg.judge.engine != "none"
+        # Config mistakes fail here, in one line, before any model is loaded.
+        self.criteria = judge.criteria_of(cfg.evaluate.criteria, cfg.evaluate.graphrag_criteria)
+        for system in self.systems:
+            if system not in cfg.evaluate.answer_files:
+                if system not in systems.SYSTEMS:
+                    raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(systems.SYSTEMS)} "
+                                    "or a name in evaluate.answer_files)")
+                systems.engine_for(cfg, system)
 
     def stages(self) -> list[Stage]:
         return [
@@ -122,7 +130,7 @@ class Evaluation:
         return systems.engine_for(self.cfg, system).model_dump(mode="json")
 
     def judge(self, run: Run, rec: StageRecord) -> None:
-        criteria = judge.criteria_of(self.cfg.evaluate.criteria, self.cfg.evaluate.graphrag_criteria)
+        criteria = self.criteria
         rec.stats["criteria"] = criteria
         if not self.judged:
             rec.stats["skipped"] = "no judge configured"

@@ -237,10 +237,7 @@ def _messages(cfg: Config, src: Run, system: str, questions: list[dict], engine:
         return [plain_messages(cfg, q["question"]) for q in questions]
     if system == "naive_rag":
         return rag_messages(cfg, src, questions, rec)
-    if system == "long_context":
-        return long_context_messages(cfg, src, questions, engine, rec)
-    raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(SYSTEMS)} "
-                    "or a name in evaluate.answer_files)")
+    return long_context_messages(cfg, src, questions, engine, rec)
 
 
 def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str], questions: list[dict]) -> list[dict]:
