@@ -137,6 +137,14 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
     assert pq.read_table(out / "results.parquet").num_rows == len(rows)
 
 
-def test_missing_test_split_is_one_clear_error(tmp_path, capsys):
-    assert evaluate_main(["--set", f"output.path={tmp_path}", "--set", "ray.num_cpus=1"]) == 2
-    assert "no qa test split" in capsys.readouterr().err
+@pytest.mark.parametrize("extra, message", [
+    ([], "no qa test split"),
+    (["evaluate.criteria=[beauty]"], "evaluate.criteria: unknown ['beauty']"),
+    (["evaluate.systems=[oracle]"], "unknown system 'oracle'"),
+    (["evaluate.systems=[base]", "student=null"], "system 'base' needs an LLM"),
+])
+def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, capsys, extra, message):
+    overrides = [f"output.path={tmp_path}", "student.engine=hf", "student.model=m", *extra]
+    assert evaluate_main([x for o in overrides for x in ("--set", o)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "[answer] started" not in err

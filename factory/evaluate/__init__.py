@@ -71,9 +71,6 @@ class Evaluation:
         self.cfg = cfg
         check_readable(source_root(cfg), cfg.s3)
         self.src = Run(cfg, root=source_root(cfg))
-        self.questions = select_questions(self.src.read_arrow("qa", "test"), cfg.evaluate.max_questions)
-        if not self.questions:
-            raise UserError(f"evaluate: {self.src.root} has no qa test split (run generate with synth.test_fraction > 0)")
         self.systems = list(dict.fromkeys([*cfg.evaluate.systems, *cfg.evaluate.answer_files]))
         self.judged = cfg.judge is not None and cfg.judge.engine != "none"
         # Config mistakes fail here, in one line, before any model is loaded.
@@ -84,6 +81,9 @@ class Evaluation:
                     raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(systems.SYSTEMS)} "
                                     "or a name in evaluate.answer_files)")
                 systems.engine_for(cfg, system)
+        self.questions = select_questions(self.src.read_arrow("qa", "test"), cfg.evaluate.max_questions)
+        if not self.questions:
+            raise UserError(f"evaluate: {self.src.root} has no qa test split (run generate with synth.test_fraction > 0)")
 
     def stages(self) -> list[Stage]:
         return [
