@@ -123,3 +123,10 @@ def test_targets_and_qa_table():
     row = table.to_pylist()[0]
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     assert row["messages"][0]["content"] == "sys" and row["entity_ids"] == [] and row["community_ids"] == []
+
+
+def test_sentences_keep_abbreviations_and_initials_inside():
+    from factory.synth.text import sentences
+
+    text = "First session with Dr. Helen Okafor today. J. R. Hartley rang!\n\nNew paragraph without a stop"
+    assert sentences(text) == ["First session with Dr. Helen Okafor today.", "J. R. Hartley rang!", "New paragraph without a stop"]

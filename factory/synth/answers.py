@@ -159,24 +159,28 @@ def format_passages(ids: list[str], passages: list[tuple[str, str]]) -> str:
 def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences: int = MAX_SENTENCES) -> tuple[str | None, str | None]:
     """The evidence sentences sharing the most content words with the question, in reading order."""
     q = set(content_words(question))
+    # Words naming passages (titles, dates) locate an entry but answer nothing: a sentence
+    # must match the question's other words, and among equals the entry the question names wins.
+    locators = {w for label, _ in passages for w in content_words(label)}
+    topic = q - locators
     scored = []
     for rank, (label, text) in enumerate(passages):
-        # Words naming the passage (its title, date) find it but do not answer anything in it.
-        terms = q - set(content_words(label))
+        terms = topic or q - set(content_words(label))
+        named = len(q & set(content_words(label)))
         for pos, sent in enumerate(sentences(text)):
             overlap = len(terms & set(content_words(sent)))
             if overlap:
-                scored.append((-overlap, rank, pos, label, sent))
-    picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[1], s[2]))
+                scored.append((-overlap, -named, rank, pos, label, sent))
+    picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[2], s[3]))
     if not picked:
         return None, None
     by_label: dict[str, list[str]] = {}
-    for _, _, _, label, sent in picked:
+    for *_, label, sent in picked:
         by_label.setdefault(label, []).append(sent)
     answer = " ".join(f"In {label}: {' '.join(sents)}" if label else " ".join(sents) for label, sents in by_label.items())
-    terms = ", ".join(sorted(q)[:8])
-    quoted = " ".join(f'{label or "A passage"} says: "{s}"' for _, _, _, label, s in picked)
-    reasoning = f"The question is about {terms}. Searching my memory for these, {quoted} These passages answer it."
+    about = ", ".join(sorted(topic or q)[:8])
+    quoted = " ".join(f'{label or "A passage"} says: "{s}"' for *_, label, s in picked)
+    reasoning = f"The question is about {about}. Searching my memory for these, {quoted} These passages answer it."
     return answer, reasoning
 
 
@@ -197,6 +201,7 @@ def extract_grounded(names: list[str], description: str, passages: list[tuple[st
     if not description and not quotes:
         return None, None
     subject = " and ".join(names)
+    description = " ".join(description.split())
     steps = []
     if description:
         steps.append(f"What I hold about {subject}: {description}")

@@ -34,10 +34,23 @@ def content_words(text: str) -> list[str]:
     return [w for w in words(text) if (len(w) > 1 or w.isdigit()) and w not in STOPWORDS]
 
 
+# A period after these (or after a single capital, an initial) does not end a sentence.
+_ABBREVIATIONS = frozenset("dr mr mrs ms prof st mt jr sr vs etc no fig approx dept univ".split())
+
+
 def sentences(text: str) -> list[str]:
     """Split prose into sentences; headings and list items count as their own."""
-    parts = _SENTENCE.split(text or "")
-    return [" ".join(p.split()) for p in parts if p and p.strip()]
+    out, start = [], 0
+    text = text or ""
+    for m in _SENTENCE.finditer(text):
+        before = text[start : m.start()].rsplit(None, 1)
+        last = before[-1].rstrip(".").lower() if before else ""
+        if text[m.start() - 1 : m.start()] == "." and (last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())):
+            continue
+        out.append(text[start : m.start()])
+        start = m.end()
+    out.append(text[start:])
+    return [" ".join(p.split()) for p in out if p.strip()]
 
 
 def support(claim: str, evidence: str) -> float:
