@@ -129,7 +129,7 @@ _table(
     _f("retrieved_source", pa.bool_(), doc="whether retrieval found the source chunk"),
     _f("entity_ids", STRS),
     _f("relationship_ids", STRS),
-    _f("community_ids", STRS),
+    _f("community_ids", STRS, doc="community numbers (communities.community) a global answer drew on"),
     _f("level", I64),
     _f("question_source", STR, doc="template | llm"),
     _f("engine", STR),
