@@ -6,8 +6,8 @@ import hashlib
 import json
 import re
 
+import networkx as nx
 import pyarrow as pa
-import pytest
 
 from factory.config import validate_config
 from factory.graph import build_graph
@@ -49,7 +49,7 @@ def stage(run: Run, fn, name: str) -> StageRecord:
 
 def test_journal_without_llm_finds_people_places_projects(ray_session, tmp_path, journal):
     docs = [(p.stem, p.read_text()) for p in sorted(journal.glob("*.md"))]
-    run = make_run(tmp_path, chunk_rows(docs))
+    run = make_run(tmp_path, chunk_rows(docs), graph={"graphml": True})
     rec = stage(run, build_graph, "graph")
     ents = {e["title"]: e for e in run.read_arrow("entities").to_pylist()}
     expected = {
@@ -67,6 +67,8 @@ def test_journal_without_llm_finds_people_places_projects(ray_session, tmp_path,
     assert frozenset(("Priya Nair", "Greenline Studio")) in pairs
     assert all(r["weight"] >= 2 for r in rels)  # min_edge_weight
     assert rec.stats["merge"]["rare_entities_pruned"] > 0 and rec.rows_out == len(ents)
+    exported = nx.read_graphml(tmp_path / "run" / "graph.graphml")
+    assert set(exported.nodes) == set(ents) and exported.number_of_edges() == len(rels)
 
     communities = run.read_arrow("communities").to_pylist()
     assert communities and all(c["size"] <= 10 for c in communities if not c["children"])

@@ -8,9 +8,9 @@ import unicodedata
 # Markdown decoration that would otherwise look like part of a name or a sentence.
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MD_MARKS = re.compile(r"(\*\*|__|\*|`|^#{1,6}\s+|^>\s?|^\s*[-+]\s+|^\s*\d+\.\s+)", re.MULTILINE)
-# Abbreviations whose period does not end a sentence.
-_ABBREV = "".join(rf"(?<!\b{a}\.)" for a in ("Dr", "Mr", "Ms", "St", "Mrs", "Prof", "Jr", "Sr", "vs", "etc", "e.g", "i.e"))
-_SENT_END = re.compile(_ABBREV + r"(?<=[.!?])[\"'”’)]*\s+(?=[\"'“‘(]?[A-Z0-9])")
+_SENT_END = re.compile(r"(?<=[.!?])[\"'”’)]*\s+(?=[\"'“‘(]?[A-Z0-9])")
+# A piece ending in one of these abbreviations does not end a sentence ("Dr. Okafor").
+_ABBREV_END = re.compile(r"\b(?:Dr|Mr|Ms|St|Mrs|Prof|Jr|Sr|vs|etc|e\.g|i\.e)\.$")
 
 
 def clean_markdown(text: str) -> str:
@@ -23,8 +23,13 @@ def sentences(text: str) -> list[str]:
     out = []
     for line in clean_markdown(text).splitlines():
         line = " ".join(line.split())
-        if line:
-            out.extend(s.strip() for s in _SENT_END.split(line) if s.strip())
+        pieces: list[str] = []
+        for piece in _SENT_END.split(line) if line else ():
+            if pieces and _ABBREV_END.search(pieces[-1]):
+                pieces[-1] += " " + piece
+            else:
+                pieces.append(piece)
+        out.extend(p.strip() for p in pieces if p.strip())
     return out
 
 
