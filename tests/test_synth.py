@@ -11,7 +11,7 @@ import pytest
 
 import schemas
 from factory.config import validate_config
-from factory.pipeline import Run, Stage
+from factory.pipeline import Run, Stage, StageRecord
 from factory.synth import synthesize
 from factory.synth.retrieval import Retriever
 from factory.synth.text import support
@@ -148,3 +148,14 @@ def test_retriever_methods_find_the_right_chunk(journal_chunks, journal):
         assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     assert Retriever.build(chunks, "bm25").search(["xyzzy plugh"], 3) == [[]]
     assert target["id"] in {c for c, _ in Retriever.build(chunks, "bm25").search([target["text"][:300]], 1)[0]}
+
+
+def test_an_empty_graph_is_one_clear_error(tmp_path):
+    from factory.errors import UserError
+
+    run = Run(make_cfg(JOURNAL, tmp_path))
+    run.write_table("chunks", journal_chunk_table(run.cfg).slice(0, 3))
+    with pytest.raises(UserError, match="no questions could be made"):
+        synthesize(run, StageRecord("synthesis"))
+    with pytest.raises(UserError, match="no chunks"):
+        synthesize(Run(make_cfg(JOURNAL, tmp_path / "empty")), StageRecord("synthesis"))

@@ -77,6 +77,9 @@ def synthesize(run: Run, rec: StageRecord) -> None:
 
     # Questions that reached answering (declined or failed question calls are drops before that).
     rec.rows_in = sum(rec.stats["questions"].values())
+    if not rec.rows_in:
+        raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
+                        "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
     kept = filter_rows(run, rec, rows)
     train, test = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     clock.lap("quality_and_split")

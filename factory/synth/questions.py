@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from factory.config import Config
-from factory.pipeline import Run, StageRecord
+from factory.pipeline import Run, StageRecord, log
 from factory.prompts import load as load_prompt
 from factory.synth.answers import llm_enabled
 from factory.synth.rows import MESSAGES, STRS, collect, to_dataset
@@ -262,6 +262,9 @@ def global_questions(run: Run, rec: StageRecord, reports: pa.Table) -> list[dict
         key=lambda r: (-(r.get("rank") or 0), r["community"]),
     )
     if not level_reports:
+        levels = sorted({r["level"] for r in reports.to_pylist()})
+        log(f"[{rec.name}] no community reports at synth.global_level {s.global_level} "
+            f"(levels present: {levels or 'none'}); no global questions")
         return []
     rows = [
         _global_row(rng_for(cfg.seed, "community", r["community"]).choice(COMMUNITY_TEMPLATES).format(title=r["title"]),
