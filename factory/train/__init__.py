@@ -7,6 +7,14 @@ Checkpoints and the export live under `<train.output>/<train.name>/`
 (local or s3://); rerunning the same command resumes from the latest checkpoint.
 """
 
-from factory.train.driver import finetune
+from __future__ import annotations
 
-__all__ = ["finetune"]
+from typing import Any
+
+
+def finetune(cfg: Any) -> dict[str, Any]:
+    """Train (or resume) the student; returns the final metrics. Ray is imported only here,
+    so `factory.train.data` and `factory.train.loop` work where Ray is not installed."""
+    from factory.train.driver import finetune as run
+
+    return run(cfg)

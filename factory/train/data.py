@@ -65,7 +65,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], max_len: int) ->
 
 
 class Tokenize:
-    """Ray Data callable: `messages` column → `input_ids`, `labels`, `n_tokens`, `n_labels`."""
+    """Ray Data callable: `messages` → `input_ids`, `labels`, `n_tokens`, `n_labels` (other columns kept)."""
 
     def __init__(self, model: str, max_len: int):
         from transformers import AutoTokenizer
@@ -74,11 +74,14 @@ class Tokenize:
         self.max_len = max_len
 
     def __call__(self, batch: "Any") -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "labels": [], "n_tokens": [], "n_labels": []}
-        for messages in batch.column("messages").to_pylist():
+        keep = [c for c in batch.column_names if c != "messages"]
+        out: dict[str, list] = {c: [] for c in [*keep, "input_ids", "labels", "n_tokens", "n_labels"]}
+        for i, messages in enumerate(batch.column("messages").to_pylist()):
             s = tokenize_conversation(self.tokenizer, messages, self.max_len)
             if s is None:
                 continue
+            for c in keep:
+                out[c].append(batch.column(c)[i].as_py())
             out["input_ids"].append(s.input_ids)
             out["labels"].append(s.labels)
             out["n_tokens"].append(len(s.input_ids))

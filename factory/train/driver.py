@@ -31,17 +31,21 @@ def student_model(cfg: Config) -> str:
     return model
 
 
-def micro_batches(cfg: Config, run: Run, split: str, model: str) -> ray.data.Dataset:
-    """qa/<split> → tokenized with the chat template (actor pool) → packed micro-batch rows."""
+def tokenized(cfg: Config, run: Run, model: str) -> ray.data.Dataset:
+    """qa (both splits), shuffled, tokenized with the student's chat template in an actor pool."""
     t = cfg.train
-    ds = run.read_ray("qa", split).select_columns(["messages"])
-    if split == "train":
-        ds = ds.random_shuffle(seed=t.seed)
+    ds = run.read_ray("qa").select_columns(["messages", "split"]).random_shuffle(seed=t.seed)
     ds = ds.map_batches(
         Tokenize, fn_constructor_args=(model, min(t.max_seq_len, t.batch_tokens)), batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(cfg)),
     )
-    ds = ds.map_batches(pack_batch, fn_kwargs={"batch_tokens": t.batch_tokens, "packing": t.packing},
+    return ds.materialize()
+
+
+def micro_batches(cfg: Config, samples: ray.data.Dataset, split: str) -> ray.data.Dataset:
+    """One split's samples packed (or grouped for padding) into micro-batch rows."""
+    ds = samples.filter(expr=f"split == '{split}'")
+    ds = ds.map_batches(pack_batch, fn_kwargs={"batch_tokens": cfg.train.batch_tokens, "packing": cfg.train.packing},
                         batch_size=PACK_WINDOW, batch_format="numpy")
     return ds.materialize()
 
@@ -71,8 +75,9 @@ def finetune(cfg: Config) -> dict[str, Any]:
     if not run.has_table("qa", "train"):
         raise UserError(f"{dataset}: no qa/train table (run `ragtune generate` or point train.dataset at a published dataset)")
     pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
-    train = micro_batches(cfg, run, "train", model)
-    test = micro_batches(cfg, run, "test", model)
+    samples = tokenized(cfg, run, model)
+    train = micro_batches(cfg, samples, "train")
+    test = micro_batches(cfg, samples, "test")
     rows = train.count()
     steps_per_epoch = rows // t.num_workers
     if steps_per_epoch == 0:

@@ -15,15 +15,17 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from factory.config import S3Config, TrainConfig
 from factory.train.data import IGNORE, collate
+
+if TYPE_CHECKING:  # pydantic is not needed to run the loop (the GPU benchmark has no pydantic guarantee)
+    from factory.config import S3Config, TrainConfig
 
 STATE_FILE = "trainer_state.pt"
 
@@ -60,21 +62,26 @@ class AssistantLoss(nn.Module):
         return loss, (wanted != IGNORE).sum()
 
 
-def load_student(model: str, cfg: TrainConfig, dtype: torch.dtype, adapter: str | None = None) -> nn.Module:
-    """The student with a trainable LoRA adapter: a fresh one, or `adapter` from a checkpoint."""
+def add_lora(base: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
+             gradient_checkpointing: bool, adapter: str | None = None) -> nn.Module:
+    """Wrap a causal LM with a trainable LoRA adapter: a fresh one, or `adapter` from a checkpoint."""
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=cfg.attn_implementation)
-    if cfg.gradient_checkpointing:
+    if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter:
         return PeftModel.from_pretrained(base, adapter, is_trainable=True)
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules, task_type="CAUSAL_LM",
-    )
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
     return get_peft_model(base, lora)
+
+
+def load_student(model: str, cfg: TrainConfig, dtype: torch.dtype, adapter: str | None = None) -> nn.Module:
+    """The student (local path or Hub id) with its LoRA adapter, as `cfg` describes."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    return add_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules,
+                    cfg.gradient_checkpointing, adapter)
 
 
 def lr_lambda(total: int, warmup_ratio: float, kind: str):
