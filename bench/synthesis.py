@@ -31,7 +31,7 @@ from bench.corpus import PEOPLE, PLACES, THINGS, write_corpus  # noqa: E402
 from factory.chunking import chunk_document, load_tokenizer  # noqa: E402
 from factory.config import validate_config  # noqa: E402
 from factory.ingest import document_id, markdown_title, normalize  # noqa: E402
-from factory.pipeline import Run, Stage, StageRecord  # noqa: E402
+from factory.pipeline import Run, Stage  # noqa: E402
 from factory.synth.answers import extract_answer  # noqa: E402
 from factory.synth.retrieval import Retriever  # noqa: E402
 from factory.synth.text import content_words  # noqa: E402

@@ -23,7 +23,6 @@ import random
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from factory.config import Config
 from factory.pipeline import Run, StageRecord, log
 from factory.prompts import load as load_prompt
 from factory.synth.answers import llm_enabled
