@@ -8,7 +8,6 @@ counts them.
 
 from __future__ import annotations
 
-import json
 
 import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
