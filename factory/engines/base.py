@@ -130,6 +130,10 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
         else:
             be.preflight(role_cfg)
             pending = keyed.map_batches(_requests, fn_kwargs={"todo": [ray.put(todo)]}, batch_format="pyarrow")
+            # One block per batch: a map task returns its whole block at once, so a stage whose rows sit in
+            # one block would cache nothing until every call is done (a crash loses them all) and would
+            # keep only one batch in flight.
+            pending = pending.repartition(-(-len(todo) // role_cfg.batch_size))
             stopped = _stream(be.generate(pending, role_cfg, output_model), cache, rec, tag, role_cfg, task, engine, model, parts)
     if stopped:
         log(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
