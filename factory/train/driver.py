@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -28,6 +29,8 @@ def student_model(cfg: Config) -> str:
     model = cfg.train.model or (cfg.student.model if cfg.student else None)
     if not model:
         raise UserError(f"{cfg._source}: train.model: set the student model (a local path or a Hub id)")
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        raise UserError(f"{cfg._source}: train.model: folder {model} does not exist")
     return model
 
 
