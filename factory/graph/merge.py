@@ -137,8 +137,9 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dic
     for key in sorted(nodes, key=lambda k: (-len(nodes[k].chunks), k)):
         n = nodes[key]
         etype = min(n.types.items(), key=lambda tv: (-tv[1], types_order.get(tv[0], len(types_order)), tv[0]))[0] if n.types else ""
-        # Most used surface form; ties go to the better capitalized, then the first seen.
-        title = max(enumerate(n.titles.items()), key=lambda it: (it[1][1], sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
+        # Most used surface form; ties go to the better capitalized (not shouting), then the first seen.
+        title = max(enumerate(n.titles.items()),
+                    key=lambda it: (it[1][1], not it[1][0].isupper(), sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
         graph.add_node(
             title, key=key, id=stable_id("entity", key), type=etype, descriptions=n.descriptions,
             text_unit_ids=sorted(n.chunks, key=rank), frequency=len(n.chunks),
