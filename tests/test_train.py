@@ -128,6 +128,41 @@ def test_loop_runs_alone_learns_and_resumes(tiny_llama, tokenizer, tmp_path, one
     assert again.history[0]["loss"] < losses[0] - 0.1  # continued from the trained adapter, not from scratch
 
 
+def fsdp_worker(rank: int, port: int, model: str, root: str, steps: int, rows: list[dict]) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    session = LocalSession(rows[rank::2], rows[rank::2], root)
+    session.rank, session.world_size = rank, 2
+    cfg = TrainConfig(strategy="fsdp", checkpoint_every=2, learning_rate=1e-2, merge=True)
+    plan = Plan(model=model, total_steps=steps, steps_per_epoch=len(rows) // 2, export_to=f"{root}/export")
+    run_training(cfg, plan, session)
+    dist.destroy_process_group()
+
+
+def test_fsdp_checkpoints_resume_and_export(tiny_llama, tokenizer, tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import free_port
+
+    rows = make_rows(samples(tokenizer, range(40)), 256, packing=True)
+    for steps in (2, 4):
+        mp.spawn(fsdp_worker, args=(free_port(), str(tiny_llama), str(tmp_path), steps, rows), nprocs=2)
+    summary = json.loads((tmp_path / "export" / "summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["step"] == 4
+    # The adapter was gathered from both shards: every LoRA matrix is whole and B has moved off zero.
+    adapter = load_file(tmp_path / "export" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(v.shape[0] * v.shape[1] > 0 for v in adapter.values())
+    assert max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k) > 0
+    AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "merged")
+
+
 def base_loss_on(tiny_llama, tokenizer, ids) -> float:
     rows = make_rows(samples(tokenizer, ids), 256, packing=True)
     model = AssistantLoss(load_student(str(tiny_llama), TrainConfig(), torch.float32))

@@ -28,17 +28,25 @@ def upload_dir(local: str | Path, dest: str, s3: S3Config | None = None) -> None
         fs.put_file(str(f), target)
 
 
-def export(student: Any, plan: Any, merge: bool, metrics: dict[str, Any], s3: S3Config | None = None) -> dict[str, str]:
-    """Save adapter (+ merged model) and summary.json under `plan.export_to`; returns where each went."""
-    from transformers import AutoTokenizer
+def export(student: Any, adapter: dict | None, plan: Any, merge: bool, metrics: dict[str, Any],
+           s3: S3Config | None = None) -> dict[str, str]:
+    """Save adapter (+ merged model) and summary.json under `plan.export_to`; returns where each went.
+
+    `adapter` is the gathered adapter state under FSDP (None: the student's own weights). The merged
+    model is built from a fresh copy of the base in its own dtype plus the saved adapter, so it does
+    not depend on how training sharded or cast the student.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     where = {"adapter": join(plan.export_to, "adapter")}
     with tempfile.TemporaryDirectory(prefix="ragtune-export-") as tmp:
-        student.save_pretrained(f"{tmp}/adapter")
+        student.save_pretrained(f"{tmp}/adapter", state_dict=adapter)
         tokenizer.save_pretrained(f"{tmp}/adapter")
         if merge:
-            merged = student.merge_and_unload()
+            base = AutoModelForCausalLM.from_pretrained(plan.model, dtype="auto")
+            merged = PeftModel.from_pretrained(base, f"{tmp}/adapter").merge_and_unload()
             merged.save_pretrained(f"{tmp}/merged")
             tokenizer.save_pretrained(f"{tmp}/merged")
             where["merged"] = join(plan.export_to, "merged")

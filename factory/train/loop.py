@@ -99,21 +99,24 @@ def lr_lambda(total: int, warmup_ratio: float, kind: str):
 
 
 def wrap(module: nn.Module, strategy: str, device: torch.device, world_size: int) -> nn.Module:
-    """DDP or FSDP across workers (nothing for one); LoRA leaves frozen weights mixed in, hence use_orig_params."""
+    """DDP, or FSDP2 (each decoder layer sharded, then the root) across workers; nothing for one."""
     module.to(device)
     if world_size == 1:
         return module
     if strategy == "fsdp":
-        import functools
+        from torch.distributed.fsdp import fully_shard
 
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
-
-        layer_names = set(getattr(module.model.get_base_model(), "_no_split_modules", None) or [])
-        policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: type(m).__name__ in layer_names)
-        return FSDP(module, auto_wrap_policy=policy, use_orig_params=True,
-                    device_id=device if device.type == "cuda" else None)
+        layers = set(getattr(module.model.get_base_model(), "_no_split_modules", None) or [])
+        for sub in list(module.modules()):
+            if type(sub).__name__ in layers:
+                fully_shard(sub)
+        fully_shard(module)
+        return module
     return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def sharded(cfg: TrainConfig, world_size: int) -> bool:
+    return cfg.strategy == "fsdp" and world_size > 1
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -130,11 +133,8 @@ def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     with autocast(device, bf16):
         loss_sum, n = module(**batch)
     (loss_sum / n.clamp(min=1)).backward()
-    if max_grad_norm > 0:
-        if hasattr(module, "clip_grad_norm_"):  # FSDP shards the gradients
-            module.clip_grad_norm_(max_grad_norm)
-        else:
-            torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_grad_norm)
+    if max_grad_norm > 0:  # works on FSDP2's sharded (DTensor) gradients too
+        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -167,9 +167,32 @@ def evaluate(module: nn.Module, rows: Iterable[dict], packing: bool, pad_id: int
     return loss / n if n else None
 
 
-def save_checkpoint(student: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, path: str) -> None:
-    student.save_pretrained(os.path.join(path, "adapter"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+def trainable_state(module: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict | None, dict]:
+    """(adapter weights, optimizer state) to save. Under FSDP every worker must call this:
+    the LoRA shards and their optimizer state are gathered, full, on the CPU."""
+    if not fsdp:
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(module, options=opts)
+    adapter = {k.removeprefix("model."): v for k, v in weights.items()}  # keys as the PeftModel names them
+    return adapter, get_optimizer_state_dict(module, optimizer, options=opts)
+
+
+def load_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(student: nn.Module, adapter: dict | None, optimizer_state: dict, scheduler: Any, step: int,
+                    path: str) -> None:
+    student.save_pretrained(os.path.join(path, "adapter"), state_dict=adapter)
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step},
                os.path.join(path, STATE_FILE))
 
 
@@ -190,8 +213,9 @@ def run_training(cfg: TrainConfig, plan: Plan, session: Any, s3: S3Config | None
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(plan.total_steps, cfg.warmup_ratio, cfg.lr_scheduler))
+    fsdp = sharded(cfg, session.world_size)
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(module, optimizer, state["optimizer"], fsdp)
         scheduler.load_state_dict(state["scheduler"])
     step = resumed_from = int(state.get("step", 0))
     module.train()
@@ -216,19 +240,21 @@ def run_training(cfg: TrainConfig, plan: Plan, session: Any, s3: S3Config | None
                 metrics["eval_loss"] = evaluate(module, session.test_rows(), cfg.packing, plan.pad_id, bf16, device)
             path = None
             if step % cfg.checkpoint_every == 0 or step == plan.total_steps:
-                path = new_checkpoint_dir() if session.rank == 0 else None
-                if path:
-                    save_checkpoint(student, optimizer, scheduler, step, path)
+                adapter, optimizer_state = trainable_state(module, optimizer, fsdp)
+                if session.rank == 0:
+                    path = new_checkpoint_dir()
+                    save_checkpoint(student, adapter, optimizer_state, scheduler, step, path)
             session.report(metrics, path)
             if path and os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
         epoch, skip = epoch + 1, 0
     metrics = {**metrics, "step": step, "resumed_from": resumed_from,
                "eval_loss": evaluate(module, session.test_rows(), cfg.packing, plan.pad_id, bf16, device)}
+    adapter = trainable_state(module, optimizer, fsdp)[0] if plan.export_to else None
     if session.rank == 0 and plan.export_to:
         from factory.train.export import export
 
-        metrics["export"] = export(student, plan, cfg.merge, metrics, s3)
+        metrics["export"] = export(student, adapter, plan, cfg.merge, metrics, s3)
     session.report(metrics)
     return metrics
 
