@@ -175,12 +175,12 @@ def test_two_workers_train_export_and_continue(ray_session, tiny_llama, tokenize
     from factory.train import finetune
 
     train = {"model": str(tiny_llama), "output": str(tmp_path / "student"), "num_workers": 2, "batch_tokens": 256,
-             "max_steps": 4, "checkpoint_every": 2, "learning_rate": 1e-2, "lr_scheduler": "constant",
+             "max_steps": 6, "checkpoint_every": 3, "learning_rate": 2e-2, "lr_scheduler": "constant",
              "warmup_ratio": 0.0, "merge": True}
     cfg = validate_config({"output": {"path": str(tmp_path / "data")}, "train": train, "ray": {"cpu_actors": 1}})
     write_qa(cfg)
     out = finetune(cfg)
-    assert out["step"] == 4 and out["resumed_from"] == 0
+    assert out["step"] == 6 and out["resumed_from"] == 0
     assert out["eval_loss"] < base_loss_on(tiny_llama, tokenizer, range(40, 48))
 
     merged = AutoModelForCausalLM.from_pretrained(out["merged"])
@@ -191,9 +191,9 @@ def test_two_workers_train_export_and_continue(ray_session, tiny_llama, tokenize
     assert (Path(out["adapter"]) / "adapter_config.json").is_file()
     assert (Path(out["merged"]) / "tokenizer_config.json").is_file()
 
-    cfg.train.max_steps = 6  # the same run, trained further: continues from the step-4 checkpoint
+    cfg.train.max_steps = 8  # the same run, trained further: continues from the step-6 checkpoint
     out2 = finetune(cfg)
-    assert out2["resumed_from"] == 4 and out2["step"] == 6
+    assert out2["resumed_from"] == 6 and out2["step"] == 8
 
 
 def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
