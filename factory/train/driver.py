@@ -16,7 +16,7 @@ from factory.cluster import cpu_actors, ensure_ray
 from factory.config import Config
 from factory.errors import UserError
 from factory.pipeline import Run, log
-from factory.storage import arrow_filesystem, check_writable, filesystem, is_remote, join
+from factory.storage import arrow_filesystem, check_readable, check_writable, filesystem, is_remote, join
 from factory.train.data import Tokenize, pack_batch
 from factory.train.loop import Plan, run_training
 from factory.train.session import RaySession
@@ -72,8 +72,9 @@ def finetune(cfg: Config) -> dict[str, Any]:
 
     t = cfg.train
     model = student_model(cfg)
-    ensure_ray(cfg)
     dataset = t.dataset or cfg.output.path
+    check_readable(dataset, cfg.s3)
+    ensure_ray(cfg)
     run = Run(cfg, root=dataset)
     if not run.has_table("qa", "train"):
         raise UserError(f"{dataset}: no qa/train table (run `ragtune generate` or point train.dataset at a published dataset)")
