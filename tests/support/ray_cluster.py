@@ -80,13 +80,14 @@ class RayCluster:
         """Environment for a driver or `ray job submit` that must use this cluster."""
         return {**base_env(), "RAY_ADDRESS": self.address, "RAY_API_SERVER_ADDRESS": self.dashboard_url}
 
-    def _start(self, args: list[str]) -> None:
+    def _start(self, args: list[str], temp_dir: str | None = None) -> None:
         log = Path(self.temp_dir) / f"node{len(self.procs)}.log"
         self.logs.append(log)
         with open(log, "wb") as out:
             self.procs.append(subprocess.Popen(
+                # Ports that default to fixed numbers get free ones: several clusters may run side by side.
                 [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", f"--num-cpus={self.num_cpus}",
-                 f"--temp-dir={self.temp_dir}", *args],
+                 f"--temp-dir={temp_dir or self.temp_dir}", f"--dashboard-agent-listen-port={free_port()}", *args],
                 env=base_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             ))
 
@@ -109,10 +110,11 @@ class RayCluster:
         raise TimeoutError(f"Ray cluster at {self.address} did not get {n} nodes in {self.timeout_s} s")
 
     def _start_head(self) -> None:
+        # Even without the dashboard UI the head runs a dashboard process: give it a free port too.
         head = ["--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-                f"--include-dashboard={'true' if self.dashboard else 'false'}"]
-        if self.dashboard:
-            head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
+                f"--include-dashboard={'true' if self.dashboard else 'false'}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port()}"]
         self._start(head)
         self._wait_nodes(1)
 
@@ -129,8 +131,9 @@ class RayCluster:
                         raise
                     self.procs, self.logs = [], []
                     self.port, self.dashboard_port = free_port(), free_port()
-            for _ in range(self.workers):
-                self._start([f"--address={self.address}", "--node-ip-address=127.0.0.1"])
+            for i in range(self.workers):
+                # Its own temp dir, inside ours: nodes sharing one would delete each other's job working dirs.
+                self._start([f"--address={self.address}", "--node-ip-address=127.0.0.1"], f"{self.temp_dir}/w{i}")
             if self.workers:
                 self._wait_nodes(1 + self.workers)
         except BaseException:
