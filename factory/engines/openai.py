@@ -78,8 +78,8 @@ def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        # Waiting on sockets needs little CPU; a full CPU each would starve small machines.
-        num_cpus=0.25,
+        # Waiting on sockets needs no reserved CPU; reserving any can starve the map tasks of a one-CPU Ray.
+        num_cpus=0,
         compute=ray.data.ActorPoolStrategy(
             size=actors, max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True
         ),

@@ -42,40 +42,49 @@ def _candidates(text: str) -> list[str]:
         found.append(fence.group(1).strip())
     start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
     end = max(body.rfind("}"), body.rfind("]"))
-    if start >= 0 and end > start:
-        found.append(body[start:end + 1])
+    if start >= 0:
+        if end > start:
+            found.append(body[start:end + 1])
+        found.append(body[start:])  # an object cut off before its last brace
     return found
 
 
-def _load(text: str) -> Any:
-    for cand in _candidates(text):
+def _values(text: str):
+    """Every JSON value the text can be read as: strict parses first, then json-repair's."""
+    cands = _candidates(text)
+    for cand in cands:
         try:
-            return json.loads(cand)
+            yield json.loads(cand)
         except ValueError:
             continue
-    # json-repair returns "" when it finds nothing JSON-like at all.
-    for cand in reversed(_candidates(text)):
+    for cand in cands:
         value = json_repair.loads(cand)
-        if value not in ("", None):
-            return value
-    raise ValueError("no JSON found in the output")
+        # json-repair returns "" when it finds nothing JSON-like at all.
+        if isinstance(value, (dict, list)):
+            yield value
 
 
 def parse_output(text: str | None, output_model: type[BaseModel]) -> tuple[BaseModel | None, str | None]:
-    """(validated instance, None) or (None, one-line reason)."""
+    """(validated instance, None) or (None, one-line reason): the first reading that validates wins."""
     if text is None or not text.strip():
         return None, "empty output"
+    first_error = None
     try:
-        value = _load(text)
-    except (ValueError, RecursionError) as exc:
-        return None, str(exc)
-    try:
-        return output_model.model_validate(value), None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return None, f"schema mismatch at {where}: {first['msg']}{more}"
+        for value in _values(text):
+            try:
+                return output_model.model_validate(value), None
+            except ValidationError as exc:
+                first_error = first_error or _describe(exc)
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    return None, first_error or "no JSON found in the output"
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(root)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"schema mismatch at {where}: {first['msg']}{more}"
 
 
 def finish(text: str | None, output_model: type[BaseModel] | None) -> tuple[str | None, str | None]:
