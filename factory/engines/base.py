@@ -16,7 +16,6 @@ did not parse or validate; the text is kept) or budget_exhausted.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 
 from factory.config import EngineConfig
 from factory.engines.cache import CallCache, call_key
+from factory.engines.calls import CallResult
 from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
 from factory.errors import UserError, find_user_error
 
@@ -47,17 +47,6 @@ RESULT_SCHEMA = pa.schema([
 OUTPUT_COLUMNS = ("generated_text", "parsed", "error", "input_tokens", "output_tokens", "engine", "model", "prompt_hash")
 
 _BACKENDS = {"openai": "factory.engines.openai", "hf": "factory.engines.hf", "vllm": "factory.engines.vllm"}
-
-
-@dataclass
-class CallResult:
-    """One call's outcome inside a backend; `error` is already "<kind>: <reason>"."""
-
-    text: str | None = None
-    error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    finish_reason: str | None = None
 
 
 def result_table(keys: list[str], results: list[CallResult], output_model: type[BaseModel] | None) -> pa.Table:

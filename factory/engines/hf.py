@@ -19,15 +19,16 @@ GPU), pad_to_multiple_of (default 8, fewer distinct shapes), dtype
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-from pydantic import BaseModel
-
-from factory.config import EngineConfig
-from factory.engines.base import CallResult, result_table
-from factory.engines.structured import LLM_ERROR
+from factory.engines.calls import LLM_ERROR, CallResult
 from factory.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pydantic import BaseModel
+
+    from factory.config import EngineConfig
 
 DEFAULT_BATCH_TOKENS = 32768
 
@@ -76,7 +77,8 @@ class HFGenerator:
         cfg = self.model.config
         self.context = getattr(cfg, "max_position_embeddings", None) or self.tok.model_max_length
         eos = self.model.generation_config.eos_token_id if self.model.generation_config.eos_token_id is not None else self.tok.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos])
+        # Empty when the model has no end token (the benchmark's random model): run to max_tokens.
+        self.eos = {e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
 
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> "HFGenerator":
@@ -158,7 +160,7 @@ class HFGenerator:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         gen = GenerationConfig(
-            max_new_tokens=max(max_tokens), pad_token_id=pad, eos_token_id=sorted(self.eos),
+            max_new_tokens=max(max_tokens), pad_token_id=pad, eos_token_id=sorted(self.eos) or None,
             do_sample=temperature > 0, cache_implementation=self.cache_implementation,
             **({"temperature": temperature, "top_p": self.top_p, "top_k": 0} if temperature > 0 else {}),
         )
@@ -207,6 +209,8 @@ class _Worker:
         self.output_model = output_model
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from factory.engines.base import result_table
+
         rows = batch.to_pylist()
         results = self.gen.chat([r["messages"] for r in rows], [r["max_tokens"] for r in rows],
                                 [r["temperature"] for r in rows])

@@ -28,7 +28,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
-from factory.engines.base import CallResult, result_table
+from factory.engines.base import result_table
+from factory.engines.calls import CallResult
 from factory.engines.structured import LLM_ERROR, json_schema
 from factory.errors import UserError
 

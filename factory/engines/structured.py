@@ -17,6 +17,8 @@ from typing import Any
 import json_repair
 from pydantic import BaseModel, ValidationError
 
+from factory.engines.calls import BUDGET, INVALID_OUTPUT, LLM_ERROR  # noqa: F401 (re-exported)
+
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
@@ -96,8 +98,3 @@ def finish(text: str | None, output_model: type[BaseModel] | None) -> tuple[str 
         return None, f"{INVALID_OUTPUT}: {err}"
     return value.model_dump_json(), None
 
-
-# Error kinds, the first word of every `error` value (and the reasons counted in rec.drops).
-LLM_ERROR = "llm_error"
-INVALID_OUTPUT = "invalid_output"
-BUDGET = "budget_exhausted"
