@@ -147,6 +147,15 @@ def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
     assert cached.num_rows == 10 and pc.all(pc.is_null(cached.column("error"))).as_py()
 
 
+def test_one_block_input_is_cached_batch_by_batch(ray_session, tmp_path):
+    run = make_run(tmp_path)
+    with FakeOpenAIServer() as server:
+        out = run_llm(run, StageRecord("t"), prompts(ray_session, 12).repartition(1), engine(server, batch_size=4), "blocks")
+        assert len(out.take_all()) == 12
+    # Each batch reached the cache on its own (a crash would have kept the finished ones).
+    assert len(CallCache(run, "blocks").files()) == 3
+
+
 def test_sampling_overrides_and_prompt_hash_are_per_row(ray_session, tmp_path):
     rows = [
         {"id": "a", "messages": [{"role": "user", "content": "row 1"}], "max_tokens": 7, "temperature": 0.5,

@@ -32,6 +32,8 @@ KEY = "_llm_key"
 MAX_TOKENS = "_llm_max_tokens"
 TEMPERATURE = "_llm_temperature"
 INTERNAL = (KEY, MAX_TOKENS, TEMPERATURE)
+# Past this many batches, blocks hold several: Ray Data's per-block overhead would dominate.
+MAX_BLOCKS = 4096
 
 # What a backend receives (one row per call) and must return (one row per call).
 REQUEST_COLUMNS = ("key", "messages", "max_tokens", "temperature")
@@ -122,7 +124,7 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
             # One block per batch: a map task returns its whole block at once, so a stage whose rows sit in
             # one block would cache nothing until every call is done (a crash loses them all) and would
             # keep only one batch in flight.
-            pending = pending.repartition(-(-len(todo) // role_cfg.batch_size))
+            pending = pending.repartition(min(-(-len(todo) // role_cfg.batch_size), MAX_BLOCKS))
             stopped = _stream(be.generate(pending, role_cfg, output_model), cache, rec, tag, role_cfg, task, engine, model, parts)
     if stopped:
         log(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
