@@ -5,7 +5,7 @@ package works without vLLM or a GPU, and `factory.engines.hf` imports without
 Ray or pydantic (the GPU benchmark uses it alone). See docs/engines.md.
 """
 
-__all__ = ["run_llm", "parse_output"]
+__all__ = ["parse_output", "run_llm"]
 
 
 def __getattr__(name: str):

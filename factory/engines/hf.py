@@ -81,7 +81,7 @@ class HFGenerator:
         self.eos = {e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig) -> "HFGenerator":
+    def from_config(cls, cfg: EngineConfig) -> HFGenerator:
         kw = cfg.engine_kwargs
         return cls(
             cfg.model, adapter=cfg.adapter, dtype=kw.get("dtype"),

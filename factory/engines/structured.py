@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
 
 import json_repair
 from pydantic import BaseModel, ValidationError
