@@ -113,8 +113,11 @@ def reply(request: dict) -> str:
         return json.dumps({"declined": False, "question": f"What do my notes say about {focus}?",
                            "reasoning": sentences[0]})
     if name == "GlobalQuestionsOut":
+        user = request["messages"][-1]["content"]
+        persona = user.split("Persona:", 1)[-1].strip().split("\n", 1)[0] if "Persona:" in user else "me"
         topics = names(" ".join(sentences))[:4] or ["my life"]
-        return json.dumps({"questions": [f"How did things around {t} change over the whole period?" for t in topics]})
+        return json.dumps({"questions": [f"As {persona}, how did things around {t} change over the whole period?"
+                                         for t in topics]})
     if name == "AnswerOut":
         return json.dumps({"reasoning": " ".join(sentences[:3]), "answer": " ".join(sentences[:2])})
     if name == "JudgeOut":
