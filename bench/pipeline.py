@@ -13,6 +13,7 @@ to end <= 60 s; 2x the corpus <= 2.2x the time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus import write_corpus  # noqa: E402
+from bench.corpus import write_corpus
 
 WORDS_PER_TOKEN = 0.8  # WordPiece splits ~1.25 tokens per English word on this corpus
 STAGES = ("ingest", "chunk", "graph", "reports", "synthesis")
@@ -109,7 +110,7 @@ def main() -> None:
     one = next((r for r in results if r["target"] == 1_000_000), None)
     if one:
         print(f"goal 1M tokens <= 60 s: {'met' if one['total'] <= 60 else 'NOT met'} ({one['total']:.1f} s)")
-    for a, b in zip(results, results[1:]):
+    for a, b in itertools.pairwise(results):
         if b["target"] == 2 * a["target"]:
             g = b["total"] / a["total"]
             print(f"goal 2x corpus <= 2.2x time ({a['target']:,} -> {b['target']:,}): {'met' if g <= 2.2 else 'NOT met'} ({g:.2f}x)")

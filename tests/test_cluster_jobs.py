@@ -43,7 +43,7 @@ def submit(cluster: RayCluster, job: str, *args: str, timeout: float = 900) -> t
            "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", "python", "-m", f"jobs.{job}", *args]
     deadline = time.monotonic() + 120
     while True:  # the head's job agent registers a little after the node is up
-        r = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=timeout, check=False)
         if "No available agent" not in r.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)

@@ -18,7 +18,16 @@ from collections import Counter
 import pytest
 
 from tests.support.ray_cluster import RayCluster, kill_tree
-from tests.support.runs import ROOT, events, journal_corpus, job, rows_by_id, sets, teacher_process, teacher_settings
+from tests.support.runs import (
+    ROOT,
+    events,
+    job,
+    journal_corpus,
+    rows_by_id,
+    sets,
+    teacher_process,
+    teacher_settings,
+)
 
 pytestmark = pytest.mark.slow
 

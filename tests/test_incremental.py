@@ -16,7 +16,13 @@ from factory.config import load_config
 from factory.generate import generate
 from tests.support import teacher
 from tests.support.openai_server import FakeOpenAIServer
-from tests.support.runs import JOURNAL, journal_corpus, manifest, rows_by_id, teacher_settings
+from tests.support.runs import (
+    JOURNAL,
+    journal_corpus,
+    manifest,
+    rows_by_id,
+    teacher_settings,
+)
 
 pytestmark = pytest.mark.slow
 TABLES = ("chunks", "communities", "community_reports", "qa")

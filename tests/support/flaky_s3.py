@@ -8,7 +8,8 @@ request, and the same one retried, reaches moto. `injected` lists what failed.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import Self
 
 
 class FlakyS3:
@@ -43,7 +44,7 @@ class FlakyS3:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "FlakyS3":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

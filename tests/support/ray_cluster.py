@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 BIN = Path(sys.executable).parent
 
@@ -101,7 +102,7 @@ class RayCluster:
                     raise RuntimeError(f"ray start exited with {p.returncode}: {log.read_text()[-2000:]}")
             try:
                 out = subprocess.run([sys.executable, "-c", probe, self.address], env=base_env(),
-                                     capture_output=True, text=True, timeout=30)
+                                     capture_output=True, text=True, timeout=30, check=False)
             except subprocess.TimeoutExpired:
                 continue
             if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= n:
@@ -118,7 +119,7 @@ class RayCluster:
         self._start(head)
         self._wait_nodes(1)
 
-    def __enter__(self) -> "RayCluster":
+    def __enter__(self) -> Self:
         try:
             for attempt in range(3):
                 # `ray start` gives a node 30 s to register (hard-coded); a busy machine can miss that.

@@ -67,7 +67,7 @@ def sets(*pairs: str) -> list[str]:
 
 def job(name: str, *args: str, env: dict | None = None, timeout: float = 900, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"jobs.{name}", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+                          text=True, timeout=timeout, check=False, **kw)
 
 
 def read_table(root: str | Path, name: str, split: str | None = None) -> pa.Table:

@@ -78,7 +78,8 @@ class Logged:
 
     def __init__(self, responder, path: str | None, delay_s: float = 0.0):
         self.responder, self.delay_s = responder, delay_s
-        self.file = open(path, "a", buffering=1) if path else None
+        # Open for the server's lifetime; line-buffered so a reader sees each event at once.
+        self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115
         self.lock = threading.Lock()
 
     def _log(self, **event) -> None:

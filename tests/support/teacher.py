@@ -11,6 +11,7 @@ from the evidence in the prompt, so answers pass the groundedness filters.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from typing import Any
@@ -72,7 +73,7 @@ def extraction(request: dict) -> dict:
 
     entities = [{"title": n, "type": "person" if len(n.split()) == 2 else "object", "description": about(n)} for n in found]
     rels = [{"source": a, "target": b, "description": f"{a} and {b} appear together. {about(a)}", "strength": 5}
-            for a, b in zip(found, found[1:])]
+            for a, b in itertools.pairwise(found)]
     return {"entities": entities, "relationships": rels}
 
 
