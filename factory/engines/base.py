@@ -79,6 +79,21 @@ def model_name(cfg: EngineConfig) -> str:
     return f"{cfg.model}+{cfg.adapter}" if cfg.adapter else str(cfg.model)
 
 
+def adapter_fingerprint(adapter: str | None) -> str | None:
+    """Files, sizes and mtimes of a local adapter: a student retrained into the same folder
+    must not be answered from the cache of the old one."""
+    import hashlib
+    import os
+
+    if not adapter or not os.path.isdir(adapter):
+        return adapter
+    listing = sorted(
+        (os.path.relpath(os.path.join(d, f), adapter), os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+        for d, _, files in os.walk(adapter) for f in files
+    )
+    return hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
+
+
 def backend(engine: str) -> Any:
     if engine == "none":
         raise ValueError("engine 'none' has no LLM: callers take their rule-based path instead of run_llm")
@@ -97,6 +112,7 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
         "top_p": role_cfg.top_p,
         "seed": role_cfg.seed,
         "schema": schema_hash(output_model),
+        "adapter": adapter_fingerprint(role_cfg.adapter),
         "extra": be.request_extras(role_cfg),
     }
     keyed = ds.map_batches(
