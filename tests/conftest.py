@@ -78,3 +78,13 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture
 def journal() -> Path:
     return JOURNAL
+
+
+@pytest.fixture(autouse=True)
+def _fresh_datasets_cache(tmp_path, monkeypatch):
+    """A private `datasets` cache per test: its env var is read once at import, so set the
+    module attribute too, or a run folder loaded earlier in the session is served again."""
+    cache = str(tmp_path / "hf-cache")
+    monkeypatch.setenv("HF_DATASETS_CACHE", cache)
+    if "datasets" in sys.modules:
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)

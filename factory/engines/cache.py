@@ -85,6 +85,6 @@ def latest_per_key(table: pa.Table, key: str = "key") -> pa.Table:
     if table.num_rows == 0:
         return table
     idx = pa.array(range(table.num_rows), pa.int64())
-    last = pa.table({key: table.column(key), "_i": idx}).group_by(key).aggregate([("_i", "max")])
+    last = pa.table({key: table.column(key), "_i": idx}).group_by(key, use_threads=False).aggregate([("_i", "max")])
     keep = last.column("_i_max").combine_chunks()
     return table.take(pc.take(keep, pc.array_sort_indices(keep)))
