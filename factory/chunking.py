@@ -21,6 +21,7 @@ import pyarrow as pa
 from factory.config import ChunkingConfig
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
+from schemas import schema_of
 
 # A sentence ends at . ! ? (optionally followed by quotes/brackets) before whitespace, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]?\s+|\n+")
@@ -119,8 +120,6 @@ class Chunker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [r for doc in batch.to_pylist() for r in chunk_document(doc, self.tokenizer, self.cfg)]
-        from schemas import schema_of
-
         return pa.Table.from_pylist(rows, schema=schema_of("chunks"))
 
 

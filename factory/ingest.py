@@ -228,10 +228,13 @@ def record_to_row(record: dict, source: str, cfg: CorpusConfig) -> dict:
 def decode_records(batch: pa.Table, cfg: CorpusConfig, source: str) -> pa.Table:
     rows = []
     for i, record in enumerate(batch.to_pylist()):
-        src = record.pop("__source", None) or f"{source}#{i}"
+        src = record.pop(ROW_SOURCE, None) or f"{source}#{i}"
         rows.append(record_to_row(record, src, cfg))
     return _columns(rows)
 
+
+# Column a reader may add to name each record's source (file#row) when batches cannot.
+ROW_SOURCE = "__source"
 
 # Decoded rows before dedup: the documents columns plus the reason a record was skipped.
 RAW_SCHEMA = pa.schema([(k, pa.string()) for k in ("id", "title", "text", "source", "date", "metadata", "error")])
@@ -318,6 +321,9 @@ def _read_hf(c: CorpusConfig):
         hf = hf[c.hf_split]
     if c.text_field not in hf.column_names:
         raise UserError(f"{c.path}: corpus.text_field '{c.text_field}' is not a column (columns: {', '.join(hf.column_names)})")
+    # The row number is the record's source: batch positions restart per block, and dedup
+    # needs every record's `id@source` key to be unique.
+    hf = hf.add_column(ROW_SOURCE, [f"{c.path}#{i}" for i in range(hf.num_rows)])
     ds = ray.data.from_huggingface(hf)
     return ds.map_batches(decode_records, fn_kwargs={"cfg": c, "source": c.path}, batch_format="pyarrow")
 

@@ -193,6 +193,7 @@ def test_hf_dataset_saved_to_disk(ray_session, tmp_path):
     generate(cfg_for(tmp_path / "hf", out, "corpus.text_field=content", "corpus.date_field=day"), until="chunk")
     docs = sorted(read(out, "documents"), key=lambda d: d["date"])
     assert [d["date"] for d in docs] == ["2025-04-12", "2025-05-18"]
+    assert [d["source"] for d in docs] == [f"{tmp_path / 'hf'}#0", f"{tmp_path / 'hf'}#1"]
     assert "Flour & Ember" in docs[0]["text"]
 
 
