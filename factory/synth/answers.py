@@ -42,8 +42,9 @@ from factory.config import EngineConfig
 from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import MESSAGES, STRS, apply_rows, collect, map_rows, to_dataset
+from factory.synth.rows import MESSAGES, apply_rows, collect, map_rows, to_dataset
 from factory.synth.text import content_words, estimate_tokens, sentences
+from schemas import STRS
 
 # Extractive answers quote at most this many sentences.
 MAX_SENTENCES = 3

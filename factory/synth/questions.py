@@ -26,8 +26,9 @@ from pydantic import BaseModel, Field
 from factory.pipeline import Run, StageRecord, log
 from factory.prompts import load as load_prompt
 from factory.synth.answers import llm_enabled
-from factory.synth.rows import MESSAGES, STRS, collect, to_dataset
+from factory.synth.rows import MESSAGES, collect, to_dataset
 from factory.synth.text import estimate_tokens, words
+from schemas import STRS
 
 ENTITY_TEMPLATES: dict[str, list[str]] = {
     "person": [

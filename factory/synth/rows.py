@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-STRS = pa.list_(pa.string())
+from schemas import MESSAGE
+
+MESSAGES = pa.list_(MESSAGE)
 
 
 def map_rows(
