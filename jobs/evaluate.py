@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from factory.config import load_config
-from factory.errors import cli_entry, find_user_error
+from factory.errors import cli_entry
 from jobs.common import parser
 
 
@@ -18,13 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from factory.evaluate import evaluate
 
-    try:
-        run = evaluate(cfg, force=args.force)
-    except Exception as exc:
-        user = find_user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
+    run = evaluate(cfg, force=args.force)
     print(f"ragtune: evaluate finished: {run.root}/report.html (config {cfg.hash})", file=sys.stderr)
     return 0
 
