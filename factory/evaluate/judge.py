@@ -120,10 +120,10 @@ def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, 
     rec.rows_in = len(reqs)
     if not reqs:
         return _judgments([])
-    out = run_llm(run, rec, ray.data.from_items(reqs), judge_cfg, TASK, output_model=verdict_model(criteria))
+    model = verdict_model(criteria)
+    out = run_llm(run, rec, ray.data.from_items(reqs), judge_cfg, TASK, output_model=model)
     replies = {r["id"]: r for r in out.select_columns(["id", "parsed", "error"]).take_all()}
     kinds = {r["question_id"]: r["kind"] for r in answers.select(["question_id", "kind"]).to_pylist()}
-    model = verdict_model(criteria)
     rows = []
     for req in reqs:
         qid, a, b, order = req["id"].split("|")
