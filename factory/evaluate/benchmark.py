@@ -47,13 +47,12 @@ def load_items(path: str, cfg: Config) -> list[dict]:
     for i, row in enumerate(rows):
         if not row.get("question") or row.get("answer") is None:
             raise UserError(f"{where}: item {i + 1} needs 'question' and 'answer'")
-        choices = row.get("choices")
+        choices = [str(c) for c in row.get("choices") or []]
         gold = str(row["answer"]).strip()
         if choices:
-            gold = _gold_letter(gold, [str(c) for c in choices], f"{where}: item {i + 1}")
+            gold = _gold_letter(gold, choices, f"{where}: item {i + 1}")
         item_id = str(row.get("id") or hashlib.sha256(row["question"].encode()).hexdigest()[:16])
-        items.append({"id": item_id, "question": row["question"], "choices": [str(c) for c in choices or []],
-                      "answer": gold})
+        items.append({"id": item_id, "question": row["question"], "choices": choices, "answer": gold})
     if cfg.evaluate.benchmark_max_items:
         items = items[: cfg.evaluate.benchmark_max_items]
     return items
