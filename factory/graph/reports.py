@@ -103,6 +103,11 @@ def _fill(lines: list[str], budget: int) -> tuple[list[str], int]:
     return out, used
 
 
+def _records_cost(ents: list[dict], rels: list[dict]) -> int:
+    """Tokens the entity and relationship lines take, as `_fill` counts them."""
+    return sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+
+
 def pack_context(community: dict, idx: _Index, budget: int) -> dict:
     """The records of one community that fit `budget` tokens (see the module docstring)."""
     ents = sorted((idx.ent[i] for i in community["entity_ids"] if i in idx.ent), key=lambda e: (-e["degree"], e["human_readable_id"]))
@@ -110,7 +115,7 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
                   key=lambda r: (-r["combined_degree"], -r["weight"], r["human_readable_id"]))
     children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["community"]))
     used_reports: list[dict] = []
-    local_cost = sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+    local_cost = _records_cost(ents, rels)
     for child in children:
         if local_cost <= budget:
             break
@@ -119,7 +124,7 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
         ents = [e for e in ents if e["id"] not in members]
         rels = [r for r in rels if r["id"] not in inner]
         used_reports.append(child)
-        local_cost = sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+        local_cost = _records_cost(ents, rels)
     report_lines, cost = _fill([f"{c['community']}|{_flat(c['title'])}|{_flat(c['summary'])}" for c in used_reports], budget)
     used_reports = used_reports[: len(report_lines)]
     left = budget - cost
