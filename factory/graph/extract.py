@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from factory import prompts
 from factory.graph.rules import extract_rules
 from factory.pipeline import Run, StageRecord
+from schemas import MESSAGE
 
 ENTITY = pa.struct([
     ("title", pa.string()), ("type", pa.string()), ("description", pa.string()),
@@ -29,7 +30,8 @@ EXTRACTION = pa.schema([
 ])
 
 
-_LAST = pa.schema([("id", pa.string()), ("generated_text", pa.string()), ("error", pa.string())])
+# What a gleaning round needs of the round before: the conversation sent and the reply.
+_LAST = pa.schema([("id", pa.string()), ("messages", pa.list_(MESSAGE)), ("generated_text", pa.string()), ("error", pa.string())])
 
 
 class ExtractedEntity(BaseModel):
@@ -132,19 +134,16 @@ def _extract_llm(run: Run, rec: StageRecord, chunks) -> pa.Table:
     out = run_llm(run, rec, ds, teacher, "extract_graph", output_model=Extraction).materialize()
     results = [_collect(out.map_batches(_parsed_batch, batch_format="pyarrow"))]
     # Gleaning continues each successful conversation: the model sees its own answer and is asked for what it missed.
-    texts = dict(zip(*run.read_arrow("chunks").select(["id", "text"]).to_pydict().values()))
-    convo = {cid: first.messages(entity_types=types, text=texts[cid]) for cid in texts}
     for _ in range(g.gleaning):
         last = _collect(out, _LAST).to_pylist()
         ok = [r for r in last if r["error"] is None and r["generated_text"]]
         if not ok:
             break
-        for r in ok:
-            convo[r["id"]] = convo[r["id"]] + [
-                {"role": "assistant", "content": r["generated_text"]},
-                *glean.messages(entity_types=types),
-            ]
-        ds = ray.data.from_arrow(pa.table({"id": [r["id"] for r in ok], "messages": [convo[r["id"]] for r in ok]}))
+        convo = [
+            r["messages"] + [{"role": "assistant", "content": r["generated_text"]}, *glean.messages(entity_types=types)]
+            for r in ok
+        ]
+        ds = ray.data.from_arrow(pa.table({"id": [r["id"] for r in ok], "messages": convo}))
         out = run_llm(run, rec, ds, teacher, "glean_graph", output_model=Extraction).materialize()
         results.append(_collect(out.map_batches(_parsed_batch, batch_format="pyarrow")))
     return pa.concat_tables(results)
