@@ -48,13 +48,13 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         rec.stats.setdefault("questions", {})[kind] = len(qs)
         if qs:
             ds = answer_grounded(run, rec, to_dataset(qs, Q.GROUNDED_SCHEMA), retriever, cfg.teacher, task=task, max_source_chunks=s.max_source_chunks)
-            rows += _rows(collect(ds))
+            rows += collect(ds).to_pylist()
         clock.lap(kind)
 
     local = Q.local_questions(run, rec, chunks, entities, relationships)
     rec.stats["questions"]["local"] = len(local)
     if local:
-        answered = _rows(collect(answer_local(run, rec, to_dataset(local, Q.LOCAL_SCHEMA), retriever, cfg.teacher, k=s.top_k)))
+        answered = collect(answer_local(run, rec, to_dataset(local, Q.LOCAL_SCHEMA), retriever, cfg.teacher, k=s.top_k)).to_pylist()
         hits = [r["retrieved_source"] for r in answered if r.get("retrieved_source") is not None]
         rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
                                   "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
@@ -64,8 +64,8 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     glob = Q.global_questions(run, rec, reports)
     rec.stats["questions"]["global"] = len(glob)
     if glob:
-        answered = _rows(collect(answer_global(run, rec, to_dataset(glob, Q.GLOBAL_SCHEMA), reports, cfg.teacher,
-                                               level=s.global_level, batch_tokens=s.map_batch_tokens)))
+        answered = collect(answer_global(run, rec, to_dataset(glob, Q.GLOBAL_SCHEMA), reports, cfg.teacher,
+                                         level=s.global_level, batch_tokens=s.map_batch_tokens)).to_pylist()
         rows += _trace_communities(answered, communities)
     clock.lap("global")
 
@@ -101,10 +101,6 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self.last, 3)
         self.last = now
-
-
-def _rows(table: pa.Table) -> list[dict]:
-    return table.to_pylist() if table.num_rows else []
 
 
 def _trace_communities(rows: list[dict], communities: pa.Table) -> list[dict]:

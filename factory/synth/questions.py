@@ -133,6 +133,11 @@ GROUNDED_SCHEMA = pa.schema([
 ])
 
 
+def _entity_ids(entities: pa.Table) -> dict[str, str]:
+    """Entity id by title (relationships name their ends by title)."""
+    return dict(zip(entities.column("title").to_pylist(), entities.column("id").to_pylist())) if entities.num_rows else {}
+
+
 def entity_questions(entities: pa.Table, seed: int) -> list[dict]:
     rows = []
     for e in entities.to_pylist():
@@ -147,7 +152,7 @@ def entity_questions(entities: pa.Table, seed: int) -> list[dict]:
 
 
 def relationship_questions(relationships: pa.Table, entities: pa.Table, seed: int) -> list[dict]:
-    ids = dict(zip(entities.column("title").to_pylist(), entities.column("id").to_pylist())) if entities.num_rows else {}
+    ids = _entity_ids(entities)
     rows = []
     for r in relationships.to_pylist():
         q = rng_for(seed, "relationship", r["id"]).choice(RELATIONSHIP_TEMPLATES).format(a=r["source"], b=r["target"])
@@ -170,7 +175,7 @@ LOCAL_SCHEMA = pa.schema([
 def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table, per_chunk: int, seed: int) -> list[dict]:
     """Per chunk, up to `per_chunk` entities/relationships it mentions (seeded choice)."""
     by_chunk: dict[str, list[dict]] = {}
-    ent_ids = dict(zip(entities.column("title").to_pylist(), entities.column("id").to_pylist())) if entities.num_rows else {}
+    ent_ids = _entity_ids(entities)
     for e in entities.to_pylist():
         for c in e.get("text_unit_ids") or []:
             by_chunk.setdefault(c, []).append({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e.get("description") or ""})
@@ -231,7 +236,7 @@ def local_questions(run: Run, rec: StageRecord, chunks: pa.Table, entities: pa.T
     schema = pa.schema([("id", pa.string()), ("i", pa.int64()), ("messages", MESSAGES)])
     out = collect(run_llm(run, rec, to_dataset(rows, schema), cfg.teacher, "local_question", output_model=LocalQuestionOut))
     result = []
-    for r in out.to_pylist() if out.num_rows else []:
+    for r in out.to_pylist():
         if r.get("error") or not r.get("parsed"):
             continue  # run_llm counted it by error kind
         parsed = LocalQuestionOut.model_validate_json(r["parsed"])
@@ -307,7 +312,7 @@ def _llm_global_questions(run: Run, rec: StageRecord, reports: list[dict]) -> li
     schema = pa.schema([("id", pa.string()), ("messages", MESSAGES)])
     out = collect(run_llm(run, rec, to_dataset(rows, schema), run.cfg.teacher, "global_questions", output_model=GlobalQuestionsOut))
     questions = []
-    for r in sorted(out.to_pylist(), key=lambda r: r["id"]) if out.num_rows else []:
+    for r in sorted(out.to_pylist(), key=lambda r: r["id"]):
         if r.get("error") or not r.get("parsed"):
             continue  # run_llm counted it by error kind
         questions += [q.strip() for q in GlobalQuestionsOut.model_validate_json(r["parsed"]).questions[:n] if q.strip()]
