@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from factory.config import load_config
-from factory.errors import cli_entry, find_user_error
+from factory.errors import cli_entry
 from jobs.common import parser
 
 
@@ -20,13 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from factory.train import finetune
 
-    try:
-        metrics = finetune(cfg)
-    except Exception as exc:
-        user = find_user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
+    metrics = finetune(cfg)  # cli_entry finds a UserError that Ray wrapped
     eval_loss = metrics.get("eval_loss")
     print(
         f"ragtune: finetune finished: step {metrics.get('step')} (resumed from {metrics.get('resumed_from')}), "
