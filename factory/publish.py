@@ -43,7 +43,7 @@ from factory.config import S3Config, validate_config
 from factory.errors import UserError
 from factory.pipeline import Run, log
 from factory.provenance import package_versions
-from factory.storage import check_readable, check_writable, describe_error
+from factory.storage import check_readable, check_writable, describe_error, is_local_fs
 
 SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 # Run-manifest keys that change without the data changing.
@@ -265,14 +265,9 @@ def published_manifest(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols
-
-
 def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Readers see the old file or the new one: one PUT on S3, write-then-rename locally."""
-    if _is_local(fs):
+    if is_local_fs(fs):
         tmp = f"{path}.tmp-{os.getpid()}"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
@@ -310,7 +305,7 @@ class FolderTarget:
         for s in todo:
             _copy(snap.run.fs, s.src, self.fs, f"{staging}/{s.name}")
         for s in todo:  # into place under names no version uses yet: nothing current changes
-            if _is_local(self.fs):
+            if is_local_fs(self.fs):
                 self.fs.makedirs(self._p(s.table), exist_ok=True)
             self.fs.mv(f"{staging}/{s.name}", self._p(s.name))
         _write_bytes(self.fs, self._p("README.md"), card_text.encode())
@@ -337,9 +332,9 @@ class FolderTarget:
 
 
 def _copy(src_fs: fsspec.AbstractFileSystem, src: str, dst_fs: fsspec.AbstractFileSystem, dst: str) -> None:
-    if _is_local(dst_fs):
+    if is_local_fs(dst_fs):
         dst_fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-    if _is_local(src_fs):
+    if is_local_fs(src_fs):
         dst_fs.put_file(src, dst)  # s3fs: (multipart) upload; the object exists only once complete
     else:
         with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
@@ -396,7 +391,7 @@ class HubTarget:
 
 
 def _local_copy(run: Run, s: Shard, tmp: str) -> str:
-    if _is_local(run.fs):
+    if is_local_fs(run.fs):
         return s.src
     out = os.path.join(tmp, s.name.replace("/", "__"))
     run.fs.get_file(s.src, out)

@@ -41,10 +41,14 @@ def filesystem(path: str, s3: S3Config | None = None) -> tuple[fsspec.AbstractFi
     return fsspec.filesystem("file"), os.path.abspath(local)
 
 
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols
+
+
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     """A pyarrow filesystem over `fs`, for Ray Data readers and writers."""
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols:
+    if is_local_fs(fs):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
