@@ -176,10 +176,10 @@ def snapshot(run: Run) -> Snapshot:
             total = files[0][1]
             if sorted(i for i, _, _ in files) != list(range(total)) or any(t != total for _, t, _ in files):
                 raise UserError(f"{run.root}/{table}: split '{split}' has {len(files)} shards, expected {total}")
-            for index, _, path in sorted(files):
-                snap.shards.append(_check_shard(run, snap, table, split, index, total, path))
+            shards = [_check_shard(run, snap, table, split, index, total, path) for index, _, path in sorted(files)]
+            snap.shards += shards
             expected = counts.get(f"{table}/{split}")
-            got = sum(s.rows for s in snap.shards if s.table == table and s.split == split)
+            got = sum(s.rows for s in shards)
             if expected is not None and expected != got:
                 raise UserError(f"{run.root}/{table}: split '{split}' has {got} rows, the manifest says {expected}")
     if not snap.shards:
