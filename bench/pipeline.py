@@ -74,14 +74,12 @@ def run_size(tokens: int, work: Path, extra: list[str]) -> dict:
     kill_leftovers(ray_tmp)
     if proc.returncode != 0:
         raise SystemExit(f"generate failed on {tokens} tokens:\n{err[-3000:]}")
-    stages = {}
-    for s in STAGES:
-        marker = json.loads((out / "_stages" / f"{s}.json").read_text())
-        stages[s] = marker["seconds"]
-    chunk = json.loads((out / "_stages" / "chunk.json").read_text())
-    qa = json.loads((out / "_stages" / "synthesis.json").read_text())["rows_out"]
+    markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in STAGES}
+    stages = {s: m["seconds"] for s, m in markers.items()}
+    chunk = markers["chunk"]
     return {"target": tokens, "tokens": chunk["stats"].get("tokens"), "docs": docs, "chunks": chunk["rows_out"],
-            "qa": qa, "stages": stages, "overhead": total - sum(stages.values()), "total": total, "peak_gb": peak / 2**30}
+            "qa": markers["synthesis"]["rows_out"], "stages": stages, "overhead": total - sum(stages.values()),
+            "total": total, "peak_gb": peak / 2**30}
 
 
 def main() -> None:
