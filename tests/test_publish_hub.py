@@ -16,7 +16,6 @@ import base64
 import hashlib
 import io
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
@@ -25,10 +24,11 @@ import yaml
 
 from factory.errors import UserError
 from factory.publish import open_run, publish
+from tests.support.loopback import Served
 from tests.test_publish import make_run, rewrite_qa
 
 
-class FakeHub:
+class FakeHub(Served):
     def __init__(self):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.commits: list[dict] = []
@@ -117,17 +117,7 @@ class FakeHub:
                                                    "X-Repo-Commit": "0" * 40})
                 return self._reply(404, b"unknown endpoint")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FakeHub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
 
 @pytest.fixture

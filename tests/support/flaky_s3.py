@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Self
+
+from tests.support.loopback import Served
 
 
-class FlakyS3:
+class FlakyS3(Served):
     def __init__(self, fail: Callable[[str, str], bool], times: int = 1):
         from moto.moto_server.threaded_moto_server import MotoRequestHandler
         from moto.server import DomainDispatcherApplication, create_backend_app
@@ -36,17 +37,8 @@ class FlakyS3:
                 return [body]
             return app(environ, start_response)
 
-        self.server = make_server("127.0.0.1", 0, flaky, True, request_handler=MotoRequestHandler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(make_server("127.0.0.1", 0, flaky, True, request_handler=MotoRequestHandler))
 
     @property
     def endpoint(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
+        return self.url

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from tests.support.loopback import Served
+
 
 @dataclass
 class Fault:
@@ -32,7 +34,7 @@ def echo_responder(request: dict) -> str:
     return "echo: " + request["messages"][-1]["content"][:200]
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(Served):
     def __init__(self, responder: Responder = echo_responder, api_key: str | None = None):
         self.responder = responder
         self.api_key = api_key
@@ -105,19 +107,8 @@ class FakeOpenAIServer:
                 }
                 self._send(200, json.dumps(body).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
     @property
     def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> "FakeOpenAIServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.url}/v1"
