@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from tests.support.ray_cluster import RayCluster, free_port
+from tests.conftest import free_port
+from tests.support.ray_cluster import RayCluster
 from tests.support.runs import job, journal_corpus, sets, user_error_lines
 
 pytestmark = pytest.mark.slow
