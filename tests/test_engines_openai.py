@@ -123,6 +123,28 @@ def test_structured_output_schema_repair_and_invalid(ray_session, tmp_path):
     assert rec.drops == {"invalid_output": 2}
 
 
+def test_identical_prompts_are_sent_once_and_answer_every_row(ray_session, tmp_path):
+    # 24 rows, 6 distinct prompts, the copies spread over blocks and batches; prompt 5 always fails.
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"row {i % 6}"}]} for i in range(24)]
+    random.Random(0).shuffle(rows)
+    with FakeOpenAIServer(lambda req: Fault(status=400) if row_of(req) == 5 else f"ok {row_of(req)}") as server:
+        rec = StageRecord("t")
+        out = by_id(run_llm(make_run(tmp_path), rec, ray_session.data.from_items(rows).repartition(4), engine(server), "dups"))
+        sent = sorted(row_of(r) for r in server.requests)
+    assert sent == [0, 1, 2, 3, 4, 5]
+    assert len(out) == 24
+    for i in range(24):
+        r = out[f"r{i}"]
+        if i % 6 == 5:
+            assert r["generated_text"] is None and r["error"].startswith("llm_error: HTTP 400")
+        else:
+            assert r["generated_text"] == f"ok {i % 6}" and r["error"] is None
+    # Tokens count calls; drops and row stats count rows.
+    assert rec.tokens["openai:m"]["calls"] == 6
+    assert rec.drops == {"llm_error": 4}
+    assert rec.stats["llm"]["dups"] == {"rows": 24, "cache_hits": 0, "errors": 4}
+
+
 def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
     run = make_run(tmp_path)
     fail = {3}

@@ -2,7 +2,8 @@
 
 Flow of one call:
 1. key every row: hash(engine, model, messages, sampling, output schema);
-2. anti-join on the run's call cache (`_cache/llm/<task>/`): only missing keys are sent;
+2. anti-join on the run's call cache (`_cache/llm/<task>/`): only missing keys are sent,
+   each once (rows with identical prompts share one call);
 3. the backend (openai | hf | vllm) turns request rows into result rows;
 4. the driver streams result blocks as they finish, appends each to the cache,
    counts tokens and stops cleanly at the stage's token budget;
@@ -29,9 +30,10 @@ from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
 from factory.errors import UserError, find_user_error
 
 KEY = "_llm_key"
+ROW = "_llm_row"  # a row's identity, to pick the one row that sends a key shared by several
 MAX_TOKENS = "_llm_max_tokens"
 TEMPERATURE = "_llm_temperature"
-INTERNAL = (KEY, MAX_TOKENS, TEMPERATURE)
+INTERNAL = (KEY, ROW, MAX_TOKENS, TEMPERATURE)
 # Past this many batches, blocks hold several: Ray Data's per-block overhead would dominate.
 MAX_BLOCKS = 4096
 
@@ -121,7 +123,8 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
                    "max_tokens": role_cfg.max_tokens, "temperature": role_cfg.temperature},
         batch_format="pyarrow",
     ).materialize()
-    keys = _column(keyed, KEY)
+    ids = _columns(keyed, (KEY, ROW))
+    keys = ids.column(KEY).combine_chunks()
     cache = CallCache(run, task)
     cached = cache.load()
     cached = cached.filter(pc.is_in(cached.column("key"), value_set=keys)) if len(keys) else cached.slice(0, 0)
@@ -136,7 +139,8 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
             stopped = True
         else:
             be.preflight(role_cfg)
-            pending = keyed.map_batches(_requests, fn_kwargs={"todo": [ray.put(todo)]}, batch_format="pyarrow")
+            senders = _senders(ids, todo)
+            pending = keyed.map_batches(_requests, fn_kwargs={"senders": [ray.put(senders)]}, batch_format="pyarrow")
             # One block per batch: a map task returns its whole block at once, so a stage whose rows sit in
             # one block would cache nothing until every call is done (a crash loses them all) and would
             # keep only one batch in flight.
@@ -218,18 +222,27 @@ def _prompt_hash(task: str) -> str | None:
         return None
 
 
-def _column(ds: Any, name: str) -> pa.Array:
+def _columns(ds: Any, names: tuple[str, ...]) -> pa.Table:
     import ray
 
-    tables = [t.select([name]) for t in ray.get(ds.to_arrow_refs())]
+    tables = [t.select(list(names)) for t in ray.get(ds.to_arrow_refs())]
     if not tables:
-        return pa.array([], pa.string())
-    return pa.concat_tables(tables).column(name).combine_chunks()
+        return pa.table({n: pa.array([], pa.string()) for n in names})
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def _senders(ids: pa.Table, todo: pa.Array) -> pa.Array:
+    """The first row of each key to send: one call per distinct key, `_attach` gives its result to every row."""
+    wanted = ids.filter(pc.is_in(ids.column(KEY), value_set=todo))
+    return pc.take(wanted.column(ROW), pc.index_in(todo, value_set=wanted.column(KEY)))
 
 
 # ---- per-block functions (run in Ray workers) --------------------------------------------
 def _add_keys(batch: pa.Table, engine: str, model: str, params: dict, max_tokens: int, temperature: float) -> pa.Table:
+    import uuid
+
     n = batch.num_rows
+    tag = uuid.uuid4().hex
     msgs = batch.column("messages").to_pylist()
     mt = _override(batch, "max_tokens", n, max_tokens, int)
     temp = _override(batch, "temperature", n, temperature, float)
@@ -241,6 +254,7 @@ def _add_keys(batch: pa.Table, engine: str, model: str, params: dict, max_tokens
         if name in batch.column_names:
             batch = batch.drop_columns([name])
     return (batch.append_column(KEY, pa.array(keys, pa.string()))
+            .append_column(ROW, pa.array([f"{tag}:{i}" for i in range(n)], pa.string()))
             .append_column(MAX_TOKENS, pa.array(mt, pa.int64()))
             .append_column(TEMPERATURE, pa.array(temp, pa.float64())))
 
@@ -251,10 +265,10 @@ def _override(batch: pa.Table, name: str, n: int, default: Any, cast: type) -> l
     return [default if v is None else cast(v) for v in batch.column(name).to_pylist()]
 
 
-def _requests(batch: pa.Table, todo: list) -> pa.Table:
+def _requests(batch: pa.Table, senders: list) -> pa.Table:
     import ray
 
-    keep = batch.filter(pc.is_in(batch.column(KEY), value_set=ray.get(todo[0])))
+    keep = batch.filter(pc.is_in(batch.column(ROW), value_set=ray.get(senders[0])))
     return pa.table({
         "key": keep.column(KEY),
         "messages": keep.column("messages"),
