@@ -18,10 +18,10 @@ import pyarrow as pa
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
 from factory.synth import questions as Q
-from factory.synth.answers import answer_global, answer_grounded, answer_local
+from factory.synth.answers import answer_from_chunks, answer_global
 from factory.synth.quality import filter_rows
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import collect, to_dataset
+from factory.synth.rows import collect, from_table, to_dataset
 from factory.synth.split import split_rows
 from factory.synth.text import words
 
@@ -39,27 +39,22 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     retriever = Retriever.build(chunks, s.retriever)
     clock.lap("retriever_index")
 
+    questions = {
+        "entity": Q.entity_questions(entities, cfg.seed),
+        "relationship": Q.relationship_questions(relationships, entities, cfg.seed),
+        "local": Q.local_questions(run, rec, chunks, entities, relationships),
+    }
+    rec.stats["questions"] = {kind: len(qs) for kind, qs in questions.items()}
+    clock.lap("questions_from_chunks")
     rows: list[dict] = []
-    grounded = [
-        ("entity", Q.entity_questions(entities, cfg.seed), "entity_answer"),
-        ("relationship", Q.relationship_questions(relationships, entities, cfg.seed), "relationship_answer"),
-    ]
-    for kind, qs, task in grounded:
-        rec.stats.setdefault("questions", {})[kind] = len(qs)
-        if qs:
-            ds = answer_grounded(run, rec, to_dataset(qs, Q.GROUNDED_SCHEMA), retriever, cfg.teacher, task=task, max_source_chunks=s.max_source_chunks)
-            rows += collect(ds).to_pylist()
-        clock.lap(kind)
-
-    local = Q.local_questions(run, rec, chunks, entities, relationships)
-    rec.stats["questions"]["local"] = len(local)
-    if local:
-        answered = collect(answer_local(run, rec, to_dataset(local, Q.LOCAL_SCHEMA), retriever, cfg.teacher, k=s.top_k)).to_pylist()
-        hits = [r["retrieved_source"] for r in answered if r.get("retrieved_source") is not None]
-        rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
-                                  "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
-        rows += answered
-    clock.lap("local")
+    if any(questions.values()):
+        table = pa.Table.from_pylist([q for qs in questions.values() for q in qs], schema=Q.CHUNK_QUESTION_SCHEMA)
+        rows = collect(answer_from_chunks(run, rec, from_table(table), retriever, cfg.teacher,
+                                          k=s.top_k, max_source_chunks=s.max_source_chunks)).to_pylist()
+    hits = [r["retrieved_source"] for r in rows if r.get("retrieved_source") is not None]
+    rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
+                              "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
+    clock.lap("answers_from_chunks")
 
     glob = Q.global_questions(run, rec, reports)
     rec.stats["questions"]["global"] = len(glob)

@@ -9,11 +9,16 @@ a Ray Dataset with these columns added:
     reasoning (str | null), evidence (str: the text the answer rests on),
     engine, model, prompt_hash (null on the extractive path), error (str | null)
 
-answer_local(run, rec, questions, retriever, engine, *, k=5) -> Dataset
-    Naive RAG: the top-k chunks that `retriever` finds FOR THE QUESTION, then an
-    answer from them (extractive: the evidence sentences that best match the
-    question). Adds evidence_chunk_ids (list[str], best first) and
-    retrieved_source (bool: `source_chunk_id` among them; null without one).
+answer_from_chunks(run, rec, questions, retriever, engine, *, k=5, max_source_chunks=30) -> Dataset
+    One pass over questions of three kinds (the `kind` column), on one actor pool
+    that holds `retriever`; adds evidence_chunk_ids (list[str]) and
+    retrieved_source (bool | null).
+    - local: naive RAG. The top-k chunks that `retriever` finds FOR THE QUESTION,
+      then an answer from them (extractive: the evidence sentences that best match
+      the question). retrieved_source: `source_chunk_id` among them (null without one).
+    - entity / relationship: a long chain of thought from the description plus up
+      to `max_source_chunks` of its source chunks. Rows carry `names` (list[str]:
+      the entity titles to look for), `description` and `text_unit_ids`.
 
 answer_global(run, rec, questions, reports, engine, *, level=0, batch_tokens=4000) -> Dataset
     GraphRAG global search: map over the community reports of `level` in
@@ -22,12 +27,6 @@ answer_global(run, rec, questions, reports, engine, *, level=0, batch_tokens=400
     communities. An optional `scope` column (list of community numbers as
     strings) restricts a question to those reports at any level. Adds
     community_ids (list[str]: community numbers the answer used).
-
-answer_grounded(run, rec, rows, retriever, engine, *, task, max_source_chunks=30) -> Dataset
-    Entity/relationship answers (task "entity_answer" | "relationship_answer"):
-    a long chain of thought from the description plus up to `max_source_chunks`
-    of its source chunks. Rows also carry `names` (list[str]: the entity titles
-    to look for), `description` and `text_unit_ids`. Adds evidence_chunk_ids.
 """
 
 from __future__ import annotations
@@ -36,14 +35,15 @@ import json
 import re
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from factory.config import EngineConfig
 from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import MESSAGES, apply_rows, collect, map_rows, to_dataset
-from factory.synth.text import content_words, estimate_tokens, sentences
+from factory.synth.rows import MESSAGES, apply_rows, collect, from_table, map_rows, to_dataset
+from factory.synth.text import content_words, estimate_tokens, sentence_words
 from schemas import STRS
 
 # Extractive answers quote at most this many sentences.
@@ -92,41 +92,57 @@ def llm_enabled(engine: EngineConfig | None) -> bool:
     return engine is not None and engine.engine != "none"
 
 
-# ---- local: retrieval for the question, then an answer from the retrieved chunks -----
-def answer_local(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None, *, k: int = 5):
-    ds = _with_retriever(run, questions, retriever, task="local_answer", llm=llm_enabled(engine), k=k)
-    return _llm_answers(run, rec, ds, engine, "local_answer") if llm_enabled(engine) else ds
+# ---- local, entity, relationship: answers from chunks --------------------------------------
+# The prompt (and call-cache task) of each kind answered from chunks.
+CHUNK_TASKS = {"local": "local_answer", "entity": "entity_answer", "relationship": "relationship_answer"}
 
 
-def _with_retriever(run: Run, ds, retriever: Retriever, **kwargs):
-    """Rows through an actor pool that holds the retriever (chunk texts and index travel once per actor)."""
+def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None, *,
+                       k: int = 5, max_source_chunks: int = 30):
+    """See the module docstring. One actor pool for every kind: starting a pool and shipping
+    it the retriever costs seconds, more than answering a few hundred questions."""
     import ray.data
 
     from factory.cluster import cpu_actors
 
-    return ds.map_batches(
+    llm = llm_enabled(engine)
+    ds = questions.map_batches(
         _Answerer,
-        fn_constructor_kwargs={"retriever": retriever, **kwargs},
+        fn_constructor_kwargs={"retriever": retriever, "llm": llm, "k": k, "max_source_chunks": max_source_chunks},
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
         batch_format="pyarrow",
         batch_size=256,
     )
+    if not llm:
+        return ds
+    # Each kind has its own prompt, so its own task in the engine layer (stats and call cache).
+    prompted = collect(ds)
+    kinds = prompted.column("kind")
+    parts = [_llm_answers(run, rec, from_table(prompted.filter(pc.equal(kinds, kind))), engine, task)
+             for kind, task in CHUNK_TASKS.items() if pc.any(pc.equal(kinds, kind)).as_py()]
+    return parts[0].union(*parts[1:])
 
 
 class _Answerer:
     """Per row: the evidence chunks (retrieved for the question, or the subject's sources),
     then the prompt (LLM path) or the extractive answer."""
 
-    def __init__(self, retriever: Retriever, task: str, llm: bool, k: int = 5, max_source_chunks: int = 30):
-        self.retriever, self.task, self.llm, self.k, self.max_source_chunks = retriever, task, llm, k, max_source_chunks
-        self.prompt = load_prompt(task)
+    def __init__(self, retriever: Retriever, llm: bool, k: int = 5, max_source_chunks: int = 30):
+        self.retriever, self.llm, self.k, self.max_source_chunks = retriever, llm, k, max_source_chunks
+        self.prompts = {kind: load_prompt(task) for kind, task in CHUNK_TASKS.items()}
+        self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(llm)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.task != "local_answer":
-            return apply_rows(batch, self._grounded, {"evidence_chunk_ids": STRS, **_fields(self.llm)})
-        hits = iter(self.retriever.search([str(q) for q in batch.column("question").to_pylist()], self.k))
-        return apply_rows(batch, lambda row: self._local(row, [cid for cid, _ in next(hits)]),
-                          {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(self.llm)})
+        local = [str(q) for q, kind in zip(batch.column("question").to_pylist(), batch.column("kind").to_pylist())
+                 if kind == "local"]
+        hits = iter(self.retriever.search(local, self.k))
+
+        def answer(row: dict) -> dict:
+            if row["kind"] == "local":
+                return self._local(row, [cid for cid, _ in next(hits)])
+            return self._grounded(row)
+
+        return apply_rows(batch, answer, self.fields)
 
     def _passages(self, ids: list[str]) -> list[tuple[str, str]]:
         return [(self.retriever.label(c), self.retriever.text(c)) for c in ids]
@@ -137,7 +153,7 @@ class _Answerer:
         out = {"evidence_chunk_ids": ids, "retrieved_source": (source in ids) if source else None,
                "evidence": "\n\n".join(t for _, t in passages)}
         if self.llm:
-            return {**out, "messages": self.prompt.messages(question=row["question"], context=format_passages(ids, passages))}
+            return {**out, "messages": self.prompts["local"].messages(question=row["question"], context=format_passages(ids, passages))}
         return {**out, **_extracted(*extract_answer(row["question"], passages))}
 
     def _grounded(self, row: dict) -> dict:
@@ -146,7 +162,7 @@ class _Answerer:
         description = row.get("description") or ""
         out = {"evidence_chunk_ids": ids, "evidence": "\n\n".join([description] + [t for _, t in passages])}
         if self.llm:
-            return {**out, "messages": self.prompt.messages(
+            return {**out, "messages": self.prompts[row["kind"]].messages(
                 question=row["question"], name=" and ".join(row["names"]), description=description,
                 sources=format_passages(ids, passages),
             )}
@@ -162,14 +178,14 @@ def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences
     q = set(content_words(question))
     # Words naming passages (titles, dates) locate an entry but answer nothing: a sentence
     # must match the question's other words, and among equals the entry the question names wins.
-    locators = {w for label, _ in passages for w in content_words(label)}
-    topic = q - locators
+    label_words = [set(content_words(label)) for label, _ in passages]
+    topic = q.difference(*label_words)
     scored = []
     for rank, (label, text) in enumerate(passages):
-        terms = topic or q - set(content_words(label))
-        named = len(q & set(content_words(label)))
-        for pos, sent in enumerate(sentences(text)):
-            overlap = len(terms & set(content_words(sent)))
+        terms = topic or q - label_words[rank]
+        named = len(q & label_words[rank])
+        for pos, (sent, sent_words) in enumerate(sentence_words(text)):
+            overlap = len(terms & sent_words)
             if overlap:
                 scored.append((-overlap, -named, rank, pos, label, sent))
     picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[2], s[3]))
@@ -186,17 +202,12 @@ def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences
 
 
 # ---- entity / relationship: description + source chunks, long chain of thought ----------
-def answer_grounded(run: Run, rec: StageRecord, rows, retriever: Retriever, engine: EngineConfig | None, *, task: str, max_source_chunks: int = 30):
-    ds = _with_retriever(run, rows, retriever, task=task, llm=llm_enabled(engine), max_source_chunks=max_source_chunks)
-    return _llm_answers(run, rec, ds, engine, task) if llm_enabled(engine) else ds
-
-
 def extract_grounded(names: list[str], description: str, passages: list[tuple[str, str]]) -> tuple[str | None, str | None]:
     """Restate the description and the source sentences naming the subject, then conclude."""
     pattern = re.compile("|".join(re.escape(n) for n in names if n), re.IGNORECASE) if any(names) else None
     quotes = []
     for label, text in passages:
-        hits = [s for s in sentences(text) if pattern and pattern.search(s)]
+        hits = [s for s, _ in sentence_words(text) if pattern and pattern.search(s)]
         if hits:
             quotes.append((label, hits[0]))
     if not description and not quotes:

@@ -174,22 +174,26 @@ LOCAL_SCHEMA = pa.schema([
 
 def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table, per_chunk: int, seed: int) -> list[dict]:
     """Per chunk, up to `per_chunk` entities/relationships it mentions (seeded choice)."""
-    by_chunk: dict[str, list[dict]] = {}
+    # One focus per entity/relationship, shared by every chunk it cites (an entity can cite thousands).
+    by_chunk: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
+
+    def add(focus: dict, chunk_ids: list[str] | None) -> None:
+        lowered = tuple(n.lower() for n in focus["names"])
+        for c in chunk_ids or []:
+            by_chunk.setdefault(c, []).append((lowered, focus))
+
     ent_ids = _entity_ids(entities)
     for e in entities.to_pylist():
-        for c in e.get("text_unit_ids") or []:
-            by_chunk.setdefault(c, []).append({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e.get("description") or ""})
+        add({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e.get("description") or ""},
+            e.get("text_unit_ids"))
     for r in relationships.to_pylist():
-        for c in r.get("text_unit_ids") or []:
-            by_chunk.setdefault(c, []).append({
-                "names": [r["source"], r["target"]], "entity_ids": [ent_ids[t] for t in (r["source"], r["target"]) if t in ent_ids],
-                "relationship_ids": [r["id"]], "description": r.get("description") or "",
-            })
+        add({"names": [r["source"], r["target"]], "entity_ids": [ent_ids[t] for t in (r["source"], r["target"]) if t in ent_ids],
+             "relationship_ids": [r["id"]], "description": r.get("description") or ""}, r.get("text_unit_ids"))
     out = []
     for c in chunks.to_pylist():
         text = c["text"].lower()
         # Only focuses the chunk really names: a question about it must be answerable from it.
-        cands = [f for f in by_chunk.get(c["id"], []) if all(n.lower() in text for n in f["names"])]
+        cands = [f for names, f in by_chunk.get(c["id"], []) if all(n in text for n in names)]
         for f in rng_for(seed, "local", c["id"]).sample(cands, min(per_chunk, len(cands))):
             out.append({**f, "chunk": c})
     return out
@@ -245,6 +249,10 @@ def local_questions(run: Run, rec: StageRecord, chunks: pa.Table, entities: pa.T
             continue
         result.append(_local_row(focuses[r["i"]], parsed.question.strip(), "llm"))
     return result
+
+
+# Entity, relationship and local questions travel together to answer_from_chunks.
+CHUNK_QUESTION_SCHEMA = pa.unify_schemas([GROUNDED_SCHEMA, LOCAL_SCHEMA])
 
 
 # ---- global -----------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class Retriever:
     # ---- methods ----------------------------------------------------------------
     def _search_bm25(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         tokens = [content_words(q) for q in queries]
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        # n_threads=0 scores in this thread; 1 would still hand every query to a thread pool.
+        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         return [[(int(d), float(s)) for d, s in zip(drow, srow) if s > 0] for drow, srow in zip(docs, scores)]
 
     def _search_dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:

@@ -52,8 +52,17 @@ def collect(ds) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+# Rows per block of a dataset made on the driver: one block would leave all but one worker idle.
+BLOCK_ROWS = 1024
+
+
 def to_dataset(rows: list[dict], schema: pa.Schema):
     """A Ray Dataset of Python rows with a fixed schema (none of Ray's type guessing)."""
+    return from_table(pa.Table.from_pylist(rows, schema=schema))
+
+
+def from_table(table: pa.Table):
+    """A Ray Dataset of an Arrow table, in blocks of at most BLOCK_ROWS rows."""
     import ray.data
 
-    return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=schema))
+    return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(table.num_rows, 1), BLOCK_ROWS)])
