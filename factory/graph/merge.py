@@ -37,7 +37,7 @@ class _Node:
     key: str
     titles: Counter = field(default_factory=Counter)
     types: Counter = field(default_factory=Counter)
-    descriptions: list[str] = field(default_factory=list)
+    descriptions: dict[str, None] = field(default_factory=dict)  # ordered set: a busy entity has thousands
     chunks: dict[str, None] = field(default_factory=dict)  # ordered set
     initial_only: bool = True
     lowercase: int = 0
@@ -45,7 +45,7 @@ class _Node:
     def absorb(self, other: "_Node") -> None:
         """Take in an alias's mentions; the titles stay this node's (the full name reads better)."""
         self.types.update(other.types)
-        self.descriptions.extend(d for d in other.descriptions if d not in self.descriptions)
+        self.descriptions.update(other.descriptions)
         self.chunks.update(other.chunks)
         self.initial_only &= other.initial_only
         self.lowercase += other.lowercase
@@ -55,7 +55,7 @@ class _Node:
 class _Edge:
     source: str
     target: str
-    descriptions: list[str] = field(default_factory=list)
+    descriptions: dict[str, None] = field(default_factory=dict)  # ordered set
     weight: float = 0.0
     chunks: dict[str, None] = field(default_factory=dict)
 
@@ -89,8 +89,8 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dic
             n.titles[e["title"]] += 1
             if e["type"]:
                 n.types[e["type"]] += 1
-            if e["description"] and e["description"] not in n.descriptions:
-                n.descriptions.append(e["description"])
+            if e["description"]:
+                n.descriptions[e["description"]] = None
             n.chunks[r["chunk_id"]] = None
             n.initial_only &= bool(e["initial_only"])
             n.lowercase += e["lowercase"] or 0
@@ -117,8 +117,8 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dic
             pair = (a, b) if a < b else (b, a)
             edge = edges.setdefault(pair, _Edge(a, b))
             edge.chunks[r["chunk_id"]] = None
-            if rel["description"] and rel["description"] not in edge.descriptions:
-                edge.descriptions.append(rel["description"])
+            if rel["description"]:
+                edge.descriptions[rel["description"]] = None
             if rules:
                 evidence[pair].update(line for line in (rel["description"] or "").split("\n") if line)
             else:
@@ -141,14 +141,14 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, chunk_order: dic
         title = max(enumerate(n.titles.items()),
                     key=lambda it: (it[1][1], not it[1][0].isupper(), sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
         graph.add_node(
-            title, key=key, id=stable_id("entity", key), type=etype, descriptions=n.descriptions,
+            title, key=key, id=stable_id("entity", key), type=etype, descriptions=list(n.descriptions),
             text_unit_ids=sorted(n.chunks, key=rank), frequency=len(n.chunks),
         )
     title_of = {d["key"]: t for t, d in graph.nodes(data=True)}
     for (a, b), e in sorted(edges.items(), key=lambda kv: (-kv[1].weight, kv[0])):
         graph.add_edge(
             title_of[e.source], title_of[e.target], id=stable_id("relationship", a, b), weight=e.weight,
-            descriptions=e.descriptions, text_unit_ids=sorted(e.chunks, key=rank), src=title_of[e.source], tgt=title_of[e.target],
+            descriptions=list(e.descriptions), text_unit_ids=sorted(e.chunks, key=rank), src=title_of[e.source], tgt=title_of[e.target],
         )
     long = _pool_descriptions(graph, cfg, cut=rules)
     stats.update(entities=graph.number_of_nodes(), relationships=graph.number_of_edges())

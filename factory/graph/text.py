@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -33,6 +34,7 @@ def sentences(text: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=65536)
 def norm_key(title: str) -> str:
     """The merge key of a title: NFKC, case-folded, spaces collapsed, quotes and a leading 'the' dropped."""
     key = unicodedata.normalize("NFKC", title).casefold()
