@@ -20,13 +20,16 @@ STAGES: list[Stage] = [
 def generate(cfg: Config, force: bool = False, until: str | None = None) -> Run:
     """Run every stage that is not up to date (all of them with `force`), up to `until`."""
     from factory.cluster import ensure_ray
+    from factory.engines.preflight import preflight_stages
 
-    ensure_ray(cfg)
     run = Run(cfg)
     names = [s.name for s in STAGES]
     if until and until not in names:
         raise UserError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     stop = names.index(until) + 1 if until else len(STAGES)
+    # A bad engine (unreachable URL, rejected key) fails now, before Ray starts and ingest runs.
+    preflight_stages(run, STAGES[:stop], force)
+    ensure_ray(cfg)
     run.run_stages(STAGES[:stop], force=force)
     if not until:
         from factory.publish import write_card
