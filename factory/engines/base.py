@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from factory.config import EngineConfig
+from factory.config import EngineConfig, S3Config
 from factory.engines.cache import CallCache, call_key
 from factory.engines.calls import CallResult
 from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
@@ -81,18 +81,26 @@ def model_name(cfg: EngineConfig) -> str:
     return f"{cfg.model}+{cfg.adapter}" if cfg.adapter else str(cfg.model)
 
 
-def adapter_fingerprint(adapter: str | None) -> str | None:
-    """Files, sizes and mtimes of a local adapter: a student retrained into the same folder
-    must not be answered from the cache of the old one."""
+def adapter_fingerprint(adapter: str | None, s3: S3Config | None = None) -> str | None:
+    """Files, sizes and versions (mtime; ETag on S3) of an adapter folder, local or remote: a student
+    retrained into the same folder must not be answered from the cache of the old one.
+    Only listed, never downloaded; anything that is not a folder (a Hub id) is its own identity."""
     import hashlib
-    import os
+    import posixpath
 
-    if not adapter or not os.path.isdir(adapter):
+    from factory.storage import describe_error, filesystem
+
+    if not adapter:
         return adapter
-    listing = sorted(
-        (os.path.relpath(os.path.join(d, f), adapter), os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
-        for d, _, files in os.walk(adapter) for f in files
-    )
+    fs, path = filesystem(adapter, s3)
+    try:
+        if not fs.isdir(path):
+            return adapter
+        files = fs.find(path, detail=True).values()
+    except Exception as exc:  # s3fs raises botocore's zoo: one line naming the adapter instead
+        raise UserError(describe_error(adapter, exc)) from None
+    listing = sorted((posixpath.relpath(f["name"], path), f["size"], f.get("ETag") or f.get("mtime") or f.get("LastModified"))
+                     for f in files)
     return hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
 
 
@@ -114,7 +122,7 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
         "top_p": role_cfg.top_p,
         "seed": role_cfg.seed,
         "schema": schema_hash(output_model),
-        "adapter": adapter_fingerprint(role_cfg.adapter),
+        "adapter": adapter_fingerprint(role_cfg.adapter, run.cfg.s3),
         "extra": be.request_extras(role_cfg),
     }
     keyed = ds.map_batches(
