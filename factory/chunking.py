@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from factory.config import ChunkingConfig
 from factory.errors import UserError
@@ -131,7 +132,7 @@ def chunk(run: Run, rec: StageRecord) -> None:
     cfg = run.cfg.chunking
     load_tokenizer(cfg.tokenizer)  # fail here, in one line, rather than inside every actor
     docs = run.read_ray("documents").select_columns(["id", "text", "title", "date"])
-    rec.rows_in = docs.count()
+    rec.rows_in = run.count_rows("documents")
     chunks = docs.map_batches(
         Chunker,
         fn_constructor_kwargs={"cfg": cfg},
@@ -140,5 +141,4 @@ def chunk(run: Run, rec: StageRecord) -> None:
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
     )
     rec.rows_out = run.write_table("chunks", chunks)
-    stats = run.read_ray("chunks").select_columns(["n_tokens"]).sum("n_tokens")
-    rec.stats["tokens"] = int(stats or 0)
+    rec.stats["tokens"] = pc.sum(run.read_arrow("chunks", columns=["n_tokens"]).column("n_tokens")).as_py() or 0

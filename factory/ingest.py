@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from factory.config import Config, CorpusConfig
 from factory.errors import UserError
@@ -225,15 +226,43 @@ def record_to_row(record: dict, source: str, cfg: CorpusConfig) -> dict:
     return _finish(row, cfg)
 
 
-def decode_records(batch: pa.Table, cfg: CorpusConfig, source: str) -> pa.Table:
+def parquet_row_groups(fs: Any, paths: list[str], text_field: str) -> list[dict]:
+    """One work item per row group of each Parquet file, with the file row it starts at: the
+    row number names a record's source (`file#row`), which must be unique for dedup."""
+    items = []
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        names = meta.schema.names
+        if text_field not in names:
+            raise UserError(f"{p}: corpus.text_field '{text_field}' is not a column (columns: {', '.join(names)})")
+        first = 0
+        for g in range(meta.num_row_groups):
+            items.append({"path": p, "row_group": g, "first_row": first})
+            first += meta.row_group(g).num_rows
+    return items
+
+
+def decode_row_groups(batch: pa.Table, cfg: CorpusConfig, fs: Any) -> pa.Table:
     rows = []
-    for i, record in enumerate(batch.to_pylist()):
-        src = record.pop(ROW_SOURCE, None) or f"{source}#{i}"
-        rows.append(record_to_row(record, src, cfg))
+    for item in batch.to_pylist():
+        with fs.open(item["path"], "rb") as f:
+            records = pq.ParquetFile(f).read_row_group(item["row_group"]).to_pylist()
+        rows += [record_to_row(r, f"{item['path']}#{item['first_row'] + i}", cfg) for i, r in enumerate(records)]
     return _columns(rows)
 
 
-# Column a reader may add to name each record's source (file#row) when batches cannot.
+def decode_records(batch: pa.Table, cfg: CorpusConfig) -> pa.Table:
+    """Rows of a HF dataset; each carries its source in the ROW_SOURCE column."""
+    rows = []
+    for record in batch.to_pylist():
+        source = record.pop(ROW_SOURCE)
+        rows.append(record_to_row(record, source, cfg))
+    return _columns(rows)
+
+
+# The column a HF dataset gets with each record's source (path#row): positions within a
+# Ray batch restart per block, and dedup needs every record's `id@source` key to be unique.
 ROW_SOURCE = "__source"
 
 # Decoded rows before dedup: the documents columns plus the reason a record was skipped.
@@ -291,11 +320,9 @@ def read_corpus(cfg: Config):
     if by_kind["text"]:
         raw = ray.data.read_binary_files(by_kind["text"], filesystem=pafs, include_paths=True)
         parts.append(raw.map_batches(decode_files, fn_kwargs={"cfg": c}, batch_format="numpy", batch_size=16))
-    for p in by_kind["parquet"]:
-        pq_ds = ray.data.read_parquet(p, filesystem=pafs)
-        if c.text_field not in pq_ds.schema().names:
-            raise UserError(f"{p}: corpus.text_field '{c.text_field}' is not a column (columns: {', '.join(pq_ds.schema().names)})")
-        parts.append(pq_ds.map_batches(decode_records, fn_kwargs={"cfg": c, "source": p}, batch_format="pyarrow"))
+    if by_kind["parquet"]:
+        groups = ray.data.from_items(parquet_row_groups(fs, by_kind["parquet"], c.text_field))
+        parts.append(groups.map_batches(decode_row_groups, fn_kwargs={"cfg": c, "fs": fs}, batch_format="pyarrow", batch_size=1))
     if by_kind["skipped"]:
         skipped = ray.data.from_arrow(_columns([{**_empty_row(p), "error": "unsupported_file"} for p in by_kind["skipped"]]))
         parts.append(skipped)
@@ -321,11 +348,9 @@ def _read_hf(c: CorpusConfig):
         hf = hf[c.hf_split]
     if c.text_field not in hf.column_names:
         raise UserError(f"{c.path}: corpus.text_field '{c.text_field}' is not a column (columns: {', '.join(hf.column_names)})")
-    # The row number is the record's source: batch positions restart per block, and dedup
-    # needs every record's `id@source` key to be unique.
     hf = hf.add_column(ROW_SOURCE, [f"{c.path}#{i}" for i in range(hf.num_rows)])
     ds = ray.data.from_huggingface(hf)
-    return ds.map_batches(decode_records, fn_kwargs={"cfg": c, "source": c.path}, batch_format="pyarrow")
+    return ds.map_batches(decode_records, fn_kwargs={"cfg": c}, batch_format="pyarrow")
 
 
 def ingest(run: Run, rec: StageRecord) -> None:

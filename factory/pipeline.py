@@ -217,6 +217,8 @@ class Run:
             return out.replace_schema_metadata({**(out.schema.metadata or {}), b"ragtune.config_hash": config_hash})
 
         ds = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True)
+        # Materialized first: writing straight from the stream let files take blocks out of order,
+        # and reruns must be byte-comparable.
         ds = ds.materialize()
         n = ds.count()
         if n == 0:
@@ -230,6 +232,14 @@ class Run:
         )
         return n
 
+    def count_rows(self, table: str, split: str | None = None) -> int:
+        """Rows of a written table, from the Parquet footers (no data is read)."""
+        total = 0
+        for p in self.table_files(table, split):
+            with self.fs.open(p, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
     def _commit(self, table: str, split: str, tmp: str) -> None:
         new = sorted(p for p in self.fs.ls(tmp, detail=False) if p.endswith(".parquet"))
         for old in self.table_files(table, split):
@@ -240,15 +250,18 @@ class Run:
         if self.fs.exists(tmp):  # object stores have no empty folders: it may be gone already
             self.fs.rm(tmp, recursive=True)
 
-    def read_arrow(self, table: str, split: str | None = None) -> pa.Table:
+    def read_arrow(self, table: str, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The whole table (validated against its schema), or only `columns` of it."""
         files = self.table_files(table, split)
         if not files:
-            return schemas.schema_of(table).empty_table()
+            empty = schemas.schema_of(table).empty_table()
+            return empty.select(columns) if columns else empty
         parts = []
         for p in files:
             with self.fs.open(p, "rb") as f:
-                parts.append(pq.read_table(f))
-        return schemas.validate(table, pa.concat_tables(parts, promote_options="default"))
+                parts.append(pq.read_table(f, columns=columns))
+        data = pa.concat_tables(parts, promote_options="default")
+        return data if columns else schemas.validate(table, data)
 
     def read_ray(self, table: str, split: str | None = None):
         import ray.data

@@ -207,3 +207,22 @@ def test_parquet_corpus_with_wrong_text_field(ray_session, tmp_path, capsys):
 
 def test_user_error_type():
     assert issubclass(UserError, Exception)
+
+
+def test_parquet_sources_are_file_rows_across_row_groups(ray_session, tmp_path):
+    """Each record's source is its row in the file, across row groups, so two identical texts
+    in different row groups never share a dedup key: the exact duplicate is dropped."""
+    import pyarrow as pa
+
+    texts = [f"Entry {i}: I walked to the harbour with Mina and counted {i} boats." for i in range(9)]
+    texts[7] = texts[1]  # same text, other row group, same position within it
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"text": texts}), corpus / "notes.parquet", row_group_size=3)
+    out = tmp_path / "run"
+    generate(cfg_for(corpus, out, "dedup.near=false"), until="ingest")
+    docs = read(out, "documents")
+    sources = sorted(d["source"] for d in docs)
+    assert sources == sorted(f"{corpus / 'notes.parquet'}#{i}" for i in range(9) if i != 7)
+    marker = json.loads((out / "_stages" / "ingest.json").read_text())
+    assert marker["drops"] == {"exact_duplicate": 1}
