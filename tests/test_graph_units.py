@@ -12,7 +12,7 @@ from factory.config import GraphConfig
 from factory.graph.communities import build_communities, hierarchical_leiden
 from factory.graph.extract import EXTRACTION
 from factory.graph.merge import finalize, merge, rank_and_cut
-from factory.graph.reports import _Index, finalize as report_row, pack_context, textrank
+from factory.graph.reports import _Index, finalize as report_row, pack_context, render_context, rule_report, textrank
 from factory.graph.rules import extract_rules
 from factory.graph.text import approx_tokens, norm_key, sentences
 
@@ -198,11 +198,11 @@ def test_build_communities_table_fields():
     assert table.equals(build_communities(small_graph(), max_cluster_size=3, seed=3)[0])
 
 
-def report_index(n_ents: int, desc_words: int) -> tuple[_Index, list[dict]]:
-    ents = [{"id": f"e{i}", "human_readable_id": i, "title": f"Name{i}", "type": "person",
+def report_index(n_ents: int, desc_words: int, first_hid: int = 0) -> tuple[_Index, list[dict]]:
+    ents = [{"id": f"e{i}", "human_readable_id": first_hid + i, "title": f"Name{i}", "type": "person",
              "description": " ".join(["word"] * desc_words), "text_unit_ids": [f"c{i}"], "frequency": 1, "degree": n_ents - i}
             for i in range(n_ents)]
-    rels = [{"id": f"r{i}", "human_readable_id": i, "source": f"Name{i}", "target": f"Name{i + 1}", "description": "linked",
+    rels = [{"id": f"r{i}", "human_readable_id": first_hid + i, "source": f"Name{i}", "target": f"Name{i + 1}", "description": "linked",
              "weight": 1.0, "combined_degree": 2, "text_unit_ids": [f"c{i}"]} for i in range(n_ents - 1)]
     chunks = pa.table({"id": [f"c{i}" for i in range(n_ents)], "text": [f"Name{i} did a thing with Name{i + 1}." for i in range(n_ents)]})
     return _Index(pa.Table.from_pylist(ents), pa.Table.from_pylist(rels), chunks), ents
@@ -218,7 +218,7 @@ def test_context_fits_budget_and_substitutes_sub_reports_when_over():
     idx, ents = report_index(40, 60)
     small = pack_context(community(ents[:3]), idx, 2000)
     assert len(small["entities"]) == 3 and len(small["relationships"]) == 2 and small["sources"] and not small["reports"]
-    child = {"community": 5, "title": "Big child", "summary": "The first thirty names.", "size": 30,
+    child = {"community": 5, "id": "k5", "title": "Big child", "summary": "The first thirty names.", "size": 30,
              "entity_ids": [e["id"] for e in ents[:30]], "relationship_ids": [f"r{i}" for i in range(29)]}
     ctx = pack_context(community(ents, [child]), idx, 800)
     assert ctx["tokens"] <= 800 and ctx["substituted"] == 1
@@ -226,6 +226,21 @@ def test_context_fits_budget_and_substitutes_sub_reports_when_over():
     # Without a child report the context is cut by rank (highest degree first), still within budget.
     cut = pack_context(community(ents), idx, 800)
     assert cut["tokens"] <= 800 and cut["entities"][0]["id"] == "e0" and len(cut["entities"]) < 40
+
+
+def test_context_numbers_records_per_community_so_run_wide_counters_do_not_change_it():
+    def context(first_hid: int, child_numbers: tuple[int, int]) -> tuple[str, dict]:
+        idx, ents = report_index(8, 60, first_hid)
+        kids = [{"community": n, "id": f"k{i}", "title": f"Child {i}", "summary": "Two names.", "size": 2,
+                 "entity_ids": [e["id"] for e in ents[2 * i:2 * i + 2]], "relationship_ids": [f"r{2 * i}"]}
+                for i, n in enumerate(child_numbers)]
+        ctx = pack_context(community(ents[:4], kids), idx, 300)
+        return render_context(ctx), rule_report(ctx, community(ents[:4]), 99)
+
+    text, rules = context(0, (7, 8))
+    assert "\n1|Child 0|" in text and "\n1|Name2|person|" in text and "\n1|Name1|Name2|" in text
+    # The same community in a bigger run: its records and children renumbered run-wide (the children swapped).
+    assert context(50, (38, 37)) == (text, rules)
 
 
 def test_textrank_picks_the_central_sentence():

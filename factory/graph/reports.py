@@ -6,6 +6,15 @@ context is over budget, the reports of its sub-communities (written one level
 earlier) stand in for their members, largest first, until it fits; what still
 does not fit is cut by rank (entity degree, relationship combined degree).
 
+Records are numbered per community (1, 2, ... in context order) and ties in
+rank are broken by the records' own content, never by run-wide counters
+(`human_readable_id`, community numbers) that shift when documents are added:
+a community whose members and their records did not change gets a
+byte-identical prompt, so an incremental rerun answers it from the call cache.
+The ids a report cites, and the numbers in its "[Data: Entities (1, 3)]"
+notes, are these per-community record numbers; the report row also lists the
+cited records' stable ids.
+
 The teacher writes a JSON report from that context (`community_report`
 prompt). Without an LLM, or when the teacher's output does not parse, the
 report is built by rules: title from the top-degree entities, summary from the
@@ -18,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +35,7 @@ from pydantic import BaseModel, Field, field_validator
 
 import schemas
 from factory import prompts
-from factory.graph.text import approx_tokens, sentences
+from factory.graph.text import approx_tokens, norm_key, sentences
 from factory.pipeline import Run, StageRecord, log
 
 _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
@@ -80,12 +90,21 @@ def _index(ref: list) -> _Index:
 
 
 # ---- context packing ----------------------------------------------------------------------
-def _entity_line(e: dict) -> str:
-    return f"{e['human_readable_id']}|{e['title']}|{e['type'] or ''}|{_flat(e['description'])}|{e['degree']}"
+def _entity_line(n: int, e: dict) -> str:
+    return f"{n}|{e['title']}|{e['type'] or ''}|{_flat(e['description'])}|{e['degree']}"
 
 
-def _rel_line(r: dict) -> str:
-    return f"{r['human_readable_id']}|{r['source']}|{r['target']}|{_flat(r['description'])}|{r['weight']:g}"
+def _rel_line(n: int, r: dict) -> str:
+    return f"{n}|{r['source']}|{r['target']}|{_flat(r['description'])}|{r['weight']:g}"
+
+
+def _report_line(n: int, c: dict) -> str:
+    return f"{n}|{_flat(c['title'])}|{_flat(c['summary'])}"
+
+
+def _numbered(line: Callable[[int, dict], str], records: list[dict]) -> list[str]:
+    """`line(n, record)` for each record, numbered 1, 2, ... (per community, see the module docstring)."""
+    return [line(n, x) for n, x in enumerate(records, 1)]
 
 
 def _flat(text: str | None) -> str:
@@ -105,15 +124,18 @@ def _fill(lines: list[str], budget: int) -> tuple[list[str], int]:
 
 def _records_cost(ents: list[dict], rels: list[dict]) -> int:
     """Tokens the entity and relationship lines take, as `_fill` counts them."""
-    return sum(approx_tokens(_entity_line(e)) + 1 for e in ents) + sum(approx_tokens(_rel_line(r)) + 1 for r in rels)
+    return sum(approx_tokens(line) + 1 for line in _numbered(_entity_line, ents) + _numbered(_rel_line, rels))
 
 
 def pack_context(community: dict, idx: _Index, budget: int) -> dict:
     """The records of one community that fit `budget` tokens (see the module docstring)."""
-    ents = sorted((idx.ent[i] for i in community["entity_ids"] if i in idx.ent), key=lambda e: (-e["degree"], e["human_readable_id"]))
+    # Ties broken as merge numbers records (frequency then name; weight then id), from the records themselves.
+    ents = sorted((idx.ent[i] for i in community["entity_ids"] if i in idx.ent),
+                  key=lambda e: (-e["degree"], -e["frequency"], norm_key(e["title"]), e["id"]))
     rels = sorted((idx.rel[i] for i in community["relationship_ids"] if i in idx.rel),
-                  key=lambda r: (-r["combined_degree"], -r["weight"], r["human_readable_id"]))
-    children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["community"]))
+                  key=lambda r: (-r["combined_degree"], -r["weight"], r["id"]))
+    # A child's `id` hashes its level and members: stable where its community number is not.
+    children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["id"]))
     used_reports: list[dict] = []
     local_cost = _records_cost(ents, rels)
     for child in children:
@@ -125,11 +147,11 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
         rels = [r for r in rels if r["id"] not in inner]
         used_reports.append(child)
         local_cost = _records_cost(ents, rels)
-    report_lines, cost = _fill([f"{c['community']}|{_flat(c['title'])}|{_flat(c['summary'])}" for c in used_reports], budget)
+    report_lines, cost = _fill(_numbered(_report_line, used_reports), budget)
     used_reports = used_reports[: len(report_lines)]
     left = budget - cost
-    ent_lines, cost_e = _fill([_entity_line(e) for e in ents], left // 2 if local_cost > left else left)
-    rel_lines, cost_r = _fill([_rel_line(r) for r in rels], left - cost_e)
+    ent_lines, cost_e = _fill(_numbered(_entity_line, ents), left // 2 if local_cost > left else left)
+    rel_lines, cost_r = _fill(_numbered(_rel_line, rels), left - cost_e)
     ents, rels = ents[: len(ent_lines)], rels[: len(rel_lines)]
     left -= cost_e + cost_r
     # Passages that mention the most of the kept entities first.
@@ -159,12 +181,12 @@ def _cut(text: str, tokens: int) -> str:
 def render_context(ctx: dict) -> str:
     parts = []
     if ctx["reports"]:
-        parts.append("-----Sub-community reports-----\ncommunity|title|summary")
-        parts.extend(f"{c['community']}|{_flat(c['title'])}|{_flat(c['summary'])}" for c in ctx["reports"])
+        parts.append("-----Sub-community reports-----\nid|title|summary")
+        parts.extend(_numbered(_report_line, ctx["reports"]))
     parts.append("-----Entities-----\nid|entity|type|description|degree")
-    parts.extend(_entity_line(e) for e in ctx["entities"])
+    parts.extend(_numbered(_entity_line, ctx["entities"]))
     parts.append("-----Relationships-----\nid|source|target|description|weight")
-    parts.extend(_rel_line(r) for r in ctx["relationships"])
+    parts.extend(_numbered(_rel_line, ctx["relationships"]))
     if ctx["sources"]:
         parts.append("-----Sources-----\nid|text")
         parts.extend(f"{i}|{text}" for i, (_, text) in enumerate(ctx["sources"], 1))
@@ -216,14 +238,15 @@ def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
     summary = " ".join(textrank(pool, _SUMMARY_SENTENCES)) if pool else (
         "; ".join(f"{e['title']}: {_first_line(e['description'])}" for e in ents[:3]))
     src_num = {u: i for i, (u, _) in enumerate(ctx["sources"], 1)}
+    ent_num, rel_num = ({x["id"]: n for n, x in enumerate(xs, 1)} for xs in (ents, rels))
     findings = []
-    for r in sorted(rels, key=lambda r: (-r["weight"], r["human_readable_id"]))[:10]:
+    for r in sorted(rels, key=lambda r: (-r["weight"], r["id"]))[:10]:
         ends = [e for e in ents if e["title"] in (r["source"], r["target"])]
         findings.append({
             "summary": f"{r['source']} and {r['target']}",
             "explanation": _first_line(r["description"], 3),
-            "entity_ids": [e["human_readable_id"] for e in ends],
-            "relationship_ids": [r["human_readable_id"]],
+            "entity_ids": [ent_num[e["id"]] for e in ends],
+            "relationship_ids": [rel_num[r["id"]]],
             "source_ids": [src_num[u] for u in r["text_unit_ids"] or [] if u in src_num][:5],
         })
     for e in ents:
@@ -232,7 +255,7 @@ def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
         findings.append({
             "summary": f"{e['title']} ({e['type'] or 'entity'})",
             "explanation": _first_line(e["description"], 3),
-            "entity_ids": [e["human_readable_id"]], "relationship_ids": [],
+            "entity_ids": [ent_num[e["id"]]], "relationship_ids": [],
             "source_ids": [src_num[u] for u in e["text_unit_ids"] or [] if u in src_num][:5],
         })
     units = len(community["text_unit_ids"])
@@ -259,8 +282,8 @@ def prepare(row: dict, graph: list, budget: int, llm: bool) -> dict:
         "community": row["community"],
         "rule_report": json.dumps(rule_report(ctx, row, idx.n_units)),
         "refs": json.dumps({
-            "e": {e["human_readable_id"]: e["id"] for e in ctx["entities"]},
-            "r": {r["human_readable_id"]: r["id"] for r in ctx["relationships"]},
+            "e": {n: e["id"] for n, e in enumerate(ctx["entities"], 1)},
+            "r": {n: r["id"] for n, r in enumerate(ctx["relationships"], 1)},
             "s": {i: u for i, (u, _) in enumerate(ctx["sources"], 1)},
         }),
         "context_tokens": ctx["tokens"],
@@ -323,7 +346,7 @@ def write_reports(run: Run, rec: StageRecord) -> None:
     for level in sorted({c["level"] for c in communities}, reverse=True):
         items = []
         for c in (c for c in communities if c["level"] == level):
-            kids = [{**done[k], "entity_ids": by_id[k]["entity_ids"], "relationship_ids": by_id[k]["relationship_ids"]}
+            kids = [{**done[k], **{f: by_id[k][f] for f in ("id", "entity_ids", "relationship_ids")}}
                     for k in c["children"] or [] if k in done]
             items.append({**c, "children_reports": json.dumps(kids)})
         ds = ray.data.from_items(items).map(prepare, fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm})
