@@ -21,8 +21,11 @@ def ensure_ray(cfg: Config) -> None:
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
-    if cfg.ray.num_cpus and not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
-        kwargs["num_cpus"] = cfg.ray.num_cpus
+    if not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
+        # Only a local start takes these; ray.init rejects them when connecting to a cluster.
+        kwargs["include_dashboard"] = cfg.ray.dashboard
+        if cfg.ray.num_cpus:
+            kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True

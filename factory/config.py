@@ -185,6 +185,8 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1)
     # Actor-pool size for per-row CPU stages (None: sized to the cluster's CPUs).
     cpu_actors: int | None = Field(None, ge=1)
+    # Start the dashboard with a local Ray (about 2 s more start-up); a cluster has its own.
+    dashboard: bool = False
 
 
 class TrainConfig(Section):
