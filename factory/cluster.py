@@ -16,8 +16,12 @@ def ensure_ray(cfg: Config) -> None:
     Under `ray job submit` the driver finds its cluster through RAY_ADDRESS;
     on a laptop with no cluster `ray.init()` starts one in-process.
     """
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _init(cfg)
+    configure_data()
+
+
+def _init(cfg: Config) -> None:
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
@@ -27,8 +31,12 @@ def ensure_ray(cfg: Config) -> None:
         if cfg.ray.num_cpus:
             kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def configure_data() -> None:
+    """Ray Data settings every job relies on, also in a process whose Ray someone else started."""
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     # One summary line per stage is ours to print; Ray's per-operator stats are noise here.
     ctx.print_on_execution_start = False
     # Same input, same row order in every output file: reruns are byte-comparable.

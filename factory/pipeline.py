@@ -16,8 +16,10 @@ crash never leaves a half-written stage that looks finished.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
+import itertools
 import json
 import sys
 import time
@@ -81,6 +83,16 @@ class Stage:
 
 def log(message: str) -> None:
     print(f"ragtune: {message}", file=sys.stderr, flush=True)
+
+
+def _write_shard(fs: Any, path: str, row_group_rows: int, offset: int, length: int, *blocks: pa.Table) -> None:
+    """Rows [offset, offset + length) of consecutive blocks as one Parquet file (a Ray task)."""
+    with fs.open(path, "wb") as f:
+        pq.write_table(pa.concat_tables(blocks).slice(offset, length), f, row_group_size=row_group_rows, **PARQUET_ARGS)
+
+
+def _block_rows(block: pa.Table) -> int:
+    return block.num_rows
 
 
 class Run:
@@ -210,26 +222,33 @@ class Run:
         return data.num_rows
 
     def _write_ray(self, table: str, ds: Any, tmp: str) -> int:
+        import ray
+
         config_hash = self.cfg.hash.encode()
 
         def conform(batch: pa.Table) -> pa.Table:
             out = schemas.validate(table, batch)
             return out.replace_schema_metadata({**(out.schema.metadata or {}), b"ragtune.config_hash": config_hash})
 
-        ds = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True)
-        # Materialized first: writing straight from the stream let files take blocks out of order,
-        # and reruns must be byte-comparable.
-        ds = ds.materialize()
+        ds = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True).materialize()
         n = ds.count()
         if n == 0:
             return self._write_arrow(table, schemas.schema_of(table).empty_table(), tmp)
-        ds.write_parquet(
-            tmp,
-            filesystem=self.arrow_fs,
-            min_rows_per_file=min(n, self.cfg.output.rows_per_shard),
-            row_group_size=self.cfg.output.row_group_rows,
-            **PARQUET_ARGS,
-        )
+        # Shards of rows_per_shard rows are cut from the blocks in order, each written by one task:
+        # Ray's own write_parquet (2.60) reordered rows within a file, even from a materialized
+        # dataset, and reruns must be byte-comparable.
+        refs = ds.to_arrow_refs()
+        rows = ray.remote(num_cpus=0)(_block_rows)
+        starts = list(itertools.accumulate(ray.get([rows.remote(r) for r in refs]), initial=0))
+        # A shard write is idempotent (same path, same bytes): retry it on a transient storage error.
+        write = ray.remote(max_retries=3, retry_exceptions=True)(_write_shard)
+        tasks = []
+        for i, lo in enumerate(range(0, n, self.cfg.output.rows_per_shard)):
+            hi = min(lo + self.cfg.output.rows_per_shard, n)
+            first, last = bisect.bisect_right(starts, lo) - 1, bisect.bisect_left(starts, hi)
+            tasks.append(write.remote(self.fs, f"{tmp}/part-{i:05d}.parquet", self.cfg.output.row_group_rows,
+                                      lo - starts[first], hi - lo, *refs[first:last]))
+        ray.get(tasks)
         return n
 
     def count_rows(self, table: str, split: str | None = None) -> int:
@@ -264,12 +283,17 @@ class Run:
         return data if columns else schemas.validate(table, data)
 
     def read_ray(self, table: str, split: str | None = None):
+        """`table` as a Ray Dataset in at least as many blocks as the cluster has CPUs: Ray reads
+        one block per file, and a table of one shard would leave per-row stages on one CPU."""
+        import ray
         import ray.data
 
         files = self.table_files(table, split)
         if not files:
             return ray.data.from_arrow(schemas.schema_of(table).empty_table())
-        return ray.data.read_parquet(files, filesystem=self.arrow_fs)
+        ds = ray.data.read_parquet(files, filesystem=self.arrow_fs)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return ds.repartition(cpus) if len(files) < cpus else ds
 
     # ---- manifest -------------------------------------------------------------
     def update_manifest(self, **sections: dict) -> None:

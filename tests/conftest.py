@@ -39,6 +39,9 @@ def ray_session(tmp_path_factory):
             logging_level="WARNING",
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
+    from factory.cluster import configure_data
+
+    configure_data()  # what ensure_ray sets, for tests that call stages directly
     yield ray
     ray.shutdown()
 
