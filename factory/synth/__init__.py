@@ -6,7 +6,8 @@ question, entity/relationship ones from descriptions and source chunks,
 global ones by map-reduce over community reports, unanswerable ones with a
 polite refusal. Rows then pass the quality filters (quality.py) and the
 held-out split (split.py). Per-row work runs on Ray Data; filtering and the
-split run on the driver, over rows without their evidence text.
+split run on the driver, over rows that carry their evidence text (groundedness
+and the judge read it; the qa table does not publish it).
 """
 
 from __future__ import annotations
