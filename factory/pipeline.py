@@ -37,6 +37,7 @@ from factory.config import Config
 from factory.storage import arrow_filesystem, check_writable
 
 PARQUET_ARGS = {"compression": "zstd"}
+MIN_BLOCK_ROWS = 64
 
 
 @dataclass
@@ -283,8 +284,9 @@ class Run:
         return data if columns else schemas.validate(table, data)
 
     def read_ray(self, table: str, split: str | None = None):
-        """`table` as a Ray Dataset in at least as many blocks as the cluster has CPUs: Ray reads
-        one block per file, and a table of one shard would leave per-row stages on one CPU."""
+        """`table` as a Ray Dataset. Ray reads one block per file, so a table of fewer shards than the
+        cluster has CPUs is split, up to a block per CPU of at least MIN_BLOCK_ROWS rows: per-row
+        stages over a one-shard table would otherwise run on one CPU."""
         import ray
         import ray.data
 
@@ -293,7 +295,11 @@ class Run:
             return ray.data.from_arrow(schemas.schema_of(table).empty_table())
         ds = ray.data.read_parquet(files, filesystem=self.arrow_fs)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        return ds.repartition(cpus) if len(files) < cpus else ds
+        if len(files) >= cpus:
+            return ds
+        # Not below MIN_BLOCK_ROWS rows a block: a big cluster would turn a small table into tiny tasks.
+        blocks = min(cpus, self.count_rows(table, split) // MIN_BLOCK_ROWS)
+        return ds.repartition(blocks) if blocks > len(files) else ds
 
     # ---- manifest -------------------------------------------------------------
     def update_manifest(self, **sections: dict) -> None:

@@ -37,3 +37,16 @@ def test_ray_write_keeps_row_order_across_blocks_and_shards(ray_session, tmp_pat
     assert pq.read_table(files).column("id").to_pylist() == expected
     assert run.count_rows("chunks") == n
     assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows <= 100 for f in files)
+
+
+def test_a_one_shard_table_is_read_in_a_block_per_cpu_in_order(ray_session, tmp_path):
+    cfg = load_config(None, [f"output.path={tmp_path / 'run'}"])
+    run = Run(cfg)
+    rows = [{"id": f"c-{i:04d}", "document_id": "d", "chunk_index": i, "text": "x", "n_tokens": 1} for i in range(1000)]
+    run.write_table("chunks", pa.Table.from_pylist(rows))
+    ds = run.read_ray("chunks").materialize()
+    assert len(run.table_files("chunks")) == 1 and ds.num_blocks() == 2  # the session's Ray has 2 CPUs
+    assert [r["id"] for r in ds.take_all()] == [r["id"] for r in rows]
+
+    run.write_table("chunks", pa.Table.from_pylist(rows[:100]))
+    assert run.read_ray("chunks").materialize().num_blocks() == 1  # too small to be worth a split
