@@ -226,21 +226,29 @@ def record_to_row(record: dict, source: str, cfg: CorpusConfig) -> dict:
     return _finish(row, cfg)
 
 
-def parquet_row_groups(fs: Any, paths: list[str], text_field: str) -> list[dict]:
-    """One work item per row group of each Parquet file, with the file row it starts at: the
-    row number names a record's source (`file#row`), which must be unique for dedup."""
-    items = []
+def parquet_row_groups(fs: Any, paths: list[str], text_field: str) -> tuple[list[dict], list[str]]:
+    """One work item per row group of each Parquet file, with the file row it starts at (the
+    row number names a record's source, `file#row`, which must be unique for dedup); and the
+    files whose footer cannot be read (skipped and counted like any bad input file)."""
+    items, unreadable = [], []
     for p in paths:
-        with fs.open(p, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-        names = meta.schema.names
-        if text_field not in names:
-            raise UserError(f"{p}: corpus.text_field '{text_field}' is not a column (columns: {', '.join(names)})")
+        try:
+            with fs.open(p, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowException, OSError):
+            unreadable.append(p)
+            continue
+        _require_text_field(p, meta.schema.names, text_field)
         first = 0
         for g in range(meta.num_row_groups):
             items.append({"path": p, "row_group": g, "first_row": first})
             first += meta.row_group(g).num_rows
-    return items
+    return items, unreadable
+
+
+def _require_text_field(source: str, columns: list[str], text_field: str) -> None:
+    if text_field not in columns:
+        raise UserError(f"{source}: corpus.text_field '{text_field}' is not a column (columns: {', '.join(columns)})")
 
 
 def decode_row_groups(batch: pa.Table, cfg: CorpusConfig, fs: Any) -> pa.Table:
@@ -320,12 +328,15 @@ def read_corpus(cfg: Config):
     if by_kind["text"]:
         raw = ray.data.read_binary_files(by_kind["text"], filesystem=pafs, include_paths=True)
         parts.append(raw.map_batches(decode_files, fn_kwargs={"cfg": c}, batch_format="numpy", batch_size=16))
+    skipped = [{**_empty_row(p), "error": "unsupported_file"} for p in by_kind["skipped"]]
     if by_kind["parquet"]:
-        groups = ray.data.from_items(parquet_row_groups(fs, by_kind["parquet"], c.text_field))
-        parts.append(groups.map_batches(decode_row_groups, fn_kwargs={"cfg": c, "fs": fs}, batch_format="pyarrow", batch_size=1))
-    if by_kind["skipped"]:
-        skipped = ray.data.from_arrow(_columns([{**_empty_row(p), "error": "unsupported_file"} for p in by_kind["skipped"]]))
-        parts.append(skipped)
+        groups, unreadable = parquet_row_groups(fs, by_kind["parquet"], c.text_field)
+        skipped += [{**_empty_row(p), "error": "unreadable_parquet"} for p in unreadable]
+        if groups:
+            parts.append(ray.data.from_items(groups).map_batches(
+                decode_row_groups, fn_kwargs={"cfg": c, "fs": fs}, batch_format="pyarrow", batch_size=1))
+    if skipped:
+        parts.append(ray.data.from_arrow(_columns(skipped)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return ds, len(files)
 
@@ -346,8 +357,7 @@ def _read_hf(c: CorpusConfig):
         if c.hf_split not in hf:
             raise UserError(f"{c.path}: no split '{c.hf_split}' (splits: {', '.join(hf)})")
         hf = hf[c.hf_split]
-    if c.text_field not in hf.column_names:
-        raise UserError(f"{c.path}: corpus.text_field '{c.text_field}' is not a column (columns: {', '.join(hf.column_names)})")
+    _require_text_field(c.path, hf.column_names, c.text_field)
     hf = hf.add_column(ROW_SOURCE, [f"{c.path}#{i}" for i in range(hf.num_rows)])
     ds = ray.data.from_huggingface(hf)
     return ds.map_batches(decode_records, fn_kwargs={"cfg": c}, batch_format="pyarrow")

@@ -226,3 +226,20 @@ def test_parquet_sources_are_file_rows_across_row_groups(ray_session, tmp_path):
     assert sources == sorted(f"{corpus / 'notes.parquet'}#{i}" for i in range(9) if i != 7)
     marker = json.loads((out / "_stages" / "ingest.json").read_text())
     assert marker["drops"] == {"exact_duplicate": 1}
+
+
+def test_unreadable_parquet_file_is_skipped_and_counted(ray_session, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "broken.parquet").write_bytes(b"not a parquet file")
+    (corpus / "2025-03-03.md").write_text("# Monday\n\nI cooked a lentil curry with Tomas Eriksen.\n")
+    out = tmp_path / "run"
+    generate(cfg_for(corpus, out), until="ingest")
+    assert [d["source"] for d in read(out, "documents")] == [str(corpus / "2025-03-03.md")]
+    assert json.loads((out / "_stages" / "ingest.json").read_text())["drops"] == {"unreadable_parquet": 1}
+
+    code, err = run_main(capsys, "--set", f"corpus.path={corpus}", "--set", f"output.path={tmp_path / 'r'}",
+                         "--set", "corpus.on_error=fail")
+    errors = [line for line in err.splitlines() if line.startswith("ragtune: error:")]
+    assert code == 2 and errors == [f"ragtune: error: {corpus / 'broken.parquet'}: unreadable parquet (corpus.on_error=fail)"]
+    assert "Traceback" not in err
