@@ -231,16 +231,15 @@ class Run:
             out = schemas.validate(table, batch)
             return out.replace_schema_metadata({**(out.schema.metadata or {}), b"ragtune.config_hash": config_hash})
 
-        ds = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True).materialize()
-        n = ds.count()
-        if n == 0:
-            return self._write_arrow(table, schemas.schema_of(table).empty_table(), tmp)
         # Shards of rows_per_shard rows are cut from the blocks in order, each written by one task:
         # Ray's own write_parquet (2.60) reordered rows within a file, even from a materialized
         # dataset, and reruns must be byte-comparable.
-        refs = ds.to_arrow_refs()
+        refs = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True).materialize().to_arrow_refs()
         rows = ray.remote(num_cpus=0)(_block_rows)
         starts = list(itertools.accumulate(ray.get([rows.remote(r) for r in refs]), initial=0))
+        n = starts[-1]
+        if n == 0:
+            return self._write_arrow(table, schemas.schema_of(table).empty_table(), tmp)
         # A shard write is idempotent (same path, same bytes): retry it on a transient storage error.
         write = ray.remote(max_retries=3, retry_exceptions=True)(_write_shard)
         tasks = []
@@ -254,8 +253,11 @@ class Run:
 
     def count_rows(self, table: str, split: str | None = None) -> int:
         """Rows of a written table, from the Parquet footers (no data is read)."""
+        return self._footer_rows(self.table_files(table, split))
+
+    def _footer_rows(self, files: list[str]) -> int:
         total = 0
-        for p in self.table_files(table, split):
+        for p in files:
             with self.fs.open(p, "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
         return total
@@ -298,7 +300,7 @@ class Run:
         if len(files) >= cpus:
             return ds
         # Not below MIN_BLOCK_ROWS rows a block: a big cluster would turn a small table into tiny tasks.
-        blocks = min(cpus, self.count_rows(table, split) // MIN_BLOCK_ROWS)
+        blocks = min(cpus, self._footer_rows(files) // MIN_BLOCK_ROWS)
         return ds.repartition(blocks) if blocks > len(files) else ds
 
     # ---- manifest -------------------------------------------------------------
