@@ -22,7 +22,7 @@ def preflight_stages(run: Any, stages: Iterable[Any], force: bool = False) -> No
     if not any(uses.values()):
         return  # no LLM anywhere: nothing to check, and no fingerprint (input listing) to compute
     checked: set[str] = set()
-    for stage in _to_run(run, stages, force):
+    for stage in stages_to_run(run, stages, force):
         for role in sorted(uses[stage.name] - checked):
             cfg = getattr(run.cfg, role)
             backend(cfg.engine).preflight(cfg)
@@ -33,7 +33,7 @@ def _llm(cfg: EngineConfig | None) -> bool:
     return cfg is not None and cfg.engine != "none"
 
 
-def _to_run(run: Any, stages: list[Any], force: bool) -> list[Any]:
+def stages_to_run(run: Any, stages: list[Any], force: bool) -> list[Any]:
     """The stages `run.run_stages` will run: stale ones and everything downstream of them."""
     stale: set[str] = set()
     for stage in stages:
