@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import re
 import sys
@@ -357,6 +358,106 @@ def _targets(report: dict) -> list[dict]:
         holds = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
         out.append({"name": name, "what": what, "value": value, "op": op, "threshold": threshold, "holds": holds})
     return out
+
+
+# ---- figures for the card -------------------------------------------------------------
+FIGURE_SIZE, FIGURE_DPI = (7.0, 3.2), 100
+
+
+def figures(q: dict) -> dict[str, bytes]:
+    """The card's plots, PNG bytes by name, drawn from the report alone. Deterministic: a
+    fixed size and resolution and no metadata, so the same report gives the same bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(q["rows"]["by_kind"])
+    out = {}
+    for name, draw in _DRAW.items():
+        fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+        draw(ax, q, kinds)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
+        plt.close(fig)
+        out[name] = buf.getvalue()
+    return out
+
+
+def _grouped(ax, groups: list[str], series: dict[str, list[float]]) -> None:
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, values, width, label=label)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+
+
+def _draw_rows_per_kind(ax, q: dict, kinds: list[str]) -> None:
+    splits = sorted({s for per in q["rows"]["by_kind"].values() for s in per}, key=lambda s: (s != "train", s))
+    _grouped(ax, kinds, {s: [q["rows"]["by_kind"][k].get(s, 0) for k in kinds] for s in splits})
+    ax.set_ylabel("rows")
+    ax.set_title("qa rows per kind and split")
+
+
+def _draw_answer_chars(ax, q: dict, kinds: list[str]) -> None:
+    h = q["answer_chars"]["histogram"]
+    edges = h["edges"]
+    labels = [str(lo) for lo in edges[:-1]] + [f"{edges[-1]}+"]
+    _grouped(ax, labels, {k: h["counts"][k] for k in kinds})
+    ax.set_xlabel("answer length (characters, bin start)")
+    ax.set_ylabel("rows")
+    ax.set_title("Answer lengths")
+
+
+def _draw_groundedness(ax, q: dict, kinds: list[str]) -> None:
+    h = q["groundedness"]["histogram"]
+    edges = h["edges"]
+    labels = [f"{lo:.1f}" for lo in edges[:-1]]
+    _grouped(ax, labels, {k: h["counts"][k] for k in kinds if sum(h["counts"][k])})
+    ax.set_xlabel("groundedness (bin start)")
+    ax.set_ylabel("rows")
+    ax.set_title("Groundedness of answers by their evidence")
+
+
+def _draw_targets(ax, q: dict, kinds: list[str]) -> None:
+    """Each measure as a share beside its target (counts as shares of their rows)."""
+    target = {t["name"]: t for t in q["targets"]}
+    over = q["cross_split_overlap"]
+    bars = [
+        ("local answers\nsupported", q["local_supported"]["share"], "local_supported"),
+        ("retrieval recall\nof the source", q["retrieval_recall"].get("local", {}).get("share"), None),
+        ("duplicate\nanswers", q["duplicate_answers"]["share"], "duplicate_answers"),
+        ("targets with\ncitations", _share(q["citations"]["rows"], q["rows"]["total"]), "citations"),
+        ("test answers\nnear a train one", _share(over["rows"], over["test_rows"]), "cross_split_overlap"),
+        ("personal-voice\nquestions", q["voice"]["share"], "personal_voice"),
+    ]
+    for x, (_, value, name) in enumerate(bars):
+        ax.bar(x, value or 0, 0.6, color="tab:blue")
+        if name and target[name]["value"] is not None:  # the voice target applies to reference corpora only
+            ax.hlines(target[name]["threshold"], x - 0.4, x + 0.4, colors="tab:red", linestyles="--", linewidth=1.2)
+        ax.text(x, (value or 0) + 0.02, "n/a" if value is None else f"{value:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("share")
+    ax.set_title("Quality measures (red dashes: target)")
+
+
+def _draw_by_kind(ax, q: dict, kinds: list[str]) -> None:
+    _grouped(ax, kinds, {
+        "duplicate answers": [q["duplicate_answers"]["by_kind"].get(k, 0) for k in kinds],
+        "citations": [q["citations"]["by_kind"].get(k, 0) for k in kinds],
+        "test near train": [q["cross_split_overlap"]["by_kind"].get(k, 0) for k in kinds],
+        "personal voice": [q["voice"]["by_kind"].get(k, 0) for k in kinds],
+    })
+    ax.set_ylabel("rows")
+    ax.set_title("Rows failing a measure, by kind")
+
+
+_DRAW = {"rows_per_kind": _draw_rows_per_kind, "answer_chars": _draw_answer_chars,
+         "groundedness": _draw_groundedness, "targets": _draw_targets, "by_kind": _draw_by_kind}
 
 
 # ---- text for a terminal -------------------------------------------------------------
