@@ -223,9 +223,30 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+class NaiveRagConfig(Section):
+    """naive_rag: first-stage retrieval of `candidates` chunks, reranked by cosine similarity of the
+    shipped MiniLM embedder, the best `top_k` packed into the answering model's context."""
+
+    retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
+    top_k: int = Field(10, ge=1)
+    candidates: int = Field(50, ge=1)
+    rerank: bool = True
+
+
+class GraphLocalConfig(Section):
+    """graph_local (GraphRAG local search): the question's entities (names in the question, then by
+    embedding), their relationships and their text units, packed into `context_tokens`."""
+
+    top_entities: int = Field(10, ge=1)
+    context_tokens: int = Field(8000, ge=256)
+    # Share of the context for text units; entities and relationships get the rest (GraphRAG: 0.5).
+    text_unit_share: float = Field(0.5, gt=0, lt=1)
+
+
 class EvaluateConfig(Section):
     run: str | None = None  # run folder or published dataset with a qa test split; default: output.path
-    systems: list[str] = Field(default_factory=lambda: ["student", "base", "naive_rag", "long_context", "graph_global"])
+    systems: list[str] = Field(default_factory=lambda: ["student", "base", "naive_rag", "long_context",
+                                                        "graph_local", "graph_global"])
     answer_files: dict[str, str] = Field(default_factory=dict)
     # Per-system engine overrides; by default student = the student config, the others = it without adapter.
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
@@ -235,9 +256,17 @@ class EvaluateConfig(Section):
     graphrag_criteria: bool = False
     anchor: str = "student"  # judged against every other system
     all_pairs: bool = False  # judge every pair of systems instead
-    judge_reference: bool = False  # show the judge the dataset's reference answer
+    judge_reference: bool = True  # show the judge the dataset's reference answer
+    judge_evidence: bool = True  # and the corpus passages (or community reports) the reference was written from
+    judge_evidence_tokens: int = Field(2000, ge=64)
     max_questions: int | None = Field(None, ge=1)
-    long_context_tokens: int | None = Field(None, ge=256)
+    long_context_tokens: int | None = Field(None, ge=256)  # caps long_context's prompt; default: the whole window
+    # The answering model's context window where the engine cannot read it (openai); hf/vllm read the model's.
+    context_window: int | None = Field(None, ge=256)
+    # openai prompts are counted by a 4-characters-per-token estimate, inflated by this fraction for safety.
+    estimate_margin: float = Field(0.15, ge=0, le=1)
+    naive_rag: NaiveRagConfig = Field(default_factory=NaiveRagConfig)
+    graph_local: GraphLocalConfig = Field(default_factory=GraphLocalConfig)
     benchmark_file: str | None = None
     benchmark_max_items: int | None = Field(None, ge=1)
     bootstrap: int = Field(1000, ge=100)
