@@ -1,10 +1,16 @@
-"""A tiny Llama with a tokenizer trained locally, saved like any Hub model.
+"""A tiny local student: a 2-layer Llama with a tokenizer trained on the bundled journal, saved like
+any Hub model, so the README walkthrough (and the tests) run finetune and evaluate on a CPU, offline.
 
-Tests load it back through the real `from_pretrained` path; nothing is downloaded.
+    python -m examples.tiny_student runs/tiny-student
+
+It is random, not a language model: its answers are noise, and what it shows is that every step
+runs. Tests load it back through the real `from_pretrained` path; nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -15,7 +21,7 @@ SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assista
 
 
 def training_text() -> list[str]:
-    journal = Path(__file__).resolve().parents[2] / "examples" / "journal"
+    journal = Path(__file__).resolve().parent / "journal"
     texts = [p.read_text(encoding="utf-8") for p in sorted(journal.glob("*.md"))]
     base = (
         "What can you tell me about the person? The answer is based on the journal. "
@@ -61,3 +67,15 @@ def build_tiny_llama(path: str | Path, *, hidden: int = 64, layers: int = 2, voc
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("path", help="folder to write the model and tokenizer to")
+    args = p.parse_args(argv)
+    print(f"tiny student written to {build_tiny_llama(args.path)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,7 +73,7 @@ def s3_bucket(s3_server, request):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     sys.path.insert(0, str(ROOT))
-    from tests.support.tiny_model import build_tiny_llama
+    from examples.tiny_student import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
