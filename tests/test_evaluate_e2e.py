@@ -19,7 +19,7 @@ from factory.generate import generate
 from jobs.evaluate import main as evaluate_main
 from tests.support.openai_server import FakeOpenAIServer
 
-SYSTEMS = ["student", "base", "naive_rag", "long_context", "graph_global"]
+SYSTEMS = ["student", "base", "naive_rag", "long_context", "graph_local", "graph_global"]
 
 
 GENERATE = ["chunking.size=200", "chunking.overlap=40", "synth.test_fraction=0.3"]
@@ -85,16 +85,16 @@ def test_every_system_end_to_end_and_the_report(small_run, tiny_llama, adapter, 
 
     answers = pq.read_table(out / "eval_answers", filters=None).to_pylist()
     test = [r for r in answers if r["kind"] and not r["kind"].startswith("benchmark")]
-    assert sorted({r["system"] for r in test}) == sorted(SYSTEMS + ["mine"]) and len(test) == 5 * 6
+    assert sorted({r["system"] for r in test}) == sorted(SYSTEMS + ["mine"]) and len(test) == 5 * 7
     by = {(r["system"], r["question_id"]): r for r in test}
     assert {r["question_id"] for r in test} == set(qids)
     assert {r["kind"] for r in test} >= {"local", "global", "entity", "unanswerable"}
-    for system in ("student", "base", "naive_rag", "long_context"):
+    for system in ("student", "base", "naive_rag", "long_context", "graph_local"):
         assert all(by[(system, q)]["error"] is None for q in qids), system
     # the adapter is applied: the student does not say what base says
     assert any(by[("student", q)]["answer"] != by[("base", q)]["answer"] for q in qids)
     # an answer file is a system; questions it lacks are failures, never silent gaps
-    assert by[("mine", qids[0])]["answer"] == "One." and by[("mine", qids[4])]["error"] == "missing from the answer file"
+    assert by[("mine", qids[0])]["answer"] == "One." and by[("mine", qids[4])]["error"] == "missing_answer: not in the answer file"
     assert all(r["token_f1"] is not None for r in test if r["error"] is None)
 
     markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in ("answer", "judge", "report")}

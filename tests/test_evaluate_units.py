@@ -8,10 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from factory.config import validate_config
+from factory.config import validate_config  # noqa: I001
 from factory.errors import UserError
-from factory.evaluate import benchmark, judge, metrics, report, select_questions
-from factory.evaluate.systems import Packed, TokenCounter, engine_for, pack_corpus
+from factory.evaluate import benchmark, judge, metrics, question_sets, report, select_questions
+from factory.config import EngineConfig, EvaluateConfig
+from factory.evaluate.fit import Blocks, Meter, Packed, fit
+from factory.evaluate.local_search import LocalSearch
+from factory.evaluate.systems import engine_for
 from factory.pipeline import Run
 
 
@@ -59,8 +62,19 @@ def test_summary_refusal_accuracy_and_false_refusals():
                                         ("local", "I cannot answer that."), ("local", "Eight km.")])]
     res = {(r["metric"], r["kind"]): r for r in metrics.summary(rows, 200)}
     assert res[("refusal_accuracy", "unanswerable")]["value"] == 0.5
-    assert res[("false_refusal_rate", "all")]["value"] == 0.5
+    assert res[("refusal_accuracy", "local")]["value"] == 0.5  # answerable: right when not refused
+    assert res[("refusal_accuracy", "all")]["value"] == 0.5 and res[("refusal_accuracy", "all")]["n"] == 4
+    assert res[("false_refusal_rate", "all")]["value"] == 0.5 and ("false_refusal_rate", "local") not in res
     assert res[("answer_tokens", "all")]["n"] == 4
+
+
+def test_reference_recall_and_question_sets():
+    assert metrics.reference_recall("Ana ran eight km by the river", "Ana ran eight km") == 1.0
+    assert metrics.reference_recall("Ana swam", "Ana ran eight km") == pytest.approx(1 / 4)
+    rows = [metrics.score({"question_id": f"q{i}", "kind": "global", "system": "s", "answer": "a b", "reference": "a b",
+                           "error": None}) for i in range(3)]
+    res = {(r["metric"], r["kind"]) for r in metrics.summary(rows, 100, sets={"q0": "main", "q1": "hard_global"})}
+    assert {("token_f1", "set:main"), ("token_f1", "set:hard_global"), ("reference_recall", "all")} <= res
 
 
 # ---- both orders ---------------------------------------------------------------------------
@@ -121,50 +135,144 @@ def test_judge_requests_carry_both_orders():
     assert first.index("student says") < first.index("base says")
     assert second.index("base says") < second.index("student says")
     assert "<think>" not in first and "ref" not in first
+    shown = judge.requests(answers, [("student", "base")], ["usefulness"], True, {"q1": "She ran by the river."})
+    text = shown[0]["messages"][-1]["content"]
+    assert "Reference answer" in text and "Evidence from the corpus" in text and "She ran by the river." in text
+
+
+def test_evidence_is_the_source_chunks_else_the_reports():
+    chunks = pa.table({"id": ["c1", "c2"], "text": ["First passage.", "Second passage." * 200]})
+    reports = pa.Table.from_pylist([{"community": 3, "title": "Running", "summary": "Runs by the river."}])
+    qs = [{"id": "local", "source_chunk_id": "c1", "evidence_chunk_ids": ["c1", "c2"]},
+          {"id": "global", "community_ids": ["3"]}, {"id": "none"}]
+    ev = judge.evidence_texts(qs, chunks, reports, budget_tokens=100)
+    assert ev["local"].startswith("First passage.\n\nSecond") and ev["local"].endswith("[...]") and len(ev["local"]) < 420
+    assert ev["global"] == "Running: Runs by the river." and "none" not in ev
 
 
 # ---- systems helpers -----------------------------------------------------------------------
-def test_pack_corpus_orders_by_date_and_reports_the_cut():
-    docs = pa.Table.from_pylist([
-        {"id": "c", "title": "third", "text": "z " * 400, "source": "c.md", "date": "2025-03-01"},
-        {"id": "a", "title": "first", "text": "x " * 100, "source": "a.md", "date": "2025-01-01"},
-        {"id": "b", "title": "second", "text": "y " * 100, "source": "b.md", "date": "2025-02-01"},
-        {"id": "d", "title": "fourth", "text": "w " * 100, "source": "d.md", "date": "2025-04-01"},
-    ])
-    counter = TokenCounter(validate_config({}).teacher)  # engine none: 4 characters per token
-    packed = pack_corpus(docs, budget=250, counter=counter)
+def _estimate_meter(window: int | None = None, max_tokens: int = 100) -> Meter:
+    """A meter without a tokenizer: the 4-characters-per-token estimate, 15% on top."""
+    engine = EngineConfig(engine="openai", model="m", base_url="http://h", max_tokens=max_tokens)
+    return Meter(engine, EvaluateConfig(context_window=window))
+
+
+def test_blocks_pack_in_order_and_report_the_cut():
+    docs = ["first " + "x " * 100, "second " + "y " * 100, "third " + "z " * 400, "fourth " + "w " * 100]
+    blocks = Blocks(docs, _estimate_meter())
+    packed = blocks.pack(300)
     assert packed.text.index("first") < packed.text.index("second") < packed.text.index("third")
-    assert (packed.docs_total, packed.docs_full, packed.docs_partial) == (4, 2, 1)
-    assert "fourth" not in packed.text and "[... document truncated" in packed.text
-    assert packed.tokens_kept <= 250 and 0.3 < packed.cut_fraction < 0.45
-    whole = pack_corpus(docs, budget=10_000, counter=counter)
-    assert whole.cut_fraction == 0 and whole.docs_full == 4 and "truncated" not in whole.text
+    assert (packed.blocks_total, packed.blocks_full, packed.blocks_partial) == (4, 2, 1)
+    assert "fourth" not in packed.text and "[... cut here" in packed.text
+    assert packed.tokens_kept <= 300 and 0.2 < packed.cut_fraction < 0.35
+    whole = blocks.pack(10_000)
+    assert whole.cut_fraction == 0 and whole.blocks_full == 4 and "cut here" not in whole.text
 
 
-def test_engine_for_strips_the_adapter_for_baselines():
-    cfg = validate_config({"student": {"engine": "hf", "model": "m", "adapter": "/a"},
+def test_fit_measures_the_whole_prompt_with_the_models_tokenizer(tiny_llama):
+    """The overflow regression: every long_context prompt of the journal, as the hf engine encodes it,
+    fits the window with room for max_tokens."""
+    from factory.engines.hf import HFGenerator
+    from tests.conftest import JOURNAL
+
+    engine = EngineConfig(engine="hf", model=str(tiny_llama), max_tokens=24)
+    meter = Meter(engine, EvaluateConfig())
+    gen = HFGenerator(str(tiny_llama))
+    assert meter.window == gen.context == 2048
+    blocks = Blocks([p.read_text() for p in sorted(JOURNAL.glob("*.md"))], meter)
+    for question in ("Where?", "What did I write about the pottery class and the long run by the quay? " * 8):
+        def render(context: str, question=question) -> list[dict]:
+            return [{"role": "system", "content": "Answer from the corpus."},
+                    {"role": "user", "content": f"Corpus:\n{context}\n\nQuestion: {question}"}]
+
+        fitted = fit(meter, render, blocks.pack)
+        n = len(gen.encode(fitted.messages))
+        assert n == meter.prompt(fitted.messages) and n + 24 <= 2048 and n > 2048 - 24 - 150
+        assert fitted.packed.cut_fraction > 0.5
+    # a question that alone overflows the window is that question's failure, not a crash
+    huge = fit(meter, lambda c: [{"role": "user", "content": "word " * 3000 + c}], blocks.pack)
+    assert huge.messages is None and huge.error.startswith("prompt_too_long")
+
+
+def test_fit_with_the_estimate_keeps_the_margin():
+    meter = _estimate_meter(window=1000, max_tokens=100)
+    blocks = Blocks([f"[{i}] " + "passage words here " * 60 for i in range(10)], meter)
+    fitted = fit(meter, lambda c: [{"role": "user", "content": f"Passages:\n{c}\nQuestion: why?"}], blocks.pack)
+    chars = sum(len(m["content"]) for m in fitted.messages)
+    # 900 tokens for the prompt; the estimate counts 4 characters a token and adds 15%
+    assert chars / 4 * 1.15 <= 900 and chars / 4 * 1.15 > 900 - 150
+    assert fitted.packed.blocks_full < 10 and fitted.packed.blocks_total == 10
+
+
+def test_local_search_picks_named_entities_then_similar_ones():
+    from factory.synth.retrieval import load_embedder
+
+    entities = pa.Table.from_pylist([
+        {"id": "e1", "title": "Quay Road", "description": "A street by the harbour.", "text_unit_ids": ["c1"], "degree": 2},
+        {"id": "e2", "title": "Ana", "description": "A friend who runs.", "text_unit_ids": ["c2", "c1"], "degree": 1},
+        {"id": "e3", "title": "pottery class", "description": "Weekly ceramics lessons with clay.",
+         "text_unit_ids": ["c3"], "degree": 0},
+        {"id": "e4", "title": "The", "description": "noise", "text_unit_ids": [], "degree": 9},
+    ])
+    rels = pa.Table.from_pylist([
+        {"source": "Quay Road", "target": "Ana", "description": "Ana lives on Quay Road.", "weight": 3.0,
+         "combined_degree": 3, "text_unit_ids": ["c1"]},
+    ])
+    texts = {"c1": ("Sat 8 Feb", "Ana walked up Quay Road."), "c2": ("Sun 9 Feb", "Ana ran."), "c3": ("Mon", "Clay.")}
+    search = LocalSearch(entities, rels, texts.get, validate_config({}).evaluate.graph_local.model_copy(
+        update={"top_entities": 2}), load_embedder())
+    assert search.named("What happened on quay road with Ana?") == [0, 1]
+    assert search.named("The end") == []  # a name of function words only matches nothing
+    picked = search.pick(["Tell me about Quay Road.", "What did I make in my ceramics lessons?"])
+    assert picked[0][0] == 0 and len(picked[0]) == 2 and picked[1][0] == 2
+    records, units = search.records([0, 1])
+    assert "Quay Road|A street by the harbour.|1\n" in records and "Quay Road|Ana|Ana lives on Quay Road.|3\n" in records
+    assert [u.split("\n")[0] for u in units[1:]] == ["[1] Sat 8 Feb", "[2] Sun 9 Feb"]
+    packed = search.packer([0, 1], _estimate_meter())(200)
+    assert "Entities" in packed.text and "Sources" in packed.text and packed.tokens_kept <= 200
+
+
+def test_engine_for_strips_the_adapter_for_baselines(tmp_path):
+    (tmp_path / "a").mkdir()
+    cfg = validate_config({"student": {"engine": "hf", "model": "m", "adapter": str(tmp_path / "a")},
                            "evaluate": {"engines": {"naive_rag": {"engine": "openai", "model": "x", "base_url": "http://h"}}}})
-    assert engine_for(cfg, "student").adapter == "/a"
+    assert engine_for(cfg, "student").adapter == str(tmp_path / "a")
     assert engine_for(cfg, "base").adapter is None and engine_for(cfg, "base").model == "m"
     assert engine_for(cfg, "naive_rag").engine == "openai"
     with pytest.raises(UserError, match="needs an LLM"):
         engine_for(validate_config({}), "base")
+    with pytest.raises(UserError, match=r"student.adapter: .*/missing does not exist"):
+        engine_for(validate_config({"student": {"engine": "hf", "model": "m", "adapter": str(tmp_path / "missing")}}),
+                   "student")
+    # owner/name may be a Hub adapter: not a folder to check here
+    assert engine_for(validate_config({"student": {"engine": "hf", "model": "m", "adapter": "me/lora"}}),
+                      "student").adapter == "me/lora"
 
 
-def test_student_adapter_defaults_to_the_finetune_export(tmp_path):
-    cfg = validate_config({"student": {"engine": "hf", "model": "m"}, "train": {"output": str(tmp_path), "name": "s"}})
-    assert engine_for(cfg, "student").adapter is None
+def test_student_adapter_auto_is_the_finetune_export(tmp_path):
+    cfg = validate_config({"student": {"engine": "hf", "model": "m", "adapter": "auto"},
+                           "train": {"output": str(tmp_path), "name": "s"}})
+    with pytest.raises(UserError, match=r"student.adapter: auto: no adapter at .*s/export/adapter: run `ragtune "
+                                        r"finetune --config"):
+        engine_for(cfg, "student")
+    assert engine_for(cfg, "base").adapter is None
     (tmp_path / "s" / "export" / "adapter").mkdir(parents=True)
     assert engine_for(cfg, "student").adapter == str(tmp_path / "s" / "export" / "adapter")
-    assert engine_for(cfg, "base").adapter is None
+    plain = validate_config({"student": {"engine": "hf", "model": "m"}, "train": {"output": str(tmp_path), "name": "s"}})
+    assert engine_for(plain, "student").adapter is None  # no adapter asked for: the model as it is
 
 
-def test_select_questions_round_robin_over_kinds():
+def test_select_questions_round_robin_over_kinds_and_sets():
     qa = pa.Table.from_pylist([{"id": f"{k}{i}", "kind": k, "question": "q", "answer": "a", "source_chunk_id": None}
                                for k in ("local", "global", "unanswerable") for i in range(5)])
     picked = select_questions(qa, 6)
     assert sorted(q["kind"] for q in picked) == ["global"] * 2 + ["local"] * 2 + ["unanswerable"] * 2
-    assert len(select_questions(qa, None)) == 15
+    assert len(select_questions(qa, None)) == 15 and "question_set" not in picked[0]
+    sets = qa.append_column("question_set", pa.array(["main"] * 10 + ["hard_global"] * 5))
+    picked = select_questions(sets, 4)
+    assert [q["question_set"] for q in picked].count("hard_global") >= 1
+    assert question_sets(select_questions(sets, None))["unanswerable0"] == "hard_global"
+    assert question_sets(select_questions(qa, None)) == {}
 
 
 # ---- benchmark ------------------------------------------------------------------------------
@@ -199,16 +307,33 @@ def test_benchmark_summary_paired_change():
 
 
 # ---- report ---------------------------------------------------------------------------------
-def test_report_files_contain_the_numbers(tmp_path):
+def _answers_with_failures() -> list[dict]:
+    """student and base answer; naive_rag failed on every question; long_context came back empty on two."""
+    rows = []
+    for i in range(5):
+        for s in ("student", "base", "naive_rag", "long_context"):
+            answer = {"student": "eight km", "base": "nine km", "naive_rag": None,
+                      "long_context": "" if i < 2 else "eight km by the quay"}[s]
+            error = "llm_error: prompt of 4200 tokens + max_tokens 24 exceeds the model's context" if s == "naive_rag" \
+                else "empty_answer: the reply has no text (reasoning removed)" if answer == "" else None
+            rows.append(metrics.score({"question_id": f"q{i}", "kind": "local", "system": s, "question": "q",
+                                       "answer": answer, "reference": "eight km", "error": error}))
+    return rows
+
+
+ENGINES = {"student": {"engine": "hf", "model": "m", "adapter": "/a"}, "base": {"engine": "hf", "model": "m"},
+           "naive_rag": {"engine": "hf", "model": "m"}, "long_context": {"engine": "hf", "model": "m"}}
+
+
+def test_report_files_contain_the_numbers_and_every_failure(tmp_path):
     cfg = validate_config({"output": {"path": str(tmp_path / "run")}, "evaluate": {"bootstrap": 200}})
     run = Run(cfg, root=str(tmp_path / "eval"))
-    answers = [metrics.score({"question_id": f"q{i}", "kind": "local", "system": s, "question": "q",
-                              "answer": "eight km" if s == "student" else "nine km", "reference": "eight km",
-                              "error": None}) for i in range(5) for s in ("student", "base")]
+    answers = _answers_with_failures()
     results = metrics.summary(answers, 200) + judge.win_rates(_judgments([("local", "A", "B")] * 3 + [("local", "B", "A")]), 200)
-    stats = {"criteria": ["usefulness"], "long_context": Packed("", 100, 400, 100, 4, 1, 0, "estimate").stats()}
-    secs = report.sections(cfg, "runs/x", {"student": {"engine": "hf", "model": "m", "adapter": "/a"},
-                                           "base": {"engine": "hf", "model": "m"}}, answers, results, stats, True)
+    stats = {"criteria": ["usefulness"], "judge_saw": {"reference": True, "evidence": 5},
+             "long_context": Packed("", 100, 400, 100, 4, 1, 0, "estimate").stats()}
+    pairs = judge.system_pairs(list(ENGINES), "student", False)
+    secs = report.sections(cfg, "runs/x", ENGINES, answers, results, stats, True, pairs)
     report.write_report(run, cfg, secs, results)
     md = (tmp_path / "eval" / "report.md").read_text()
     page = (tmp_path / "eval" / "report.html").read_text()
@@ -216,12 +341,31 @@ def test_report_files_contain_the_numbers(tmp_path):
     number = report.fmt(win["value"], win["ci_low"], win["ci_high"])
     assert win["value"] == 0.75 and number in md and number in page
     assert "75.0% cut" in md and "75.0% cut" in page
+    headline = md.split("## Headline", 1)[1].split("## Setup", 1)[0]
+    assert "**naive_rag failed on 5 of 5 questions** (most often: llm_error: prompt of 4200 tokens" in headline
+    assert "it is left out of every comparison" in headline
+    assert "**long_context failed on 2 of 5 questions** (most often: empty_answer" in headline
+    assert "| naive_rag | 0 | 5 | n/a | n/a | n/a | not judged: no question with answers from both |" in headline
+    assert f"| base | 5 | 0 |" in headline and f"{number} (n=4)" in headline
+    assert "the reference answer and the corpus evidence (5 questions)" in md
     assert page.count("data:image/png;base64,") >= 4 and 'src="plots/' not in page
     for png in ("win_rates_by_criterion.png", "win_rates_by_kind.png", "answer_lengths.png"):
         assert (tmp_path / "eval" / "plots" / png).stat().st_size > 1000 and f"plots/{png}" in md
     back = pq.read_table(tmp_path / "eval" / "results.parquet")
     assert back.schema.equals(schemas.schema_of("eval_results"), check_metadata=False) and back.num_rows == len(results)
     assert "evaluate:" in (tmp_path / "eval" / "config.yaml").read_text()
+
+
+def test_report_without_a_judge_says_so(tmp_path):
+    cfg = validate_config({"judge": {"engine": "none"}, "evaluate": {"bootstrap": 100}})
+    answers = _answers_with_failures()
+    results = metrics.summary(answers, 100)
+    md = report.render_md("r", report.sections(cfg, "runs/x", ENGINES, answers, results, {}, False, []))
+    headline = md.split("## Headline", 1)[1].split("## Setup", 1)[0]
+    assert "**No judge was used** (judge.engine: none)" in headline and "win rate" not in headline
+    f1 = next(r for r in results if r["metric"] == "token_f1" and r["kind"] == "all" and r["system_a"] == "student")
+    assert f"| student | 5 | 0 | {report.fmt(f1['value'], f1['ci_low'], f1['ci_high'])} |" in headline
+    assert "naive_rag failed on 5 of 5" in headline and "Pairwise" not in md
 
 
 def test_report_to_s3(s3_bucket):
@@ -232,6 +376,6 @@ def test_report_to_s3(s3_bucket):
                               "reference": "a", "error": None})]
     results = metrics.summary(answers, 100)
     report.write_report(run, cfg, report.sections(cfg, "s3://x", {"base": {"engine": "hf", "model": "m"}}, answers,
-                                                  results, {}, False), results)
+                                                  results, {}, False, []), results)
     names = {p.rsplit("/", 1)[-1] for p in run.fs.find(f"{bucket}/eval")}
     assert {"report.md", "report.html", "results.parquet", "config.yaml", "answer_lengths.png"} <= names

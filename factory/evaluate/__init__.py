@@ -13,12 +13,12 @@ generate's stages (markers + the per-call LLM cache):
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pyarrow as pa
 
 import schemas
-from factory.config import Config
+from factory.config import Config, EngineConfig
 from factory.errors import UserError
 from factory.evaluate import benchmark, judge, metrics, report, systems
 from factory.pipeline import Run, Stage, StageRecord
@@ -33,15 +33,20 @@ def output_root(cfg: Config) -> str:
     return cfg.evaluate.output or join(source_root(cfg), "eval")
 
 
+# qa columns evaluate reads when the table has them (older and newer datasets differ).
+OPTIONAL_COLUMNS = ("source_chunk_id", "evidence_chunk_ids", "community_ids", "question_set")
+
+
 def select_questions(qa: pa.Table, limit: int | None) -> list[dict]:
-    """Questions in id order; with a limit, taken round-robin across kinds so every kind is represented."""
-    cols = ["id", "kind", "question", "answer", "source_chunk_id"]
+    """Questions in id order; with a limit, taken round-robin across question sets and kinds so every
+    one is represented."""
+    cols = ["id", "kind", "question", "answer"] + [c for c in OPTIONAL_COLUMNS if c in qa.column_names]
     rows = sorted(qa.select(cols).to_pylist(), key=lambda r: r["id"])
     if not limit or limit >= len(rows):
         return rows
-    by_kind: dict[str, list[dict]] = defaultdict(list)
+    by_kind: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        by_kind[r["kind"]].append(r)
+        by_kind[(r.get("question_set") or "", r["kind"])].append(r)
     queues = [by_kind[k] for k in sorted(by_kind)]
     picked: list[dict] = []
     while len(picked) < limit:
@@ -49,6 +54,12 @@ def select_questions(qa: pa.Table, limit: int | None) -> list[dict]:
             if q and len(picked) < limit:
                 picked.append(q.pop(0))
     return sorted(picked, key=lambda r: r["id"])
+
+
+def question_sets(questions: list[dict]) -> dict[str, str]:
+    """question id -> question set, when the test split has more than one (else results need no set groups)."""
+    sets = {q["id"]: q.get("question_set") or "main" for q in questions}
+    return sets if len(set(sets.values())) > 1 else {}
 
 
 def _listing(fs, paths: list[str]) -> str:
@@ -62,6 +73,9 @@ def _listing(fs, paths: list[str]) -> str:
 
 def _write(run: Run, name: str, rows: list[dict], split: str) -> int:
     return run.write_table(name, pa.Table.from_pylist(rows, schema=schemas.schema_of(name)), split)
+
+
+JUDGE_HINT = " (start the judge or point judge.base_url at it; --set judge.engine=none evaluates without a judge)"
 
 
 class Evaluation:
@@ -80,10 +94,11 @@ class Evaluation:
                 if system not in systems.SYSTEMS:
                     raise UserError(f"evaluate.systems: unknown system '{system}' (known: {', '.join(systems.SYSTEMS)} "
                                     "or a name in evaluate.answer_files)")
-                systems.engine_for(cfg, system)
+                systems.check(cfg, system)
         self.questions = select_questions(self.src.read_arrow("qa", "test"), cfg.evaluate.max_questions)
         if not self.questions:
             raise UserError(f"evaluate: {self.src.root} has no qa test split (run generate with synth.test_fraction > 0)")
+        self.sets = question_sets(self.questions)
 
     def stages(self) -> list[Stage]:
         return [
@@ -93,8 +108,32 @@ class Evaluation:
             Stage("report", self.report, sections=("evaluate", "judge"), inputs=("answer", "judge", "benchmark")),
         ]
 
+    def preflight(self, run: Run, force: bool) -> None:
+        """Every engine the stages about to run will call, checked before Ray starts, as generate does."""
+        from factory.engines.base import backend
+        from factory.engines.preflight import stages_to_run
+
+        todo = {s.name for s in stages_to_run(run, self.stages(), force)}
+        calls: list[tuple[str, EngineConfig]] = []
+        if "answer" in todo:
+            calls += [(s, systems.engine_for(self.cfg, s)) for s in self.systems if s in systems.SYSTEMS]
+        if "benchmark" in todo and self.cfg.evaluate.benchmark_file:
+            calls += [(s, systems.engine_for(self.cfg, s)) for s in benchmark.SYSTEMS]
+        if "judge" in todo and self.judged:
+            calls.append(("judge", self.cfg.judge))
+        checked: set[str] = set()
+        for who, engine in calls:
+            if engine.model_dump_json() in checked:
+                continue
+            try:
+                backend(engine.engine).preflight(engine)
+            except UserError as exc:
+                raise UserError(f"evaluate: {who}: {exc}{JUDGE_HINT if who == 'judge' else ''}") from None
+            checked.add(engine.model_dump_json())
+
     def _inputs(self, run: Run) -> str:
-        files = [f for t in ("qa", "documents", "chunks", "community_reports") for f in self.src.table_files(t)]
+        tables = ("qa", "documents", "chunks", "entities", "relationships", "community_reports")
+        files = [f for t in tables for f in self.src.table_files(t)]
         return _listing(self.src.fs, files) + self._adapter() + "".join(
             self._file_listing(p) for p in self.cfg.evaluate.answer_files.values())
 
@@ -105,7 +144,7 @@ class Evaluation:
 
     def _adapter(self) -> str:
         """The adapter's files: a student retrained into the same folder must not look up to date."""
-        if self.cfg.student is None or self.cfg.student.engine == "none":
+        if "student" not in self.systems and not self.cfg.evaluate.benchmark_file:
             return ""
         adapter = systems.engine_for(self.cfg, "student").adapter
         fs, path = filesystem(adapter, self.cfg.s3) if adapter else (None, "")
@@ -118,9 +157,10 @@ class Evaluation:
     # ---- stages -----------------------------------------------------------------------
     def answer(self, run: Run, rec: StageRecord) -> None:
         rows = [metrics.score(r) for r in systems.answer(run, rec, self.src, self.cfg, self.systems, self.questions)]
-        failed = sum(r["error"] is not None for r in rows)
-        rec.rows_in, rec.rows_out = len(self.questions), len(rows) - failed
-        rec.drop("answer_error", failed)
+        failed = Counter(r["error"].split(":", 1)[0] for r in rows if r["error"] is not None)
+        rec.rows_in, rec.rows_out = len(self.questions), len(rows) - sum(failed.values())
+        for reason, n in failed.items():
+            rec.drop(f"answer_{reason}", n)
         rec.stats["engines"] = {s: self.engine_summary(s) for s in self.systems}
         _write(run, "eval_answers", rows, "test")
 
@@ -136,9 +176,14 @@ class Evaluation:
             rec.stats["skipped"] = "no judge configured"
             _write(run, "eval_judgments", [], "test")
             return
+        ev = self.cfg.evaluate
         answers = run.read_arrow("eval_answers", "test")
-        pairs = judge.system_pairs(self.systems, self.cfg.evaluate.anchor, self.cfg.evaluate.all_pairs)
-        table = judge.judge(run, rec, answers, pairs, criteria, self.cfg.judge, self.cfg.evaluate.judge_reference)
+        pairs = judge.system_pairs(self.systems, ev.anchor, ev.all_pairs)
+        evidence = judge.evidence_texts(self.questions, self.src.read_arrow("chunks", columns=["id", "text"]),
+                                        self.src.read_arrow("community_reports"), ev.judge_evidence_tokens) \
+            if ev.judge_evidence else {}
+        rec.stats["judge_saw"] = {"reference": ev.judge_reference, "evidence": len(evidence)}
+        table = judge.judge(run, rec, answers, pairs, criteria, self.cfg.judge, ev.judge_reference, evidence)
         run.write_table("eval_judgments", table, "test")
 
     def benchmark(self, run: Run, rec: StageRecord) -> None:
@@ -148,13 +193,14 @@ class Evaluation:
     def report(self, run: Run, rec: StageRecord) -> None:
         n_boot, seed = self.cfg.evaluate.bootstrap, self.cfg.seed
         answers = run.read_arrow("eval_answers", "test").to_pylist()
-        results = metrics.summary(answers, n_boot, seed)
-        results += judge.win_rates(run.read_arrow("eval_judgments", "test"), n_boot, seed)
+        results = metrics.summary(answers, n_boot, seed, self.sets)
+        results += judge.win_rates(run.read_arrow("eval_judgments", "test"), n_boot, seed, self.sets)
         results += benchmark.summary(run.read_arrow("eval_answers", "benchmark").to_pylist(), n_boot, seed)
         _write(run, "eval_results", results, "test")
         stats = {**(run.marker("answer") or {}).get("stats", {}), **(run.marker("judge") or {}).get("stats", {})}
         engines = stats.pop("engines", {})
-        secs = report.sections(self.cfg, self.src.root, engines, answers, results, stats, self.judged)
+        pairs = judge.system_pairs(self.systems, self.cfg.evaluate.anchor, self.cfg.evaluate.all_pairs)
+        secs = report.sections(self.cfg, self.src.root, engines, answers, results, stats, self.judged, pairs)
         report.write_report(run, self.cfg, secs, results)
         rec.rows_out = len(results)
 
@@ -164,7 +210,8 @@ def evaluate(cfg: Config, force: bool = False) -> Run:
     from factory.cluster import ensure_ray
 
     evaluation = Evaluation(cfg)  # input errors surface before Ray starts
-    ensure_ray(cfg)
     run = Run(cfg, root=output_root(cfg))
+    evaluation.preflight(run, force)  # and so do unreachable engines and missing model folders
+    ensure_ray(cfg)
     run.run_stages(evaluation.stages(), force=force)
     return run

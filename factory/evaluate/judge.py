@@ -19,7 +19,7 @@ from pydantic import BaseModel, create_model, field_validator
 from factory import prompts
 from factory.config import EngineConfig
 from factory.errors import UserError
-from factory.evaluate.metrics import bootstrap_ci, final_answer
+from factory.evaluate.metrics import bootstrap_ci, final_answer, groups_of
 from factory.pipeline import Run, StageRecord
 
 CRITERIA = ("usefulness", "richness", "insightfulness", "user_friendliness")
@@ -82,8 +82,27 @@ def _shape(criteria: list[str]) -> str:
     return "{" + body + "}"
 
 
-def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str], with_reference: bool) -> list[dict]:
-    """One judge call per question, pair and order; answers that failed are left out."""
+def evidence_texts(questions: list[dict], chunks: pa.Table, reports: pa.Table, budget_tokens: int) -> dict[str, str]:
+    """question id -> what its reference answer was written from: the source and evidence chunks, else
+    (a global answer) its communities' report summaries; cut to about budget_tokens (estimated: the
+    judge is usually a server whose tokenizer is not at hand)."""
+    text = dict(zip(chunks.column("id").to_pylist(), chunks.column("text").to_pylist()))
+    summaries = {str(r["community"]): f"{r['title'] or ''}: {r['summary'] or ''}" for r in
+                 reports.select(["community", "title", "summary"]).to_pylist()}
+    out = {}
+    for q in questions:
+        ids = dict.fromkeys([q.get("source_chunk_id"), *(q.get("evidence_chunk_ids") or [])])
+        parts = [text[c] for c in ids if c in text] or [summaries[c] for c in q.get("community_ids") or [] if c in summaries]
+        joined, limit = "\n\n".join(parts), 4 * budget_tokens
+        if joined:
+            out[q["id"]] = joined if len(joined) <= limit else joined[:limit] + " [...]"
+    return out
+
+
+def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str], with_reference: bool,
+             evidence: dict[str, str] | None = None) -> list[dict]:
+    """One judge call per question, pair and order; answers that failed are left out (the report counts them).
+    `evidence`: question id -> the corpus text the reference answer was written from."""
     prompt = prompts.load(TASK)
     by_q: dict[str, dict[str, dict]] = defaultdict(dict)
     for row in answers.to_pylist():
@@ -95,6 +114,8 @@ def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str
         any_row = next(iter(rows.values()))
         ref = f"\nReference answer (written from the source; may be incomplete):\n{any_row['reference']}\n" if (
             with_reference and any_row["reference"]) else ""
+        shown = (evidence or {}).get(qid)
+        ev = f"\nEvidence from the corpus (what the reference was written from):\n{shown}\n" if shown else ""
         for a, b in pairs:
             if a not in rows or b not in rows:
                 continue
@@ -102,7 +123,7 @@ def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str
                 out.append({
                     "id": f"{qid}|{a}|{b}|{order}",
                     "messages": prompt.messages(
-                        question=any_row["question"], reference=ref, criteria=names, shape=shape,
+                        question=any_row["question"], reference=ref, evidence=ev, criteria=names, shape=shape,
                         answer_a=final_answer(rows[x]["answer"]), answer_b=final_answer(rows[y]["answer"]),
                     ),
                 })
@@ -110,13 +131,13 @@ def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str
 
 
 def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str],
-          judge_cfg: EngineConfig, with_reference: bool = False) -> pa.Table:
+          judge_cfg: EngineConfig, with_reference: bool = False, evidence: dict[str, str] | None = None) -> pa.Table:
     """Judge every pair in both orders through the engine layer; one row per question, pair and criterion."""
     import ray.data
 
     from factory.engines import run_llm
 
-    reqs = requests(answers, pairs, criteria, with_reference)
+    reqs = requests(answers, pairs, criteria, with_reference, evidence)
     rec.rows_in = len(reqs)
     if not reqs:
         return _judgments([])
@@ -161,13 +182,13 @@ def _judgments(rows: list[dict]) -> pa.Table:
     return schemas.validate("eval_judgments", pa.Table.from_pylist(rows, schema=schemas.schema_of("eval_judgments")))
 
 
-def win_rates(judgments: pa.Table, n_boot: int, seed: int = 0) -> list[dict]:
-    """eval_results rows: win rate of system_a over system_b per criterion and kind ('all' too),
-    plus how often the two orders agreed (a position-bias check)."""
+def win_rates(judgments: pa.Table, n_boot: int, seed: int = 0, sets: dict[str, str] | None = None) -> list[dict]:
+    """eval_results rows: win rate of system_a over system_b per criterion and group (all, kind,
+    question set), plus how often the two orders agreed (a position-bias check)."""
     rows = [r for r in judgments.to_pylist() if r["outcome"] is not None]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        for kind in ("all", r["kind"] or "unknown"):
+        for kind in groups_of(r["kind"], (sets or {}).get(r["question_id"])):
             groups[(r["system_a"], r["system_b"], r["criterion"], kind)].append(r)
     out = []
     for (a, b, crit, kind), rs in sorted(groups.items()):

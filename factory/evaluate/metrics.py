@@ -13,6 +13,8 @@ from collections import Counter
 
 import numpy as np
 
+from factory.synth.text import content_words
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -104,26 +106,40 @@ def score(row: dict) -> dict:
             "refused": is_refusal(answer), "n_tokens": n_words(answer)}
 
 
-def summary(answers: list[dict], n_boot: int, seed: int = 0) -> list[dict]:
-    """eval_results rows per system and kind ('all' too): mean token F1, ROUGE-L and length with
-    bootstrap intervals; refusal accuracy on unanswerable questions and false refusals elsewhere."""
+def reference_recall(prediction: str | None, reference: str | None) -> float:
+    """Share of the reference's content words the answer contains: how much of the reference it covers."""
+    ref = set(content_words(reference or ""))
+    return len(ref & set(content_words(prediction or ""))) / len(ref) if ref else float(not content_words(prediction or ""))
+
+
+def groups_of(kind: str | None, question_set: str | None = None) -> tuple[str, ...]:
+    """The result groups a question counts in: all, its kind and, when the test split has several
+    question sets (e.g. main and hard_global), `set:<name>`."""
+    out = ("all", kind or "unknown")
+    return out + (f"set:{question_set}",) if question_set else out
+
+
+def summary(answers: list[dict], n_boot: int, seed: int = 0, sets: dict[str, str] | None = None) -> list[dict]:
+    """eval_results rows per system and group (all, kind, question set): mean token F1, ROUGE-L,
+    reference recall and length with bootstrap intervals; refusal accuracy (unanswerable questions
+    refused, the others answered) and, over all kinds, the false refusal rate. Failed answers are
+    left out here; the report counts them."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in answers:
         if r["error"] is None and r["answer"] is not None:
-            for kind in ("all", r["kind"] or "unknown"):
-                groups.setdefault((r["system"], kind), []).append(r)
+            for group in groups_of(r["kind"], (sets or {}).get(r["question_id"])):
+                groups.setdefault((r["system"], group), []).append(r)
     out = []
-    for (system, kind), rs in sorted(groups.items()):
+    for (system, group), rs in sorted(groups.items()):
         measures = [("token_f1", [r["token_f1"] for r in rs]), ("rouge_l", [r["rouge_l"] for r in rs]),
-                    ("answer_tokens", [r["n_tokens"] for r in rs])]
-        if kind == "unanswerable":
-            measures.append(("refusal_accuracy", [float(r["refused"]) for r in rs]))
-        elif kind == "all":
-            answerable = [float(r["refused"]) for r in rs if r["kind"] != "unanswerable"]
-            if answerable:
-                measures.append(("false_refusal_rate", answerable))
+                    ("reference_recall", [reference_recall(final_answer(r["answer"]), r["reference"]) for r in rs]),
+                    ("answer_tokens", [r["n_tokens"] for r in rs]),
+                    ("refusal_accuracy", [float(r["refused"] == (r["kind"] == "unanswerable")) for r in rs])]
+        answerable = [float(r["refused"]) for r in rs if r["kind"] != "unanswerable"]
+        if answerable and (group == "all" or group.startswith("set:")):
+            measures.append(("false_refusal_rate", answerable))
         for metric, values in measures:
             low, high = bootstrap_ci(values, n_boot, seed)
-            out.append({"metric": metric, "system_a": system, "system_b": None, "criterion": None, "kind": kind,
+            out.append({"metric": metric, "system_a": system, "system_b": None, "criterion": None, "kind": group,
                         "n": len(values), "value": float(np.mean(values)), "ci_low": low, "ci_high": high})
     return out

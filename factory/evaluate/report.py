@@ -119,41 +119,18 @@ def _lengths(answers: list[dict]) -> bytes:
 
 # ---- sections -------------------------------------------------------------------------
 def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[dict], results: list[dict],
-             stats: dict, judged: bool) -> list[Section]:
-    out = []
+             stats: dict, judged: bool, pairs: list[tuple[str, str]] | None = None) -> list[Section]:
     kinds = Counter(r["kind"] for r in {r["question_id"]: r for r in answers}.values())
-    errors = Counter(r["system"] for r in answers if r["error"] is not None)
-    reasons = {s: Counter(r["error"] for r in answers if r["system"] == s and r["error"]).most_common(1)
-               for s in engines}
-    out.append(Section(
+    out = [_headline(cfg, engines, answers, results, stats, judged, pairs or []), Section(
         "Setup",
         [f"Questions: the `test` split of `{source}`, {sum(kinds.values())} questions "
          f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}).",
-         f"Judge: {_engine_text(cfg.judge.model_dump() if judged and cfg.judge else None)}; criteria "
-         f"{', '.join(stats.get('criteria', []))}; each pair judged in both orders, a win counts only when both "
-         f"orders agree (else a tie); win rate = (wins + ties/2) / n; 95% intervals from {cfg.evaluate.bootstrap} "
-         f"bootstrap resamples of the questions.",
-         f"Judge verdicts that failed (invalid JSON or transport errors, left out of the win rates): "
-         f"{stats.get('judge_errors', 0)} pair judgments.",
+         _judge_text(cfg, stats, judged),
          f"Config hash `{cfg.hash}`; the exact config is in `config.yaml`."],
-        ["system", "engine", "answers", "failed", "most common failure"],
-        [[s, _engine_text(e), str(sum(r["system"] == s for r in answers)), str(errors.get(s, 0)),
-          reasons[s][0][0][:80] if reasons[s] else ""] for s, e in engines.items()],
-    ))
-    lc = stats.get("long_context")
-    if lc:
-        omitted = lc["docs_total"] - lc["docs_full"] - lc["docs_partial"]
-        out.append(Section("Long-context packing", [
-            f"The corpus was packed in date order into a budget of {lc['budget_tokens']} tokens (counted with "
-            f"{lc['counted_with']}): {lc['tokens_kept']} of {lc['tokens_total']} tokens kept, "
-            f"**{100 * lc['cut_fraction']:.1f}% cut**; {lc['docs_full']} of {lc['docs_total']} documents whole, "
-            f"{lc['docs_partial']} truncated, {omitted} left out (the latest ones)."]))
-    rag = stats.get("naive_rag")
-    if rag:
-        recall = "n/a" if rag["source_chunk_recall"] is None else f"{rag['source_chunk_recall']:.3f}"
-        out.append(Section("Naive RAG", [f"Retriever {rag['retriever']}, top {rag['top_k']} chunks; the question's "
-                                         f"source chunk was retrieved for {recall} of the questions that have one."]))
-    out += _win_sections(results, stats.get("criteria", [])) if judged else [Section("Pairwise judge", ["No judge configured: judge-free metrics only."])]
+        ["system", "engine"], [[s, _engine_text(e)] for s, e in engines.items()],
+    )]
+    out += _context_sections(stats)
+    out += _win_sections(results, stats.get("criteria", [])) if judged else []
     out += _metric_sections(answers, results)
     bench = [r for r in results if r["metric"] in ("benchmark", "benchmark_change")]
     if bench:
@@ -169,6 +146,102 @@ def sections(cfg: Config, source: str, engines: dict[str, dict], answers: list[d
             ("benchmark.png", _bars(groups, {s: [acc.get((g, s), (float("nan"),) * 3) for g in groups] for s in systems},
                                     "accuracy", "Benchmark accuracy")),
         ))
+    return out
+
+
+def _judge_text(cfg: Config, stats: dict, judged: bool) -> str:
+    if not judged:
+        return ("**No judge was used** (judge.engine: none): systems are compared only by judge-free metrics, "
+                "their overlap with the dataset's reference answers (token F1, ROUGE-L, reference recall), "
+                "refusal accuracy and answer length.")
+    saw = stats.get("judge_saw", {})
+    shown = [x for x, on in (("the reference answer", saw.get("reference")),
+                             (f"the corpus evidence ({saw.get('evidence', 0)} questions)", saw.get("evidence"))) if on]
+    return (f"Judge: {_engine_text(cfg.judge.model_dump() if cfg.judge else None)}; it saw {' and '.join(shown) or 'the answers only'}; "
+            f"criteria {', '.join(stats.get('criteria', []))}; each pair judged in both orders, a win counts only "
+            f"when both orders agree (else a tie); win rate = (wins + ties/2) / n; 95% intervals from "
+            f"{cfg.evaluate.bootstrap} bootstrap resamples of the questions. Verdicts that failed (invalid JSON, "
+            f"transport errors; left out of the win rates): {stats.get('judge_errors', 0)} pair judgments.")
+
+
+def _headline(cfg: Config, engines: dict[str, dict], answers: list[dict], results: list[dict], stats: dict,
+              judged: bool, pairs: list[tuple[str, str]]) -> Section:
+    """Every system, failed ones included: answers, failures and their commonest reason, the main
+    judge-free numbers and, with a judge, the anchor's win rate against it."""
+    systems = list(dict.fromkeys([*engines, *(r["system"] for r in answers)]))
+    total = Counter(r["system"] for r in answers)
+    failed = {s: Counter(r["error"] for r in answers if r["system"] == s and r["error"]) for s in systems}
+    cell = {(r["metric"], r["system_a"], r["kind"]): r for r in results if r["system_b"] is None}
+    criteria = stats.get("criteria", [])
+    wins = {(r["system_a"], r["system_b"]): r for r in results
+            if r["metric"] == "win_rate" and r["kind"] == "all" and criteria and r["criterion"] == criteria[0]}
+    anchor = cfg.evaluate.anchor
+    text = [] if judged else [_judge_text(cfg, stats, judged)]
+    for s in systems:
+        if failed[s]:
+            n = sum(failed[s].values())
+            reason, _ = failed[s].most_common(1)[0]
+            gone = "; it is left out of every comparison" if n == total[s] else ""
+            text.append(f"**{s} failed on {n} of {total[s]} questions** (most often: {reason[:160]}){gone}.")
+    headers = ["system", "answered", "failed", "token F1", "ROUGE-L", "refusal acc."]
+    if judged and criteria:
+        headers.append(f"{anchor} win rate vs it ({criteria[0]}, n)")
+    rows = []
+    for s in systems:
+        n_failed = sum(failed[s].values())
+        row = [s, str(total[s] - n_failed), str(n_failed)] + [
+            _fmt_row(cell.get((m, s, "all"))) for m in ("token_f1", "rouge_l", "refusal_accuracy")]
+        if judged and criteria:
+            row.append(_win_cell(anchor, s, wins, pairs))
+        rows.append(row)
+    text.append("Answers scored against the dataset's reference answers, over all question kinds, with 95% "
+                "intervals; refusal accuracy = unanswerable questions refused and the others answered.")
+    return Section("Headline", text, headers, rows)
+
+
+def _fmt_row(r: dict | None) -> str:
+    return fmt(r["value"], r["ci_low"], r["ci_high"]) if r else "n/a"
+
+
+def _win_cell(anchor: str, system: str, wins: dict, pairs: list[tuple[str, str]]) -> str:
+    if system == anchor:
+        return "(anchor)"
+    if (anchor, system) not in pairs:
+        return "not compared"
+    r = wins.get((anchor, system))
+    if r is None:
+        return "not judged: no question with answers from both"
+    return f"{_fmt_row(r)} (n={r['n']})"
+
+
+def _context_sections(stats: dict) -> list[Section]:
+    """How each context-using system's prompts were built and cut to the answering model's window."""
+    out = []
+    lc = stats.get("long_context")
+    if lc and "budget_tokens" in lc:  # absent when not even the bare prompt fits: every answer failed, said above
+        omitted = lc["blocks_total"] - lc["blocks_full"] - lc["blocks_partial"]
+        out.append(Section("Long-context packing", [
+            f"The corpus was packed in date order into {lc['budget_tokens']} tokens (counted with "
+            f"{lc['counted_with']}, the whole prompt measured against the window): {lc['tokens_kept']} of "
+            f"{lc['tokens_total']} tokens kept, **{100 * lc['cut_fraction']:.1f}% cut**; {lc['blocks_full']} of "
+            f"{lc['blocks_total']} documents whole, {lc['blocks_partial']} truncated, {omitted} left out (the latest ones)."]))
+    rag = stats.get("naive_rag")
+    if rag:
+        def share(x):
+            return "n/a" if x is None else f"{x:.3f}"
+        how = (f"{rag['retriever']} retrieved {rag['candidates']} candidates, reranked by cosine similarity of the "
+               f"MiniLM embedder, top {rag['top_k']} kept" if rag.get("reranked")
+               else f"{rag['retriever']}, top {rag['top_k']} chunks")
+        first = (f" (first stage: {share(rag['first_stage_recall'])})" if rag.get("reranked") else "")
+        out.append(Section("Naive RAG", [f"{how}; the question's source chunk is among the kept chunks for "
+                                         f"{share(rag['source_chunk_recall'])} of the questions that have one{first}; "
+                                         f"{rag.get('prompts_cut', 0)} prompts cut to fit the window."]))
+    gl = stats.get("graph_local")
+    if gl:
+        out.append(Section("GraphRAG local search", [
+            f"Up to {gl['top_entities']} entities per question (named in {gl['questions_naming_an_entity']} "
+            f"questions, the rest by embedding similarity), their relationships and text units, packed into "
+            f"{gl['context_tokens']} tokens; {gl.get('prompts_cut', 0)} prompts cut to fit."]))
     return out
 
 
@@ -203,7 +276,7 @@ def _win_sections(results: list[dict], order: list[str]) -> list[Section]:
     anchor_rows = [[f"{a} vs {b}"] + [fmt(by[(a, b, criteria[0], k)]["value"]) if (a, b, criteria[0], k) in by else "n/a"
                                       for k in kinds] for a, b in pairs]
     return [
-        Section("Headline",
+        Section("Win rate by question kind",
                 [f"Win rate of the first system on **{criteria[0]}**, by question kind (0.5 = even; > 0.5 = the first "
                  "system is preferred in both answer orders more often than the second). The method's claim: the "
                  "student beats naive_rag on global questions and long_context on local ones."],
@@ -221,7 +294,7 @@ def _win_sections(results: list[dict], order: list[str]) -> list[Section]:
 
 
 def _metric_sections(answers: list[dict], results: list[dict]) -> list[Section]:
-    names = ("token_f1", "rouge_l", "answer_tokens", "refusal_accuracy", "false_refusal_rate")
+    names = ("token_f1", "rouge_l", "reference_recall", "answer_tokens", "refusal_accuracy", "false_refusal_rate")
     cells = {(r["system_a"], r["kind"], r["metric"]): r for r in results if r["metric"] in names}
     keys = sorted({(s, k) for s, k, _ in cells}, key=lambda x: (x[0], x[1] != "all", x[1]))
 
@@ -236,9 +309,12 @@ def _metric_sections(answers: list[dict], results: list[dict]) -> list[Section]:
         return [Section("Judge-free metrics", ["No system produced an answer."])]
     return [
         Section("Judge-free metrics",
-                ["Token F1 and ROUGE-L against the dataset's reference answer (reasoning removed), answer length in "
-                 "words, refusal accuracy on unanswerable questions and false refusals on the others; 95% intervals."],
-                ["system", "kind", "n", "token F1", "ROUGE-L", "words", "refusal acc.", "false refusals"], rows,
+                ["Token F1, ROUGE-L and reference recall (share of the reference's content words the answer has) "
+                 "against the dataset's reference answer (reasoning removed), answer length in words, refusal "
+                 "accuracy (unanswerable questions refused, the others answered) and false refusals; 95% intervals. "
+                 "Failed answers are left out (counted in the headline)."],
+                ["system", "group", "n", "token F1", "ROUGE-L", "ref. recall", "words", "refusal acc.",
+                 "false refusals"], rows,
                 ("reference_overlap.png", _bars(systems, series, "score", "Overlap with the reference answer"))),
         Section("Answer lengths", [], figure=("answer_lengths.png", _lengths(answers))),
     ]

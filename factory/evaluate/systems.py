@@ -2,51 +2,96 @@
 
     student       base model + LoRA adapter, the question alone (memory is in the weights)
     base          the base model, the question alone
-    naive_rag     the base model + the top-k chunks retrieved for the question
+    naive_rag     the base model + the chunks retrieved for the question (BM25 candidates reranked
+                  by the shipped MiniLM embedder, top 10 by default)
     long_context  the base model + as much of the corpus as its context holds, in date order
+    graph_local   GraphRAG local search: the question's entities, their relationships and text units
     graph_global  map-reduce over community reports, the way synthesis answers global questions
     <name>        answers a user brings (Parquet with id, answer), named in evaluate.answer_files
 
-Every LLM answer goes through the engine layer (Ray, cached per call), so a
-rerun only sends what is missing.
+Every prompt with a context is measured as its engine will see it and cut to fit the window
+(`fit.py`); a prompt that cannot fit is that question's failure, never sent. Every LLM answer
+goes through the engine layer (Ray, cached per call), so a rerun only sends what is missing.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory import prompts
 from factory.config import Config, EngineConfig
 from factory.errors import UserError
-from factory.pipeline import Run, StageRecord, log
-from factory.storage import check_readable, filesystem, join
-from factory.synth.text import estimate_tokens
+from factory.evaluate.fit import Blocks, Fitted, Meter, fit, refit
+from factory.evaluate.metrics import final_answer
+from factory.pipeline import Run, StageRecord
+from factory.storage import check_readable, describe_error, filesystem, is_remote, join
 
-SYSTEMS = ("student", "base", "naive_rag", "long_context", "graph_global")
-# Tokens kept free around the packed corpus for the prompt template itself.
-TEMPLATE_RESERVE = 128
+SYSTEMS = ("student", "base", "naive_rag", "long_context", "graph_local", "graph_global")
+LLM_SYSTEMS = ("student", "base", "naive_rag", "long_context", "graph_local")
+AUTO = "auto"
+LONG_CONTEXT_NOTE = " (cut to fit the model's context: the latest entries are missing)"
+
+
+def finetune_export(cfg: Config) -> str:
+    """Where the finetune job described by this config exports its adapter (factory/train/export.py)."""
+    return join(cfg.train.output, cfg.train.name, "export", "adapter")
 
 
 def engine_for(cfg: Config, system: str) -> EngineConfig:
-    """evaluate.engines[system] if given; else the student config, with its adapter only for `student`."""
+    """evaluate.engines[system] if given; else the student config, with its adapter only for `student`.
+    An adapter `auto` is the finetune export of this config, which must exist."""
     if system in cfg.evaluate.engines:
-        return cfg.evaluate.engines[system]
-    if cfg.student is None or cfg.student.engine == "none":
+        engine = cfg.evaluate.engines[system]
+    elif cfg.student is None or cfg.student.engine == "none":
         raise UserError(f"evaluate: system '{system}' needs an LLM: set student (engine, model, adapter) "
                         f"or evaluate.engines.{system}")
-    if system == "student":
-        if cfg.student.adapter:
-            return cfg.student
-        exported = join(cfg.train.output, cfg.train.name, "export", "adapter")
-        fs, path = filesystem(exported, cfg.s3)
-        if fs.exists(path):
-            log(f"evaluate: student.adapter not set; using the finetune job's export {exported}")
-            return cfg.student.model_copy(update={"adapter": exported})
-        log("evaluate: student.adapter is not set and no finetune export exists; 'student' is the plain student model")
-        return cfg.student
-    return cfg.student.model_copy(update={"adapter": None})
+    else:
+        engine = cfg.student if system == "student" else cfg.student.model_copy(update={"adapter": None})
+    if engine.adapter == AUTO:
+        engine = engine.model_copy(update={"adapter": _exported_adapter(cfg)})
+    if engine.adapter:
+        _check_adapter(engine.adapter, cfg)
+    return engine
+
+
+def _exported_adapter(cfg: Config) -> str:
+    path = finetune_export(cfg)
+    if not _exists(path, cfg):
+        raise UserError(f"student.adapter: auto: no adapter at {path}: run `ragtune finetune --config {cfg._source}` "
+                        "first (the same train.output and train.name), or set student.adapter to an adapter folder")
+    return path
+
+
+def _check_adapter(adapter: str, cfg: Config) -> None:
+    """A missing adapter folder fails here in one line, not in every answering actor. Only an
+    `owner/name` that is no local folder may be a Hub id."""
+    hub_like = adapter.count("/") == 1 and not adapter.startswith((".", "/", "~")) and not is_remote(adapter)
+    if not hub_like and not _exists(adapter, cfg):
+        raise UserError(f"student.adapter: {adapter} does not exist (the finetune job exports to "
+                        f"{finetune_export(cfg)}; `student.adapter: auto` finds it)")
+
+
+def _exists(path: str, cfg: Config) -> bool:
+    if not is_remote(path):
+        return Path(path).expanduser().exists()
+    fs, fpath = filesystem(path, cfg.s3)
+    try:
+        return fs.exists(fpath)
+    except Exception as exc:  # botocore's zoo: one line naming the path
+        raise UserError(describe_error(path, exc)) from None
+
+
+def check(cfg: Config, system: str) -> None:
+    """Config mistakes of one system, found before any model loads."""
+    engine = engine_for(cfg, system)
+    if system == "long_context" and engine.engine == "openai" and not (
+            cfg.evaluate.long_context_tokens or cfg.evaluate.context_window):
+        raise UserError("evaluate: long_context with engine 'openai' needs evaluate.context_window "
+                        "(the model's context in tokens; the server does not say)")
 
 
 def generate(run: Run, rec: StageRecord, rows: list[dict], engine: EngineConfig, task: str) -> dict[str, dict]:
@@ -62,143 +107,140 @@ def generate(run: Run, rec: StageRecord, rows: list[dict], engine: EngineConfig,
     return {r["id"]: r for r in out.select_columns(cols).take_all()}
 
 
-# ---- context builders ----------------------------------------------------------------
-class TokenCounter:
-    """The answering model's tokenizer where it is local (hf, vllm); a 4-chars-per-token estimate otherwise."""
+# ---- contexts ---------------------------------------------------------------------------
+class Contexts:
+    """Messages per system for a list of questions; tables, retriever, embedder and tokenizers are
+    loaded once, when a system first needs them."""
 
-    def __init__(self, engine: EngineConfig):
-        self.tokenizer = None
-        self.how = "estimate (4 characters per token)"
-        if engine.engine in ("hf", "vllm"):
-            from transformers import AutoTokenizer
+    def __init__(self, cfg: Config, src: Run, rec: StageRecord):
+        self.cfg, self.src, self.rec = cfg, src, rec
+        self.meters: dict[str, Meter] = {}
 
-            self.tokenizer = AutoTokenizer.from_pretrained(engine.model)
-            self.how = f"tokenizer of {engine.model}"
+    def meter(self, engine: EngineConfig) -> Meter:
+        key = engine.model_dump_json()
+        if key not in self.meters:
+            self.meters[key] = Meter(engine, self.cfg.evaluate)
+        return self.meters[key]
 
-    def count(self, text: str) -> int:
-        if self.tokenizer is None:
-            return estimate_tokens(text)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    @functools.cached_property
+    def embedder(self):
+        from factory.synth.retrieval import load_embedder
 
-    def head(self, text: str, n: int) -> str:
-        """The first n tokens of text."""
-        if n <= 0:
-            return ""
-        if self.tokenizer is None:
-            return text[: 4 * n]
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:n]
-        return self.tokenizer.decode(ids)
+        return load_embedder()
+
+    @functools.cached_property
+    def retriever(self):
+        from factory.synth.retrieval import Retriever
+
+        chunks = self.src.read_arrow("chunks")
+        if chunks.num_rows == 0:
+            raise UserError(f"evaluate: naive_rag and graph_local need the chunks table in {self.src.root}")
+        return Retriever.build(chunks, self.cfg.evaluate.naive_rag.retriever)
+
+    def _table(self, name: str, system: str) -> pa.Table:
+        table = self.src.read_arrow(name)
+        if table.num_rows == 0:
+            raise UserError(f"evaluate: {system} needs the {name} table in {self.src.root}")
+        return table
+
+    def messages(self, system: str, questions: list[dict], engine: EngineConfig) -> list[Fitted]:
+        if system in ("student", "base"):
+            return [Fitted(plain_messages(self.cfg, q["question"]), None) for q in questions]
+        meter = self.meter(engine)
+        build = {"naive_rag": self.naive_rag, "long_context": self.long_context, "graph_local": self.graph_local}
+        fitted = build[system](questions, meter)
+        cut = [f.packed for f in fitted if f.packed is not None and f.packed.cut_fraction > 0]
+        self.rec.stats.setdefault(system, {}).update({
+            "counted_with": meter.how, "window": meter.window, "prompts_cut": len(cut),
+            "prompts_too_long": sum(f.messages is None for f in fitted)})
+        return fitted
+
+    def naive_rag(self, questions: list[dict], meter: Meter) -> list[Fitted]:
+        rag = self.cfg.evaluate.naive_rag
+        retriever = self.retriever
+        texts = [q["question"] for q in questions]
+        hits = [[cid for cid, _ in h] for h in retriever.search(texts, max(rag.top_k, rag.candidates if rag.rerank else 0))]
+        first = _recall(questions, hits)
+        if rag.rerank:
+            hits = self._rerank(texts, hits)
+        hits = [h[: rag.top_k] for h in hits]
+        prompt = prompts.load("eval_rag")
+        out = []
+        for q, ids in zip(questions, hits):
+            blocks = Blocks([f"[{i + 1}] {retriever.label(c)}\n{retriever.text(c)}\n\n" for i, c in enumerate(ids)], meter)
+            out.append(fit(meter, _render(prompt, self.cfg, q["question"], "(nothing retrieved)"), blocks.pack))
+        self.rec.stats["naive_rag"] = {"retriever": rag.retriever, "candidates": rag.candidates if rag.rerank else None,
+                                       "reranked": rag.rerank, "top_k": rag.top_k,
+                                       "source_chunk_recall": _recall(questions, hits),
+                                       "first_stage_recall": first if rag.rerank else None}
+        return out
+
+    def _rerank(self, questions: list[str], hits: list[list[str]]) -> list[list[str]]:
+        """Candidates ordered by cosine similarity to the question (each chunk embedded once)."""
+        ids = list(dict.fromkeys(c for h in hits for c in h))
+        if not ids:
+            return hits
+        enc = functools.partial(self.embedder.encode, normalize_embeddings=True, show_progress_bar=False)
+        vectors = dict(zip(ids, enc([self.retriever.text(c) for c in ids])))
+        return [sorted(h, key=lambda c, qv=qv: -float(qv @ vectors[c])) for qv, h in zip(enc(questions), hits)]
+
+    def long_context(self, questions: list[dict], meter: Meter) -> list[Fitted]:
+        documents = self._table("documents", "long_context")
+        docs = sorted(documents.select(["id", "title", "text", "source", "date"]).to_pylist(),
+                      key=lambda d: (d["date"] is None, d["date"] or "", d["source"] or "", d["id"]))
+        blocks = Blocks([f"## {' '.join(x for x in (d['date'], d['title']) if x)}\n{d['text']}\n\n" for d in docs], meter)
+        whole = "".join(blocks.blocks)
+        meter = meter.within(self.cfg.evaluate.long_context_tokens)
+        prompt = prompts.load("eval_long_context")
+
+        def render(question: str):
+            def messages(context: str) -> list[dict]:
+                note = "" if context == whole else LONG_CONTEXT_NOTE
+                return prompt.messages(system_prompt=self.cfg.synth.system_prompt, context=context,
+                                       truncation_note=note, question=question)
+            return messages
+
+        # One packing for every question, against the longest; a question it does not fit is packed again.
+        longest = max(questions, key=lambda q: meter.text(q["question"]))
+        first = fit(meter, render(longest["question"]), blocks.pack)
+        if first.messages is None:
+            return [first] * len(questions)
+        self.rec.stats["long_context"] = {**first.packed.stats(), "documents": len(docs)}
+        return [refit(meter, render(q["question"])(first.packed.text), render(q["question"]), blocks.pack, first.packed)
+                for q in questions]
+
+    def graph_local(self, questions: list[dict], meter: Meter) -> list[Fitted]:
+        from factory.evaluate.local_search import LocalSearch
+
+        gl = self.cfg.evaluate.graph_local
+        retriever = self.retriever
+        search = LocalSearch(self._table("entities", "graph_local"), self.src.read_arrow("relationships"),
+                             lambda c: (retriever.label(c), retriever.text(c)) if retriever.has(c) else None,
+                             gl, self.embedder)
+        picked = search.pick([q["question"] for q in questions])
+        prompt = prompts.load("eval_graph_local")
+        out = [fit(meter, _render(prompt, self.cfg, q["question"], "(no matching entities)"), search.packer(p, meter),
+                   gl.context_tokens) for q, p in zip(questions, picked)]
+        named = [len(search.named(q["question"])) for q in questions]
+        self.rec.stats["graph_local"] = {"top_entities": gl.top_entities, "context_tokens": gl.context_tokens,
+                                         "questions_naming_an_entity": sum(n > 0 for n in named)}
+        return out
 
 
-def context_window(engine: EngineConfig) -> int | None:
-    if "max_model_len" in engine.engine_kwargs:
-        return int(engine.engine_kwargs["max_model_len"])
-    if engine.engine in ("hf", "vllm"):
-        from transformers import AutoConfig
-
-        return getattr(AutoConfig.from_pretrained(engine.model), "max_position_embeddings", None)
-    return None
+def _render(prompt: prompts.Prompt, cfg: Config, question: str, empty: str):
+    return lambda context: prompt.messages(system_prompt=cfg.synth.system_prompt, context=context or empty,
+                                           question=question)
 
 
-@dataclass
-class Packed:
-    """The corpus as packed for long_context, and how much of it was cut."""
-
-    text: str
-    budget_tokens: int
-    tokens_total: int
-    tokens_kept: int
-    docs_total: int
-    docs_full: int
-    docs_partial: int
-    counted_with: str
-
-    @property
-    def cut_fraction(self) -> float:
-        return 1 - self.tokens_kept / self.tokens_total if self.tokens_total else 0.0
-
-    def stats(self) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "text"}, "cut_fraction": round(self.cut_fraction, 4)}
+def _recall(questions: list[dict], hits: list[list[str]]) -> float | None:
+    """Share of the questions with a source chunk whose source chunk is among their hits."""
+    pairs = [(q["source_chunk_id"], h) for q, h in zip(questions, hits) if q.get("source_chunk_id")]
+    return round(sum(s in h for s, h in pairs) / len(pairs), 4) if pairs else None
 
 
-def pack_corpus(documents: pa.Table, budget: int, counter: TokenCounter) -> Packed:
-    """Whole documents by date (then source, id) until the budget is spent; the next one is cut
-    at a token boundary and marked; the rest are left out and counted."""
-    docs = sorted(documents.select(["id", "title", "text", "source", "date"]).to_pylist(),
-                  key=lambda d: (d["date"] is None, d["date"] or "", d["source"] or "", d["id"]))
-    parts, kept, total, full, partial = [], 0, 0, 0, 0
-    for d in docs:
-        block = f"## {' '.join(x for x in (d['date'], d['title']) if x)}\n{d['text']}\n\n"
-        n = counter.count(block)
-        total += n
-        room = budget - kept
-        if n <= room:
-            parts.append(block)
-            kept, full = kept + n, full + 1
-        elif room > 32 and not partial:
-            head = counter.head(block, room - 16)
-            parts.append(head + "\n[... document truncated: the context is full]\n\n")
-            kept, partial = kept + counter.count(head), 1
-    return Packed("".join(parts), budget, total, kept, len(docs), full, partial, counter.how)
-
-
-def _long_context_budget(cfg: Config, engine: EngineConfig, counter: TokenCounter, questions: list[str]) -> int:
-    limits = [x for x in (cfg.evaluate.long_context_tokens, context_window(engine)) if x]
-    if not limits:
-        raise UserError(f"evaluate: long_context with engine '{engine.engine}' needs evaluate.long_context_tokens "
-                        "(the model's context size is unknown)")
-    longest_q = max((counter.count(q) for q in questions), default=0)
-    budget = min(limits) - engine.max_tokens - TEMPLATE_RESERVE - counter.count(cfg.synth.system_prompt) - longest_q
-    if budget < 64:
-        raise UserError(f"evaluate: long_context has only {budget} tokens left for the corpus "
-                        f"(context {min(limits)}, max_tokens {engine.max_tokens}); raise the context or lower max_tokens")
-    return budget
-
-
-# ---- per-system messages ---------------------------------------------------------------
 def plain_messages(cfg: Config, question: str) -> list[dict]:
     """What the student saw in training: the dataset's system prompt and the question."""
     return [{"role": "system", "content": cfg.synth.system_prompt}, {"role": "user", "content": question}]
-
-
-def rag_messages(cfg: Config, src: Run, questions: list[dict], rec: StageRecord) -> list[list[dict]]:
-    from factory.synth.retrieval import Retriever
-
-    chunks = src.read_arrow("chunks")
-    if chunks.num_rows == 0:
-        raise UserError(f"evaluate: naive_rag needs the chunks table in {src.root}")
-    retriever = Retriever.build(chunks, cfg.synth.retriever)
-    hits = retriever.search([q["question"] for q in questions], cfg.synth.top_k)
-    prompt = prompts.load("eval_rag")
-    found = wanted = 0
-    out = []
-    for q, qhits in zip(questions, hits):
-        ids = [cid for cid, _ in qhits]
-        if q.get("source_chunk_id"):
-            wanted += 1
-            found += q["source_chunk_id"] in ids
-        context = "\n\n".join(f"[{i + 1}] {retriever.label(c)}\n{retriever.text(c)}" for i, c in enumerate(ids))
-        out.append(prompt.messages(system_prompt=cfg.synth.system_prompt, context=context or "(nothing retrieved)",
-                                   question=q["question"]))
-    rec.stats["naive_rag"] = {"retriever": cfg.synth.retriever, "top_k": cfg.synth.top_k,
-                              "source_chunk_recall": round(found / wanted, 4) if wanted else None}
-    return out
-
-
-def long_context_messages(cfg: Config, src: Run, questions: list[dict], engine: EngineConfig,
-                          rec: StageRecord) -> list[list[dict]]:
-    documents = src.read_arrow("documents")
-    if documents.num_rows == 0:
-        raise UserError(f"evaluate: long_context needs the documents table in {src.root}")
-    counter = TokenCounter(engine)
-    packed = pack_corpus(documents, _long_context_budget(cfg, engine, counter, [q["question"] for q in questions]),
-                         counter)
-    rec.stats["long_context"] = packed.stats()
-    note = (f" (cut to {packed.tokens_kept} of {packed.tokens_total} tokens: the latest entries are missing)"
-            if packed.cut_fraction > 0 else "")
-    prompt = prompts.load("eval_long_context")
-    return [prompt.messages(system_prompt=cfg.synth.system_prompt, context=packed.text, truncation_note=note,
-                            question=q["question"]) for q in questions]
 
 
 def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict], engine: EngineConfig,
@@ -231,35 +273,31 @@ def load_answer_file(name: str, path: str, cfg: Config) -> dict[str, str]:
     return {str(i): a for i, a in zip(table.column("id").to_pylist(), table.column("answer").to_pylist())}
 
 
-def _messages(cfg: Config, src: Run, system: str, questions: list[dict], engine: EngineConfig,
-              rec: StageRecord) -> list[list[dict]]:
-    if system in ("student", "base"):
-        return [plain_messages(cfg, q["question"]) for q in questions]
-    if system == "naive_rag":
-        return rag_messages(cfg, src, questions, rec)
-    return long_context_messages(cfg, src, questions, engine, rec)
-
-
 def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str], questions: list[dict]) -> list[dict]:
     """eval_answers rows (without metrics): every system's answer to every question.
 
-    Systems that share one engine config (base, naive_rag and long_context by
-    default) go through one engine call, so the model is loaded once for them.
+    Systems that share one engine config (base, naive_rag, long_context and graph_local by
+    default) go through one engine call, so the model is loaded once for them. An answer that
+    failed, or came back empty, keeps its reason in `error`.
     """
     replies: dict[str, dict[str, dict]] = {}
     groups: dict[str, tuple[EngineConfig, list[dict]]] = {}
+    contexts = Contexts(cfg, src, rec)
     for system in systems:
         if system in cfg.evaluate.answer_files:
             given = load_answer_file(system, cfg.evaluate.answer_files[system], cfg)
             replies[system] = {q["id"]: {"generated_text": given.get(q["id"]), "error": None if q["id"] in given
-                                         else "missing from the answer file"} for q in questions}
+                                         else "missing_answer: not in the answer file"} for q in questions}
         elif system == "graph_global":
             replies[system] = graph_global_answers(cfg, run, src, questions, engine_for(cfg, system), rec)
         else:
             engine = engine_for(cfg, system)
-            msgs = _messages(cfg, src, system, questions, engine, rec)
             group = groups.setdefault(engine.model_dump_json(), (engine, []))
-            group[1].extend({"id": f"{system}|{q['id']}", "messages": m} for q, m in zip(questions, msgs))
+            for q, f in zip(questions, contexts.messages(system, questions, engine)):
+                if f.messages is None:
+                    replies.setdefault(system, {})[q["id"]] = {"generated_text": None, "error": f.error}
+                else:
+                    group[1].append({"id": f"{system}|{q['id']}", "messages": f.messages})
     for engine, rows in groups.values():
         for key, reply in generate(run, rec, rows, engine, "eval_answer").items():
             system, qid = key.split("|", 1)
@@ -267,7 +305,10 @@ def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str]
     out = []
     for system in systems:
         for q in questions:
-            r = replies.get(system, {}).get(q["id"]) or {"error": "no reply"}
+            r = replies.get(system, {}).get(q["id"]) or {"error": "no_reply: the engine returned nothing for it"}
+            error = r.get("error")
+            if error is None and not final_answer(r.get("generated_text")):
+                error = "empty_answer: the reply has no text (reasoning removed)"
             out.append({"question_id": q["id"], "kind": q["kind"], "system": system, "question": q["question"],
-                        "answer": r.get("generated_text"), "reference": q["answer"], "error": r.get("error")})
+                        "answer": r.get("generated_text"), "reference": q["answer"], "error": error})
     return out
