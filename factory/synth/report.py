@@ -23,6 +23,7 @@ import io
 import json
 import re
 import sys
+import time
 import zlib
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, Iterator
@@ -34,7 +35,7 @@ from factory.synth.text import content_words, shingles, support
 from factory.voice import SAMPLE_WORDS, detect_voice, first_person_rate
 
 if TYPE_CHECKING:
-    from factory.pipeline import Run
+    from factory.pipeline import Run, StageRecord
 
 KINDS = ("local", "global", "entity", "relationship", "unanswerable")
 # A local answer is supported when this share of its content words is in its source chunk.
@@ -164,15 +165,20 @@ def _share(n: int, of: int) -> float | None:
 
 
 def _kinds(seen) -> list[str]:
-    return [k for k in KINDS if k in seen] + sorted(set(seen) - set(KINDS))
+    """The kinds in `seen`, in KINDS order, unknown ones last."""
+    seen = set(seen)
+    return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
 
 
 def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def quality_report(run: "Run") -> dict[str, Any]:
-    """Measure the run's qa table (see the module docstring); JSON-able."""
+def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, Any]:
+    """Measure the run's qa table (see the module docstring); JSON-able. Called by the synthesis
+    stage with its record `rec`: the voice it decided is read there (the manifest has it only after
+    the stage), and the seconds this took go to its stats."""
+    start = time.perf_counter()
     mode = run.cfg.synth.reasoning
     # Pass 1: which chunks local answers must be checked against.
     needed = {cid for b in _batches(run, "qa", ["kind", "source_chunk_id"])
@@ -257,11 +263,13 @@ def quality_report(run: "Run") -> dict[str, Any]:
                                questions, exact, is_test, kinds, ids, examples)
     kind_order = _kinds({k for k, _ in rows})
     splits = sorted({s for _, s in rows}, key=lambda s: (s != "train", s))
-    decided = ((run.manifest.get("stages") or {}).get("synthesis") or {}).get("stats", {}).get("voice")
+    stats = rec.stats if rec else ((run.manifest.get("stages") or {}).get("synthesis") or {}).get("stats", {})
+    decided = stats.get("voice")
     corpus_voice = detect_voice(sample)
     edges = list(LENGTH_EDGES)
     g_edges = [round(i / GROUNDEDNESS_BINS, 2) for i in range(GROUNDEDNESS_BINS + 1)]
     report: dict[str, Any] = {
+        "kinds": kind_order,  # a list: the manifest stores its keys sorted
         "rows": {
             "total": total,
             "by_kind": {k: {s: rows[(k, s)] for s in splits} for k in kind_order},
@@ -300,6 +308,8 @@ def quality_report(run: "Run") -> dict[str, Any]:
         "examples": dict(sorted(examples.items())),
     }
     report["targets"] = _targets(report)
+    if rec:
+        rec.stats.setdefault("seconds", {})["quality_report"] = round(time.perf_counter() - start, 3)
     return report
 
 
@@ -338,7 +348,7 @@ def _duplicates(sig: np.ndarray, questions: list[int], exact: list[int], is_test
                 if len(examples["cross_split_overlap"]) < EXAMPLES:
                     examples["cross_split_overlap"].append(ids[i])
     for d in (dup, over):
-        d["by_kind"] = {k: d["by_kind"][k] for k in _kinds(d["by_kind"])}
+        d["by_kind"] = {k: d["by_kind"][k] for k in _kinds(kinds)}
     return dup, over
 
 
@@ -372,7 +382,7 @@ def figures(q: dict) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(q["rows"]["by_kind"])
+    kinds = q["kinds"]
     out = {}
     for name, draw in _DRAW.items():
         fig, ax = plt.subplots(figsize=FIGURE_SIZE)
@@ -467,7 +477,8 @@ def format_report(q: dict) -> str:
         verdict = {True: "ok", False: "FAIL", None: "n/a"}[t["holds"]]
         lines.append(f"  {verdict:4} {t['name']:20} {t['value']!s:>8} (target {t['op']} {t['threshold']})  {t['what']}")
     lines.append(f"rows: {q['rows']['total']}")
-    for kind, per in q["rows"]["by_kind"].items():
+    for kind in q["kinds"]:
+        per = q["rows"]["by_kind"][kind]
         length = (q["answer_chars"]["quantiles"].get(kind) or {}).get("p50")
         g = (q["groundedness"]["quantiles"].get(kind) or {})
         lines.append(f"  {kind:13} {' '.join(f'{s}={n}' for s, n in per.items()):24} answer chars p50={length} "
