@@ -138,8 +138,38 @@ def _load_section(where: str, data_files: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) -> str:
-    """The card for `snap`, whose configs point at `data_files` ({table: {split: glob or [paths]}})."""
+def _quality_section(q: dict, figures: dict[str, str]) -> list[str]:
+    """The run's quality report (manifest `quality`, factory/synth/report.py): targets, per-kind figures, plots."""
+    verdict = {True: "yes", False: "**no**", None: "n/a"}
+    out = ["\n## Quality\n",
+           "Measured by the factory on this table against its targets (`quality` in `manifest.json` has every number).\n",
+           _table(["measure", "value", "target", "holds"],
+                  [[t["what"], "n/a" if t["value"] is None else t["value"], f"{t['op']} {t['threshold']}", verdict[t["holds"]]]
+                   for t in q["targets"]])]
+    lengths, grounded = q["answer_chars"]["quantiles"], q["groundedness"]["quantiles"]
+    recall = q["retrieval_recall"]
+    out.append(_table(
+        ["kind", "rows", "answer chars p50 [p10, p90]", "groundedness p10 / p50", "retrieval recall of the source",
+         "duplicate answers", "with citations", "test near train", "personal-voice questions"],
+        [[k, sum(q["rows"]["by_kind"][k].values()), _quantiles(lengths.get(k), "{p50:g} [{p10:g}, {p90:g}]"),
+          _quantiles(grounded.get(k), "{p10:g} / {p50:g}"),
+          (recall.get(k) or {}).get("share", "–"), q["duplicate_answers"]["by_kind"].get(k, 0),
+          q["citations"]["by_kind"].get(k, 0), q["cross_split_overlap"]["by_kind"].get(k, 0), q["voice"]["by_kind"].get(k, 0)]
+         for k in q["kinds"]]))
+    voice = q["voice"]
+    out.append(f"Voice: the corpus reads as {voice['corpus']} (first-person rate {voice['corpus_first_person_rate']}); "
+               f"synthesis wrote in the {voice['decided'] or 'unrecorded'} voice.\n")
+    out += [f"![{name.replace('_', ' ')}]({path})\n" for name, path in figures.items()]
+    return out
+
+
+def _quantiles(quantiles: dict | None, form: str) -> str:
+    return form.format(**quantiles) if quantiles else "–"
+
+
+def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str, figures: dict[str, str] | None = None) -> str:
+    """The card for `snap`, whose configs point at `data_files` ({table: {split: glob or [paths]}})
+    and whose quality plots are at `figures` ({name: path relative to the card})."""
     m = snap.manifest
     cfg = m.get("config", {})
     stages: dict[str, dict] = m.get("stages", {})
@@ -193,6 +223,8 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str) 
     ))
     out.append("\n## Retrieval\n")
     out.append(_table(["stage", "statistic", "value"], _recall_stats(stages)))
+    if m.get("quality"):
+        out += _quality_section(m["quality"], figures or {})
 
     if snap.samples:
         out.append("\n## Sample rows\n")

@@ -50,6 +50,8 @@ SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>\d{
 VOLATILE = ("updated_at",)
 N_SAMPLES = 3
 STAGING = ".staging-"
+# The card's quality plots (factory/synth/report.py), beside the table folders; no config names it.
+FIGURES = "quality"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class Snapshot:
     samples: list[dict] = field(default_factory=list)
     documents: int = 0
     corpus_chars: int = 0
+    figures: dict[str, bytes] = field(default_factory=dict)  # quality plot name -> PNG
+
+    def figure_paths(self, published: bool) -> dict[str, str]:
+        """{plot: path}: named by content when published (a name never changes meaning), plainly in the run folder."""
+        return {name: f"{FIGURES}/{name}-{hashlib.sha256(png).hexdigest()[:16]}.png" if published else f"{FIGURES}/{name}.png"
+                for name, png in self.figures.items()}
 
     def rows(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -184,6 +192,10 @@ def snapshot(run: Run) -> Snapshot:
                 raise UserError(f"{run.root}/{table}: split '{split}' has {got} rows, the manifest says {expected}")
     if not snap.shards:
         raise UserError(f"{run.root}: no tables to publish")
+    if manifest.get("quality"):
+        from factory.synth.report import figures
+
+        snap.figures = figures(manifest["quality"])
     return snap
 
 
@@ -221,7 +233,12 @@ def _learn(snap: Snapshot, table: str, split: str, t: pa.Table) -> None:
 def write_card(run: Run, snap: Snapshot | None = None) -> Snapshot:
     """Validate `run` and write its README.md in place: the run folder becomes a loadable dataset."""
     snap = snap or snapshot(run)
-    text = card.render(snap, snap.data_files(published=False), run.root)
+    paths = snap.figure_paths(published=False)
+    if snap.figures:
+        run.fs.makedirs(run.uri(FIGURES), exist_ok=True)
+    for name, png in snap.figures.items():
+        _write_bytes(run.fs, run.uri(paths[name]), png)
+    text = card.render(snap, snap.data_files(published=False), run.root, paths)
     _write_bytes(run.fs, run.uri("README.md"), text.encode())
     return snap
 
@@ -261,6 +278,10 @@ def published_manifest(snap: Snapshot) -> dict[str, Any]:
         "files": [
             {"path": s.name, "table": s.table, "split": s.split, "rows": s.rows, "bytes": s.size, "sha256": s.sha256}
             for s in snap.shards
+        ],
+        "figures": [
+            {"path": path, "bytes": len(snap.figures[name]), "sha256": hashlib.sha256(snap.figures[name]).hexdigest()}
+            for name, path in snap.figure_paths(published=True).items()
         ],
     }
 
@@ -304,14 +325,20 @@ class FolderTarget:
         log(f"publish: uploading {len(todo)} of {len(snap.shards)} shards to {self.dest}")
         for s in todo:
             _copy(snap.run.fs, s.src, self.fs, f"{staging}/{s.name}")
-        for s in todo:  # into place under names no version uses yet: nothing current changes
+        figures = {path: snap.figures[name] for name, path in snap.figure_paths(published=True).items()
+                   if path not in present}
+        for path, png in figures.items():
             if is_local_fs(self.fs):
-                self.fs.makedirs(self._p(s.table), exist_ok=True)
-            self.fs.mv(f"{staging}/{s.name}", self._p(s.name))
+                self.fs.makedirs(f"{staging}/{FIGURES}", exist_ok=True)
+            self.fs.pipe_file(f"{staging}/{path}", png)
+        for rel in [s.name for s in todo] + list(figures):  # into place under names no version uses yet
+            if is_local_fs(self.fs):
+                self.fs.makedirs(self._p(rel.rsplit("/", 1)[0]), exist_ok=True)
+            self.fs.mv(f"{staging}/{rel}", self._p(rel))
         _write_bytes(self.fs, self._p("README.md"), card_text.encode())
         _write_bytes(self.fs, self._p("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
-        # After the switch: drop shards no longer named, and staging left by crashed publishes.
-        keep = {s.name for s in snap.shards}
+        # After the switch: drop shards and plots no longer named, and staging left by crashed publishes.
+        keep = {s.name for s in snap.shards} | set(snap.figure_paths(published=True).values())
         for rel in self._shards():
             if rel not in keep:
                 self.fs.rm(self._p(rel))
@@ -320,13 +347,13 @@ class FolderTarget:
                 self.fs.rm(entry, recursive=True)
 
     def _shards(self) -> dict[str, int]:
-        """{table/file: size} of every file in the table folders, from one listing."""
+        """{folder/file: size} of every file in the table and plot folders, from one listing."""
         if not self.fs.exists(self.path):
             return {}
         out = {}
         for path, info in self.fs.find(self.path, detail=True).items():
             rel = path[len(self.path) + 1:]
-            if rel.split("/", 1)[0] in schemas.TABLES and rel.count("/") == 1:
+            if (rel.split("/", 1)[0] in schemas.TABLES or rel.startswith(f"{FIGURES}/")) and rel.count("/") == 1:
                 out[rel] = info["size"]
         return out
 
@@ -371,13 +398,15 @@ class HubTarget:
     def commit(self, snap: Snapshot, card_text: str, manifest: dict, previous: dict | None) -> None:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        had = {f["path"] for f in (previous or {}).get("files", [])}
-        keep = {s.name for s in snap.shards}
+        had = {f["path"] for key in ("files", "figures") for f in (previous or {}).get(key, [])}
+        figures = snap.figure_paths(published=True)
+        keep = {s.name for s in snap.shards} | set(figures.values())
         with tempfile.TemporaryDirectory() as tmp:
             ops: list = []
             for s in snap.shards:
                 if s.name not in had:  # content-addressed: same name, same bytes
                     ops.append(CommitOperationAdd(s.name, _local_copy(snap.run, s, tmp)))
+            ops += [CommitOperationAdd(path, snap.figures[name]) for name, path in figures.items() if path not in had]
             ops.append(CommitOperationAdd("README.md", card_text.encode()))
             ops.append(CommitOperationAdd("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode()))
             ops += [CommitOperationDelete(p) for p in sorted(had - keep)]
@@ -426,7 +455,7 @@ def publish(run: Run, dest: str, s3: S3Config | None = None) -> Published:
         if previous and previous.get("version") == version:
             log(f"publish: {dest} already has version {version}; nothing to do")
             return Published(dest, version, False, snap.rows())
-        card_text = card.render(snap, snap.data_files(published=True), dest)
+        card_text = card.render(snap, snap.data_files(published=True), dest, snap.figure_paths(published=True))
         target.commit(snap, card_text, published_manifest(snap), previous)
     except (OSError, BotoCoreError) as exc:  # s3fs and local storage failures, as one line
         raise UserError(describe_error(dest, exc)) from None
