@@ -21,6 +21,7 @@ from factory.pipeline import Run, StageRecord
 from factory.synth import questions as Q
 from factory.synth.answers import answer_from_chunks, answer_global
 from factory.synth.quality import filter_rows
+from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
 from factory.synth.rows import collect, from_table, to_dataset
 from factory.synth.split import split_rows
@@ -84,6 +85,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rec.rows_out = n_train + n_test
     rec.stats["rows"] = {split: {k: sum(r["kind"] == k for r in part) for k in KINDS} for split, part in (("train", train), ("test", test))}
     rec.stats["reasoning"] = s.reasoning
+    run.update_manifest(quality=quality_report(run, rec))
 
 
 class _Clock:
