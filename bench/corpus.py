@@ -91,20 +91,23 @@ OPENERS = {
     "concept": ["The {t} is a term used in records from {g} in the {d}.", "The {t} describes a practice common around {g}."],
 }
 SENTENCES = [
-    "Records from the {d} name {p} as its main promoter.",
+    "Records from the {d} name {p} as the main promoter of {t}.",
     "{p} wrote about it in a report for {o}.",
-    "It is often discussed together with {x}.",
+    "{t} is often discussed together with {x}.",
     "A later study by {p} compared it with {x}.",
     "The archive of {o} keeps letters by {p} and {p2}.",
     "Its history is closely linked to {x} and the {c}.",
-    "During the {d} the {c} changed how it was run.",
+    "During the {d} the {c} changed how {t} was run.",
     "Visitors from {g} described it in the {e} programme.",
     "{p} and {p2} disputed its origins in correspondence with {o}.",
-    "The {c} of {g} is mentioned in the same sources.",
+    "The {c} of {g} is mentioned in the same sources as {t}.",
     "It appears on the maps kept by {o} after the {d}.",
-    "A collection at {o} documents its links to {x}.",
+    "A collection at {o} documents the links between {t} and {x}.",
 ]
 SEE_ALSO = "See also {x} and {x2}."
+VOCAB_PER_ENTRY = 0.3  # distinct non-title names per entry
+TOPIC_ENTRIES = 20  # consecutive entries that share a topic
+TOPIC_NAMES = {"person": 4, "geo": 2, "organization": 2, "event": 1, "concept": 2}
 
 
 def _word(rng: random.Random, syllables: int) -> str:
@@ -156,25 +159,30 @@ def entry_records(entries: int, seed: int = 0, chars: int = 460) -> list[dict]:
             t = f"{titles[i]} ({_word(rng, 1)})"
         taken.add(t.lower())
         titles[i] = t
-    # Other names: about one per entry, each kind drawn Zipf-like from its own list.
-    vocab = {k: Zipf(_vocabulary(rng, max(8, int(entries * w)), k, given, taken), s=0.9)
+    # Other names: fewer than one per entry, each kind drawn Zipf-like from its own list.
+    vocab = {k: Zipf(_vocabulary(rng, max(8, int(entries * w * VOCAB_PER_ENTRY)), k, given, taken), s=0.9)
              for k, w in zip(KINDS, KIND_WEIGHTS)}
     popular = Zipf(rng.sample(titles, len(titles)), s=1.0)
-    records = []
+    records: list[dict] = []
     for i, (title, kind) in enumerate(zip(titles, kinds)):
+        if i % TOPIC_ENTRIES == 0:
+            # Neighbouring entries share a topic: a few names that keep coming back together.
+            topic = {k: [vocab[k].draw(rng) for _ in range(n)] for k, n in TOPIC_NAMES.items()}
 
         def ref() -> str:
-            # Mostly a neighbouring entry (topical communities), sometimes a popular one.
+            # Mostly a neighbouring entry, sometimes a popular one.
             if rng.random() < 0.7:
                 return titles[(i + rng.choice((-3, -2, -1, 1, 2, 3))) % entries]
             return popular.draw(rng)
 
+        def name(kind: str) -> str:
+            return rng.choice(topic[kind]) if rng.random() < 0.6 else vocab[kind].draw(rng)
+
         def fill(template: str) -> str:
             return template.format(
                 t=title, role=rng.choice(ROLES), d=rng.choice(DECADES), x=ref(), x2=ref(),
-                p=vocab["person"].draw(rng), p2=vocab["person"].draw(rng), o=vocab["organization"].draw(rng),
-                g=vocab["geo"].draw(rng), g2=vocab["geo"].draw(rng), e=vocab["event"].draw(rng),
-                c=vocab["concept"].draw(rng))
+                p=name("person"), p2=name("person"), o=name("organization"), g=name("geo"), g2=vocab["geo"].draw(rng),
+                e=name("event"), c=name("concept"))
 
         opener = fill(rng.choice(OPENERS[kind]))
         body = [opener[0].upper() + opener[1:]]
