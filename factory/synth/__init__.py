@@ -1,13 +1,17 @@
-"""Synthesis stage: the graph and chunks → the `qa` table (train and test), by RAG principles.
+"""Synthesis stage: the graph and chunks -> the `qa` table (train and test), by RAG principles.
 
-Questions of five kinds (see questions.py) are answered the way RAG and GraphRAG
-would answer them (answers.py): local ones from chunks retrieved for the
-question, entity/relationship ones from descriptions and source chunks,
-global ones by map-reduce over community reports, unanswerable ones with a
-polite refusal. Rows then pass the quality filters (quality.py) and the
-held-out split (split.py). Per-row work runs on Ray Data; filtering and the
-split run on the driver, over rows that carry their evidence text (groundedness
-and the judge read it; the qa table does not publish it).
+    questions (questions.py)  entity, relationship and local rows per chunk x mention; global rows
+                              per community and corpus-wide; a hard global test set; unanswerable
+    answers (answers.py)      local rows from their source chunk (and, with a teacher, the passages
+                              retrieval finds); entity/relationship rows from description and
+                              sources; global rows by map-reduce over community reports
+    quality (quality.py)      targets cleaned, groundedness, relevance, judge; near-duplicate answers
+                              and questions removed corpus-wide
+    split (split.py)          whole groups of related rows to test; hard global questions too
+
+Rows stay in Ray Datasets from answering to the written table: the driver sees only ids,
+kinds, scores, MinHash signatures and group keys (what corpus-wide decisions need), never the
+rows' texts. The voice (factory/voice.py) decides how questions and answers speak.
 """
 
 from __future__ import annotations
@@ -15,81 +19,121 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from factory.errors import UserError
-from factory.pipeline import Run, StageRecord
+from factory.pipeline import Run, StageRecord, log
 from factory.synth import questions as Q
+from factory.synth import quality
 from factory.synth.answers import answer_from_chunks, answer_global
-from factory.synth.quality import filter_rows
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import collect, from_table, to_dataset
+from factory.synth.rows import from_table, llm_enabled
 from factory.synth.split import split_rows
-from factory.synth.text import words
+from factory.synth.templates import load_templates
+from factory.voice import resolve_voice
 
 KINDS = ("local", "global", "entity", "relationship", "unanswerable")
 
 
 def synthesize(run: Run, rec: StageRecord) -> None:
     cfg, s = run.cfg, run.cfg.synth
-    chunks = run.read_arrow("chunks")
+    chunks = run.read_arrow("chunks", columns=["id", "text", "title", "date"])
     if chunks.num_rows == 0:
         raise UserError("synthesis: the run has no chunks; run the chunk stage first (is the corpus empty?)")
     entities, relationships = run.read_arrow("entities"), run.read_arrow("relationships")
-    communities, reports = run.read_arrow("communities"), run.read_arrow("community_reports")
+    reports = run.read_arrow("community_reports")
+    voice = resolve_voice(s.voice, chunks.column("text").to_pylist())
+    t = load_templates(voice)
+    rec.stats["voice"] = voice
     clock = _Clock(rec)
     retriever = Retriever.build(chunks, s.retriever)
     clock.lap("retriever_index")
 
-    questions = {
-        "entity": Q.entity_questions(entities, cfg.seed),
-        "relationship": Q.relationship_questions(relationships, entities, cfg.seed),
-        "local": Q.local_questions(run, rec, chunks, entities, relationships),
-    }
-    rec.stats["questions"] = {kind: len(qs) for kind, qs in questions.items()}
+    chunk_questions = Q.subject_questions(entities, relationships, t, cfg.seed, llm_enabled(cfg.teacher), s.max_source_chunks)
+    focuses = Q.local_focuses(chunks, entities, relationships, s.local_per_chunk, cfg.seed)
+    chunk_questions += Q.local_questions(run, rec, focuses, t)
     clock.lap("questions_from_chunks")
-    rows: list[dict] = []
-    if any(questions.values()):
-        table = pa.Table.from_pylist([q for qs in questions.values() for q in qs], schema=Q.CHUNK_QUESTION_SCHEMA)
-        rows = collect(answer_from_chunks(run, rec, from_table(table), retriever, cfg.teacher,
-                                          k=s.top_k, max_source_chunks=s.max_source_chunks)).to_pylist()
-    hits = [r["retrieved_source"] for r in rows if r.get("retrieved_source") is not None]
-    rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
-                              "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
-    clock.lap("answers_from_chunks")
+    parts = []
+    if chunk_questions:
+        table = pa.Table.from_pylist(chunk_questions, schema=Q.QUESTION_SCHEMA)
+        parts.append(answer_from_chunks(run, rec, from_table(table), retriever, cfg.teacher, voice, k=s.top_k))
 
-    glob = Q.global_questions(run, rec, reports)
-    rec.stats["questions"]["global"] = len(glob)
-    if glob:
-        answered = collect(answer_global(run, rec, to_dataset(glob, Q.GLOBAL_SCHEMA), reports, cfg.teacher,
-                                         level=s.global_level, batch_tokens=s.map_batch_tokens)).to_pylist()
-        rows += _trace_communities(answered, communities)
+    top = Q.level_reports(reports, s.global_level)
+    if not top:
+        Q.log_no_reports(rec, s.global_level, reports)
+    global_questions = Q.global_questions(run, rec, top, t) + Q.hard_global_questions(
+        run, rec, top, t, entities.column("title").to_pylist()) if top else []
+    if global_questions:
+        title_types = {e["title"].lower(): e["type"] for e in entities.select(["title", "type"]).to_pylist() if e["type"]}
+        parts.append(answer_global(run, rec, from_table(pa.Table.from_pylist(global_questions, schema=Q.GLOBAL_SCHEMA)),
+                                   reports, cfg.teacher, level=s.global_level, batch_tokens=s.map_batch_tokens,
+                                   voice=voice, title_types=title_types))
     clock.lap("global")
 
-    vocabulary = {w for t in chunks.column("text").to_pylist() for w in words(t)}
-    unanswerable = Q.unanswerable_questions(Q.unanswerable_count(len(rows), s.unanswerable_fraction), vocabulary, cfg.seed)
-    rec.stats["questions"]["unanswerable"] = len(unanswerable)
-    rows += [{**u, "engine": "none"} for u in unanswerable]
+    asked = len(chunk_questions) + len(global_questions)
+    unanswerable = Q.unanswerable_questions(Q.unanswerable_count(asked, s.unanswerable_fraction),
+                                            entities, relationships, retriever, t, cfg.seed)
+    if unanswerable:
+        parts.append(from_table(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable])))
     clock.lap("unanswerable")
-
-    # Questions that reached answering (declined or failed question calls are drops before that).
-    rec.rows_in = sum(rec.stats["questions"].values())
+    rec.stats["questions"] = {
+        **{k: sum(q["kind"] == k for q in chunk_questions) for k in ("entity", "relationship", "local")},
+        "global": sum(q["question_set"] == "main" for q in global_questions),
+        "hard_global": sum(q["question_set"] == "hard_global" for q in global_questions),
+        "unanswerable": len(unanswerable),
+    }
+    rec.rows_in = asked + len(unanswerable)
     if not rec.rows_in:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
-    kept = filter_rows(run, rec, rows)
-    train, test = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
-    clock.lap("quality_and_split")
-    n_train = run.write_table("qa", qa_table(train, s.reasoning, s.system_prompt), split="train")
-    n_test = run.write_table("qa", qa_table(test, s.reasoning, s.system_prompt), split="test")
-    rec.rows_out = n_train + n_test
-    rec.stats["rows"] = {split: {k: sum(r["kind"] == k for r in part) for k in KINDS} for split, part in (("train", train), ("test", test))}
+
+    scored = quality.score_rows(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], quality.Limits.of(s)).materialize()
+    rows = quality.compact(scored)
+    clock.lap("answers_and_scores")
+    judged = {}
+    if llm_enabled(cfg.judge):
+        judged = quality.judge_rows(run, rec, scored, s.min_judge_score)
+        for r in rows:
+            if r["id"] in judged:
+                r["judge_score"], drop = judged[r["id"]]
+                r["drop"] = r["drop"] or drop
+    _record_scores(rec, s, rows)
+    kept = quality.count_drops(rec, rows)
+    kept = quality.dedup(rec, kept, s.answer_dedup_threshold, s.dedup_threshold)
+    kept = quality.keep_top(rec, kept, s.keep_top_fraction)
+    decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
+    clock.lap("filters_and_split")
+
+    import ray
+
+    shared = ray.put({i: (split, group, judged.get(i, (None, None))[0]) for i, (split, group) in decisions.items()})
+    system_prompt = s.system_prompt or t.system_prompt
+    counts = {}
+    for split in ("train", "test"):
+        qa = scored.map_batches(qa_batch, fn_kwargs={"decisions": [shared], "split": split, "reasoning": s.reasoning,
+                                                     "system_prompt": system_prompt}, batch_format="pyarrow")
+        counts[split] = run.write_table("qa", qa, split=split)
+    clock.lap("write")
+    rec.rows_out = sum(counts.values())
+    kinds = {r["id"]: r["kind"] for r in kept}
+    rec.stats["rows"] = {split: {k: sum(1 for i, d in decisions.items() if d[0] == split and kinds[i] == k) for k in KINDS}
+                         for split in ("train", "test")}
+    rec.stats["rows"]["test"]["hard_global"] = sum(1 for r in kept if r["question_set"] == "hard_global" and r["id"] in decisions)
     rec.stats["reasoning"] = s.reasoning
     run.update_manifest(quality=quality_report(run, rec))
 
 
+def _record_scores(rec: StageRecord, s, rows: list[dict]) -> None:
+    """Retrieval recall of local questions' sources, and the groundedness distribution the threshold cuts."""
+    hits = [r["retrieved_source"] for r in rows if r.get("retrieved_source") is not None]
+    rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
+                              "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
+    rec.stats["groundedness"] = {"min_groundedness": s.min_groundedness, "quantiles": quality.groundedness_quantiles(rows)}
+
+
 class _Clock:
-    """Seconds per phase into rec.stats["seconds"] (question writing and answering per kind)."""
+    """Seconds per phase into rec.stats["seconds"]."""
 
     def __init__(self, rec: StageRecord):
         self.seconds = rec.stats.setdefault("seconds", {})
@@ -99,17 +143,6 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self.last, 3)
         self.last = now
-
-
-def _trace_communities(rows: list[dict], communities: pa.Table) -> list[dict]:
-    """A global answer's evidence chunks: those of the communities it used."""
-    units = {}
-    if communities.num_rows:
-        for c in communities.select(["community", "text_unit_ids"]).to_pylist():
-            units[str(c["community"])] = c["text_unit_ids"] or []
-    for r in rows:
-        r["evidence_chunk_ids"] = sorted({u for c in r.get("community_ids") or [] for u in units.get(c, [])})
-    return rows
 
 
 def target(answer: str, reasoning: str | None, mode: str) -> str:
@@ -122,22 +155,35 @@ def target(answer: str, reasoning: str | None, mode: str) -> str:
 
 
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",
-              "entity_ids", "relationship_ids", "community_ids", "level", "question_source", "engine", "model",
-              "prompt_hash", "groundedness", "judge_score", "split")
+              "entity_ids", "relationship_ids", "community_ids", "level", "question_source", "question_set", "engine",
+              "model", "prompt_hash", "groundedness", "relevance")
 
 
-def qa_table(rows: list[dict], reasoning: str, system_prompt: str) -> pa.Table:
+def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, system_prompt: str) -> pa.Table:
+    """The kept rows of one split as qa rows: lineage columns, scores, and the chat messages."""
+    import ray
+
+    import schemas
+
+    chosen = ray.get(decisions[0])
+    ids = batch.column("id").to_pylist()
+    mask = pa.array([chosen.get(i, ("",))[0] == split for i in ids])
     out = []
-    for r in rows:
+    for r in batch.filter(mask).to_pylist():
         row = {c: r.get(c) for c in QA_COLUMNS}
         for c in ("evidence_chunk_ids", "entity_ids", "relationship_ids", "community_ids"):
             row[c] = row[c] or []
+        row["question_set"] = row["question_set"] or "main"
+        _, row["group_id"], row["judge_score"] = chosen[r["id"]]
+        row["split"] = split
         row["messages"] = [
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": r["question"]},
             {"role": "assistant", "content": target(r["answer"], r.get("reasoning"), reasoning)},
         ]
         out.append(row)
-    import schemas
-
     return schemas.validate("qa", pa.Table.from_pylist(out, schema=schemas.schema_of("qa")))
+
+
+def log_voice(rec: StageRecord, voice: str) -> None:
+    log(f"[{rec.name}] voice: {voice}")
