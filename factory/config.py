@@ -133,40 +133,47 @@ class GraphConfig(Section):
 
 
 class SynthConfig(Section):
+    # personal: questions in the owner's first person, answers to "you"; reference: neutral; auto: decided
+    # from the corpus's first-person rate (factory/voice.py). Templates per voice: factory/prompts/templates/.
+    voice: Literal["auto", "personal", "reference"] = "auto"
     retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
     top_k: int = Field(5, ge=1)
     reasoning: Literal["none", "inline", "think_tags"] = "think_tags"
+    # Source chunks an entity/relationship chain of thought may read (the authors used 30).
     max_source_chunks: int = Field(30, ge=1)
     global_level: int = Field(0, ge=0)
     global_questions: int = Field(20, ge=0)
+    # The separately written held-out set of hard global questions (no entity names), test split only.
+    hard_global_questions: int = Field(10, ge=0)
     map_batch_tokens: int = Field(4000, ge=256)
     unanswerable_fraction: float = Field(0.05, ge=0, le=1)
     llm_local_questions: bool = True
     min_answer_chars: int = Field(20, ge=0)
     max_answer_chars: int = Field(20_000, ge=1)
+    # Near-duplicate questions (Jaccard of content words and bigrams, MinHash-estimated) keep one row.
     dedup_threshold: float = Field(0.9, gt=0, le=1)
+    # Near-duplicate answers keep one row: below the 0.9 at which two answers count as equal, so none slips past.
+    answer_dedup_threshold: float = Field(0.8, gt=0, le=1)
     keep_top_fraction: float = Field(1.0, gt=0, le=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
-    system_prompt: str = "You are a helpful assistant with a personal memory of the user's corpus."
-    # Local questions per chunk: at most this many of the entities/relationships it names.
-    local_per_chunk: int = Field(3, ge=0)
+    # None: the voice's system prompt (factory/prompts/templates/<voice>.yaml).
+    system_prompt: str | None = None
+    # Local questions per chunk: every entity/relationship it names (None, as the method does), or at most this many.
+    local_per_chunk: int | None = Field(None, ge=1)
     # Template questions for the most important communities at global_level, each scoped to its report.
     community_questions: int = Field(50, ge=0)
-    # Who asks the teacher-written global questions (as in GraphRAG's evaluation); summary size for them.
-    personas: list[str] = Field(
-        default_factory=lambda: [
-            "the author, looking back over the whole period",
-            "a close friend catching up on everything that happened",
-            "a biographer tracing how the author's life changed over time",
-            "a coach looking for patterns in work, habits and wellbeing",
-        ],
-        min_length=1,
-    )
+    # Who asks the teacher-written global questions (as in GraphRAG's evaluation); None: the voice's personas.
+    personas: list[str] | None = Field(None, min_length=1)
     summary_tokens: int = Field(6000, ge=256)
     min_question_chars: int = Field(10, ge=0)
     max_question_chars: int = Field(500, ge=1)
-    # Lexical support of an answer by its evidence (0..1) below which the row is dropped.
-    min_groundedness: float = Field(0.5, ge=0, le=1)
+    # Share of the answer's content words found in its evidence (a local row: its source chunk) below which
+    # the row is dropped; the distribution per kind is in the stage's stats (groundedness.quantiles).
+    min_groundedness: float = Field(0.6, ge=0, le=1)
+    # Share of the answer's sentences that mention what the question asks about, below which it is off topic.
+    min_relevance: float = Field(0.2, ge=0, le=1)
+    # The judge's 0-10 support and answers-the-question scores below which a row is dropped.
+    min_judge_score: float = Field(6.0, ge=0, le=10)
     # A train question this similar (Jaccard of content words and bigrams) to a test question is dropped.
     test_overlap_threshold: float = Field(0.8, gt=0, le=1)
 

@@ -68,7 +68,10 @@ def to_second_person(text: str) -> str:
         word = m.group(1)
         key = word.lower().replace("’", "'")
         out = _SECOND_PERSON[key]
-        if word[0].isupper():
+        # "I" is capitalized anywhere; "you" only where a sentence starts. Other pronouns keep their case.
+        before = text[: m.start()].rstrip()
+        start = not before or before[-1] in ".!?:" or (before[-1] in "\"“" and before[:-1][-1:] in ("", " ", "\n", "("))
+        if (start if key.startswith("i") and key in ("i", "i'm", "i've", "i'd", "i'll") else word[0].isupper()):
             out = out[0].upper() + out[1:]
         verb = m.group(2)
         if verb:
@@ -77,4 +80,5 @@ def to_second_person(text: str) -> str:
         return out
 
     # "I" in the middle of a sentence is always the pronoun; a bare "us" or "me" is too.
-    return _PRONOUN.sub(sub, text or "")
+    text = text or ""
+    return _PRONOUN.sub(sub, text)

@@ -46,5 +46,8 @@ def load(task: str) -> Prompt:
 
 
 def hashes() -> dict[str, str]:
-    """Hash of every prompt file, for the manifest."""
-    return {p.stem: load(p.stem).hash for p in sorted(HERE.glob("*.md"))}
+    """Hash of every prompt and question-template file, for the manifest."""
+    out = {p.stem: load(p.stem).hash for p in sorted(HERE.glob("*.md"))}
+    for p in sorted(HERE.glob("templates/*.yaml")):
+        out[f"templates/{p.stem}"] = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+    return out

@@ -1,38 +1,36 @@
-"""Answers written the way RAG and GraphRAG would answer, with an LLM or extractively.
+"""Answers written the way RAG and GraphRAG would answer, with the teacher or extractively.
 
-Public API (the evaluation job reuses it). `engine` is an EngineConfig; None
-or `engine: none` takes the extractive no-LLM path. Every function takes a Ray
-Dataset of questions (`id`, `question`, other columns pass through) and returns
-a Ray Dataset with these columns added:
+Public API (the evaluation job reuses answer_global). `engine` is an EngineConfig; None or
+`engine: none` takes the extractive no-LLM path (extractive.py). Both functions take a Ray
+Dataset of questions and return one with these columns added:
 
-    answer (str | null: null when no answer could be made; see `error`),
-    reasoning (str | null), evidence (str: the text the answer rests on),
-    engine, model, prompt_hash (null on the extractive path), error (str | null)
+    answer (str | null: null when no answer could be made; see `error`), reasoning (str | null),
+    evidence (str: the text the answer must be supported by), engine, model, prompt_hash,
+    error (str | null)
 
-answer_from_chunks(run, rec, questions, retriever, engine, *, k=5, max_source_chunks=30) -> Dataset
-    One pass over questions of three kinds (the `kind` column), on one actor pool
-    that holds `retriever`; adds evidence_chunk_ids (list[str]) and
-    retrieved_source (bool | null).
-    - local: naive RAG. The top-k chunks that `retriever` finds FOR THE QUESTION,
-      then an answer from them (extractive: the evidence sentences that best match
-      the question). retrieved_source: `source_chunk_id` among them (null without one).
-    - entity / relationship: a long chain of thought from the description plus up
-      to `max_source_chunks` of its source chunks. Rows carry `names` (list[str]:
-      the entity titles to look for), `description` and `text_unit_ids`.
+answer_from_chunks(run, rec, questions, retriever, engine, voice, *, k=5) -> Dataset
+    Rows of questions.QUESTION_SCHEMA, answered on one actor pool that holds `retriever`, by `task`:
+    - describe: the template question's answer is the subject's description (the authors' pair).
+    - local: the source chunk answers. The top-k chunks retrieved for the question are recorded
+      (retrieved_source: whether the source was among them) and, with a teacher, shown beside the
+      source chunk, the focus's description and the question writer's reasoning, as RAG would see
+      them. Without one, the answer is the source's sentences naming the focus. The evidence is the
+      source chunk alone: an answer it does not support is dropped later (quality.py).
+    - entity_qa / relationship_qa (teacher only): the teacher writes a question and a long chain of
+      thought over the description and up to `max_source_chunks` source chunks.
+    Adds evidence_chunk_ids (list[str]) and retrieved_source (bool | null).
 
-answer_global(run, rec, questions, reports, engine, *, level=0, batch_tokens=4000) -> Dataset
-    GraphRAG global search: map over the community reports of `level` in
-    batches of at most `batch_tokens` estimated tokens → key points scored
-    0-100 → zeros dropped, the rest sorted → one reduced answer citing
-    communities. An optional `scope` column (list of community numbers as
-    strings) restricts a question to those reports at any level. Adds
-    community_ids (list[str]: community numbers the answer used).
+answer_global(run, rec, questions, reports, engine, *, level=0, batch_tokens=4000, voice="reference",
+              title_types=None) -> Dataset
+    GraphRAG global search per question: map over the community reports of `level` (or of the row's
+    `scope`) in batches of at most `batch_tokens` estimated tokens -> key points scored 0-100 ->
+    zeros dropped, the rest sorted -> one reduced answer. Without a teacher the map scores findings
+    by the row's `cues`/`types` (templates) and its own words. Adds community_ids (list[str]).
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,21 +39,13 @@ from pydantic import BaseModel, Field, field_validator
 from factory.config import EngineConfig
 from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
+from factory.synth import extractive as X
+from factory.synth.questions import DESCRIBE, ENTITY_QA, LOCAL, RELATIONSHIP_QA
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import MESSAGES, apply_rows, collect, from_table, map_rows, to_dataset
-from factory.synth.text import content_words, estimate_tokens, sentence_words
+from factory.synth.rows import MESSAGES, apply_rows, collect, from_table, llm_enabled, map_rows, to_dataset
+from factory.synth.templates import load_templates
+from factory.synth.text import estimate_tokens
 from schemas import STRS
-
-# Extractive answers quote at most this many sentences.
-MAX_SENTENCES = 3
-# Reduce prompts and extractive reduces use at most this many key points.
-MAX_POINTS = 12
-# Words that frame a corpus-wide question without naming its topic; they match no finding.
-GLOBAL_FRAMING = frozenset(
-    """main theme themes recurring overall change changed changes changing time times across corpus whole pattern
-    patterns trend trends big picture important common biggest key period months weeks year life memory evolve
-    evolved compare compared comparison different differ most least""".split()
-)
 
 ANSWER_FIELDS = {
     "answer": pa.string(),
@@ -66,6 +56,21 @@ ANSWER_FIELDS = {
     "prompt_hash": pa.string(),
     "error": pa.string(),
 }
+# The teacher's task (prompt file and call-cache folder) per answering task.
+TEACHER_TASKS = {LOCAL: "local_answer", ENTITY_QA: "entity_qa", RELATIONSHIP_QA: "relationship_qa"}
+REFUSED = "refused"
+
+
+class LocalAnswerOut(BaseModel):
+    answerable: bool = True
+    reasoning: str = ""
+    answer: str = ""
+
+
+class SubjectQAOut(BaseModel):
+    question: str
+    reasoning: str = ""
+    answer: str
 
 
 class AnswerOut(BaseModel):
@@ -88,19 +93,11 @@ class MapOut(BaseModel):
     points: list[KeyPoint] = Field(default_factory=list)
 
 
-def llm_enabled(engine: EngineConfig | None) -> bool:
-    return engine is not None and engine.engine != "none"
-
-
-# ---- local, entity, relationship: answers from chunks --------------------------------------
-# The prompt (and call-cache task) of each kind answered from chunks.
-CHUNK_TASKS = {"local": "local_answer", "entity": "entity_answer", "relationship": "relationship_answer"}
-
-
-def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None, *,
-                       k: int = 5, max_source_chunks: int = 30):
-    """See the module docstring. One actor pool for every kind: starting a pool and shipping
-    it the retriever costs seconds, more than answering a few hundred questions."""
+# ---- local, entity, relationship: answers from chunks --------------------------------------------
+def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None,
+                       voice: str, *, k: int = 5):
+    """See the module docstring. One actor pool for every task: starting a pool and shipping it the
+    retriever costs seconds, more than answering a few thousand questions."""
     import ray.data
 
     from factory.cluster import cpu_actors
@@ -108,192 +105,208 @@ def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriev
     llm = llm_enabled(engine)
     ds = questions.map_batches(
         _Answerer,
-        fn_constructor_kwargs={"retriever": retriever, "llm": llm, "k": k, "max_source_chunks": max_source_chunks},
+        fn_constructor_kwargs={"retriever": retriever, "llm": llm, "k": k, "voice": voice},
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
         batch_format="pyarrow",
-        batch_size=256,
+        batch_size=512,
     )
     if not llm:
         return ds
-    # Each kind has its own prompt, so its own task in the engine layer (stats and call cache).
+    # Each task has its own prompt, so its own call-cache folder and stats in the engine layer.
     prompted = collect(ds)
-    kinds = prompted.column("kind")
-    parts = [_llm_answers(run, rec, from_table(prompted.filter(pc.equal(kinds, kind))), engine, task)
-             for kind, task in CHUNK_TASKS.items() if pc.any(pc.equal(kinds, kind)).as_py()]
-    return parts[0].union(*parts[1:])
+    tasks = prompted.column("task")
+    done = prompted.filter(pc.equal(tasks, DESCRIBE)).drop_columns(["messages"])
+    parts = [from_table(done)] if done.num_rows else []
+    for task, teacher_task in TEACHER_TASKS.items():
+        rows = prompted.filter(pc.equal(tasks, task))
+        if rows.num_rows:
+            out = LocalAnswerOut if task == LOCAL else SubjectQAOut
+            parts.append(_llm_answers(run, rec, from_table(rows), engine, teacher_task, out))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 class _Answerer:
-    """Per row: the evidence chunks (retrieved for the question, or the subject's sources),
-    then the prompt (LLM path) or the extractive answer."""
+    """Per row: the evidence (source chunk, description, sources) and the extractive answer or the prompt."""
 
-    def __init__(self, retriever: Retriever, llm: bool, k: int = 5, max_source_chunks: int = 30):
-        self.retriever, self.llm, self.k, self.max_source_chunks = retriever, llm, k, max_source_chunks
-        self.prompts = {kind: load_prompt(task) for kind, task in CHUNK_TASKS.items()}
-        self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **_fields(llm)}
+    def __init__(self, retriever: Retriever, llm: bool, k: int, voice: str):
+        self.retriever, self.llm, self.k, self.voice = retriever, llm, k, voice
+        self.t = load_templates(voice)
+        self.prompts = {task: load_prompt(name) for task, name in TEACHER_TASKS.items()} if llm else {}
+        # With a teacher, describe rows are answered here and the others carry their prompt in `messages`.
+        self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **ANSWER_FIELDS,
+                       **({"messages": MESSAGES} if llm else {})}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        local = [str(q) for q, kind in zip(batch.column("question").to_pylist(), batch.column("kind").to_pylist())
-                 if kind == "local"]
+        tasks = batch.column("task").to_pylist()
+        local = [q for q, task in zip(batch.column("question").to_pylist(), tasks) if task == LOCAL]
         hits = iter(self.retriever.search(local, self.k))
 
         def answer(row: dict) -> dict:
-            if row["kind"] == "local":
+            if row["task"] == LOCAL:
                 return self._local(row, [cid for cid, _ in next(hits)])
-            return self._grounded(row)
+            if row["task"] == DESCRIBE:
+                return self._describe(row)
+            return self._subject_qa(row)
 
         return apply_rows(batch, answer, self.fields)
 
-    def _passages(self, ids: list[str]) -> list[tuple[str, str]]:
-        return [(self.retriever.label(c), self.retriever.text(c)) for c in ids]
+    def _passage(self, chunk_id: str, n: int | None = None) -> str:
+        """A passage as a prompt shows it: its document's title and date, never its id."""
+        label = self.retriever.label(chunk_id)
+        head = f"Passage {n}" if n is not None else "Passage"
+        return f"{head}{f' ({label})' if label else ''}:\n{self.retriever.text(chunk_id)}"
+
+    def _describe(self, row: dict) -> dict:
+        description = row.get("description") or ""
+        out = {"evidence_chunk_ids": row.get("text_unit_ids") or [], "retrieved_source": None, "evidence": description}
+        return {**out, **extracted(X.voiced(description, self.voice) if description.strip() else None, None, "no_description")}
 
     def _local(self, row: dict, ids: list[str]) -> dict:
-        passages = self._passages(ids)
-        source = row.get("source_chunk_id")
-        out = {"evidence_chunk_ids": ids, "retrieved_source": (source in ids) if source else None,
-               "evidence": "\n\n".join(t for _, t in passages)}
+        source = row["source_chunk_id"]
+        text = self.retriever.text(source) if self.retriever.has(source) else ""
+        others = [c for c in ids if c != source]
+        out = {"retrieved_source": source in ids, "evidence": text}
         if self.llm:
-            return {**out, "messages": self.prompts["local"].messages(question=row["question"], context=format_passages(ids, passages))}
-        return {**out, **_extracted(*extract_answer(row["question"], passages))}
-
-    def _grounded(self, row: dict) -> dict:
-        ids = [c for c in (row.get("text_unit_ids") or []) if self.retriever.has(c)][: self.max_source_chunks]
-        passages = self._passages(ids)
-        description = row.get("description") or ""
-        out = {"evidence_chunk_ids": ids, "evidence": "\n\n".join([description] + [t for _, t in passages])}
-        if self.llm:
-            return {**out, "messages": self.prompts[row["kind"]].messages(
-                question=row["question"], name=" and ".join(row["names"]), description=description,
-                sources=format_passages(ids, passages),
+            context = "\n\n".join(self._passage(c, i + 1) for i, c in enumerate(others)) or "(none)"
+            return {**out, "evidence_chunk_ids": [source] + others, "messages": self.prompts[LOCAL].messages(
+                question=row["question"], question_reasoning=row.get("question_reasoning") or "(none)",
+                source=self._passage(source), focus=" and ".join(row["names"]),
+                description=row.get("description") or "(none)", context=context, answer_style=self.t.answer_style,
             )}
-        return {**out, **_extracted(*extract_grounded(row["names"], description, passages))}
+        quoted = X.source_sentences(row["names"], text)
+        if not quoted:
+            return {**out, "evidence_chunk_ids": [source], **extracted(None, None)}
+        answer = " ".join(X.voiced(s, self.voice) for s in quoted)
+        reasoning = self.t.phrases.local_reasoning.format(
+            focus=" and ".join(row["names"]), where_answer=row.get("where") or "", quotes=" ".join(f'"{s}"' for s in quoted))
+        return {**out, "evidence_chunk_ids": [source], **extracted(answer, reasoning)}
+
+    def _subject_qa(self, row: dict) -> dict:
+        ids = [c for c in row.get("text_unit_ids") or [] if self.retriever.has(c)]
+        description = row.get("description") or ""
+        return {"evidence_chunk_ids": ids, "retrieved_source": None,
+                "evidence": "\n\n".join([description] + [self.retriever.text(c) for c in ids]),
+                "messages": self.prompts[row["task"]].messages(
+                    name=" and ".join(row["names"]), kind=row.get("entity_type") or row["kind"], description=description or "(none)",
+                    sources="\n\n".join(self._passage(c, i + 1) for i, c in enumerate(ids)) or "(none)",
+                    question_style=self.t.question_style, answer_style=self.t.answer_style)}
 
 
-def format_passages(ids: list[str], passages: list[tuple[str, str]]) -> str:
-    return "\n\n".join(f"[chunk {cid}] {label}\n{text}" for cid, (label, text) in zip(ids, passages))
+def extracted(answer: str | None, reasoning: str | None, missing: str = "no_evidence") -> dict:
+    return {"answer": answer, "reasoning": reasoning, "engine": "none", "model": None, "prompt_hash": None,
+            "error": None if answer else missing}
 
 
-def extract_answer(question: str, passages: list[tuple[str, str]], max_sentences: int = MAX_SENTENCES) -> tuple[str | None, str | None]:
-    """The evidence sentences sharing the most content words with the question, in reading order."""
-    q = set(content_words(question))
-    # Words naming passages (titles, dates) locate an entry but answer nothing: a sentence
-    # must match the question's other words, and among equals the entry the question names wins.
-    label_words = [set(content_words(label)) for label, _ in passages]
-    topic = q.difference(*label_words)
-    scored = []
-    for rank, (label, text) in enumerate(passages):
-        terms = topic or q - label_words[rank]
-        named = len(q & label_words[rank])
-        for pos, (sent, sent_words) in enumerate(sentence_words(text)):
-            overlap = len(terms & sent_words)
-            if overlap:
-                scored.append((-overlap, -named, rank, pos, label, sent))
-    picked = sorted(sorted(scored)[:max_sentences], key=lambda s: (s[2], s[3]))
-    if not picked:
-        return None, None
-    by_label: dict[str, list[str]] = {}
-    for *_, label, sent in picked:
-        by_label.setdefault(label, []).append(sent)
-    answer = " ".join(f"In {label}: {' '.join(sents)}" if label else " ".join(sents) for label, sents in by_label.items())
-    about = ", ".join(sorted(topic or q)[:8])
-    quoted = " ".join(f'{label or "A passage"} says: "{s}"' for *_, label, s in picked)
-    reasoning = f"The question is about {about}. Searching my memory for these, {quoted} These passages answer it."
-    return answer, reasoning
+def _llm_answers(run: Run, rec: StageRecord, ds, engine: EngineConfig, task: str, output_model: type[BaseModel]):
+    """Send rows with `messages` to the engine and turn the parsed JSON into answer/reasoning (and the
+    question, for tasks that write one). A declared refusal becomes error "refused"."""
+    from factory.engines import run_llm
+
+    prompt_hash = load_prompt(task).hash
+    writes_question = "question" in output_model.model_fields
+
+    def parse(row: dict) -> dict:
+        out = {"engine": row.get("engine") or engine.engine, "model": row.get("model") or engine.model,
+               "prompt_hash": row.get("prompt_hash") or prompt_hash, "answer": None, "reasoning": None,
+               "error": row.get("error"), "question": row.get("question")}
+        if not out["error"] and row.get("parsed"):
+            parsed = output_model.model_validate_json(row["parsed"])
+            if getattr(parsed, "answerable", True) is False:
+                out["error"] = f"{REFUSED}: the teacher found no answer in the source"
+            else:
+                out.update(answer=parsed.answer.strip() or None, reasoning=parsed.reasoning.strip() or None)
+                if writes_question:
+                    out["question"] = parsed.question.strip() or None
+        if not out["answer"] and not out["error"]:
+            out["error"] = "empty_answer"
+        return out
+
+    answered = run_llm(run, rec, ds, engine, task, output_model=output_model)
+    fields = {"question": pa.string(), **{k: v for k, v in ANSWER_FIELDS.items() if k != "evidence"}}
+    return map_rows(answered, parse, fields, drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens"))
 
 
-# ---- entity / relationship: description + source chunks, long chain of thought ----------
-def extract_grounded(names: list[str], description: str, passages: list[tuple[str, str]]) -> tuple[str | None, str | None]:
-    """Restate the description and the source sentences naming the subject, then conclude."""
-    pattern = re.compile("|".join(re.escape(n) for n in names if n), re.IGNORECASE) if any(names) else None
-    quotes = []
-    for label, text in passages:
-        hits = [s for s, _ in sentence_words(text) if pattern and pattern.search(s)]
-        if hits:
-            quotes.append((label, hits[0]))
-    if not description and not quotes:
-        return None, None
-    subject = " and ".join(names)
-    description = " ".join(description.split())
-    steps = []
-    if description:
-        steps.append(f"What I hold about {subject}: {description}")
-    steps += [f'{label or "One passage"} says: "{s}"' for label, s in quotes]
-    reasoning = " ".join(steps) + f" Putting these {len(steps)} pieces together gives the picture of {subject}."
-    extra = [s for _, s in quotes if s not in description][:MAX_SENTENCES]
-    answer = " ".join(([description] if description else []) + extra)
-    return answer, reasoning
+# ---- global: map-reduce over community reports ------------------------------------------------
+def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engine: EngineConfig | None, *,
+                  level: int | None = 0, batch_tokens: int = 4000, voice: str = "reference",
+                  title_types: dict[str, str] | None = None):
+    import ray.data
 
-
-# ---- global: map-reduce over community reports -------------------------------------------
-def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engine: EngineConfig | None, *, level: int | None = 0, batch_tokens: int = 4000):
     llm = llm_enabled(engine)
+    t = load_templates(voice)
     qtable = collect(questions)
-    qrows = qtable.to_pylist()
     report_rows = [_report(r) for r in reports.to_pylist()]
+    findings = {r["community"]: X.report_findings(r, title_types or {}) for r in report_rows}
 
-    # Map: one row per (question, batch of reports).
-    map_rows_ = []
-    for q in qrows:
+    def pool_of(q: dict) -> list[dict]:
         scope = set(q.get("scope") or [])
-        pool = [r for r in report_rows if (str(r["community"]) in scope if scope else level is None or r["level"] == level)]
-        terms = json.dumps(sorted(question_terms(q["question"], pool)))
-        for b, batch in enumerate(pack_reports(pool, batch_tokens)):
-            map_rows_.append({"id": f"{q['id']}#{b}", "qid": q["id"], "question": q["question"], "terms": terms, "reports": json.dumps(batch)})
-    map_schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("question", pa.string()), ("terms", pa.string()), ("reports", pa.string())])
-    points_by_q: dict[str, list[dict]] = {q["id"]: [] for q in qrows}
-    if map_rows_:
-        for qid, points in _map(run, rec, to_dataset(map_rows_, map_schema), engine):
-            points_by_q[qid] += points
+        return [r for r in report_rows if (str(r["community"]) in scope if scope else level is None or r["level"] == level)]
 
-    # Reduce: zeros dropped, best first, within the token budget.
+    qrows = qtable.to_pylist()
+    if llm:
+        points_by_q = _llm_map(run, rec, qrows, pool_of, engine, batch_tokens)
+    else:
+        points_by_q = {q["id"]: _extract_map(q, pool_of(q), findings) for q in qrows}
+
     schema = qtable.schema
     for name, type_ in {"community_ids": STRS, **ANSWER_FIELDS}.items():
         if schema.get_field_index(name) < 0:
             schema = schema.append(pa.field(name, type_))
     done, todo = [], []
     for q in qrows:
-        points = select_points(points_by_q[q["id"]], batch_tokens)
+        points = select_points(points_by_q.get(q["id"], []), batch_tokens)
         row = {**q, "community_ids": [str(c) for c in sorted({c for p in points for c in p["reports"]})],
-               "evidence": format_points(points)}
+               "evidence": "\n".join(p["description"] for p in points)}
         if not points:
-            done.append({**row, **_extracted(None, None, "no_key_points")})
+            done.append({**row, **extracted(None, None, "no_key_points")})
         elif llm:
-            todo.append({**row, "messages": load_prompt("global_reduce").messages(question=row["question"], points=row["evidence"])})
+            todo.append({**row, "messages": load_prompt("global_reduce").messages(
+                question=row["question"], points=format_points(points), answer_style=t.answer_style)})
         else:
-            done.append({**row, **_extracted(*extract_reduce(points))})
+            pool = pool_of(q)
+            intro = t.phrases.community_intro.format(title=pool[0]["title"]) if q.get("scope") and len(pool) == 1 \
+                else t.phrases.global_intro
+            answer, reasoning = X.reduce_points(points, voice, intro, t.phrases.global_reasoning, len(pool))
+            done.append({**row, **extracted(answer, reasoning)})
     out = pa.Table.from_pylist(done, schema=schema)
     if todo:
         ask_schema = pa.schema([f for f in schema if f.name not in ANSWER_FIELDS or f.name == "evidence"] + [pa.field("messages", MESSAGES)])
-        asked = collect(_llm_answers(run, rec, to_dataset(todo, ask_schema), engine, "global_reduce"))
+        asked = collect(_llm_answers(run, rec, to_dataset(todo, ask_schema), engine, "global_reduce", AnswerOut))
         out = pa.concat_tables([out, asked.select(out.column_names).cast(out.schema)])
-    import ray.data
-
     return ray.data.from_arrow(out)
 
 
-def _map(run: Run, rec: StageRecord, mapped, engine: EngineConfig | None) -> list[tuple[str, list[dict]]]:
-    """Key points of each (question, report batch): the LLM's, or the extractive ones."""
-    if not llm_enabled(engine):
-        fn = lambda r: {"points": json.dumps(extract_points(set(json.loads(r["terms"])), json.loads(r["reports"])))}  # noqa: E731
-        out = collect(map_rows(mapped, fn, {"points": pa.string()}, drop=("reports",)))
-        return [(r["qid"], json.loads(r["points"])) for r in out.to_pylist()]
+def _extract_map(q: dict, pool: list[dict], findings: dict[int, list[X.Finding]]) -> list[dict]:
+    """No-LLM map: every finding of the pool as a key point for the question (extractive.finding_point)."""
+    terms, wanted = X.question_terms(q["question"], q.get("cues")), frozenset(q.get("types") or ())
+    points = (X.finding_point(f, terms, wanted) for r in pool for f in findings[r["community"]])
+    return [p for p in points if p]
+
+
+def _llm_map(run: Run, rec: StageRecord, qrows: list[dict], pool_of, engine: EngineConfig, batch_tokens: int) -> dict[str, list[dict]]:
+    """Key points of each (question, report batch) from the teacher; failed calls add no points
+    (run_llm counts them in stats.llm.global_map)."""
     from factory.engines import run_llm
 
     prompt = load_prompt("global_map")
-    fn = lambda r: {"messages": prompt.messages(question=r["question"], reports=format_reports(json.loads(r["reports"])))}  # noqa: E731
-    out = collect(run_llm(run, rec, map_rows(mapped, fn, {"messages": MESSAGES}), engine, "global_map", output_model=MapOut))
-    results = []
+    rows = []
+    for q in qrows:
+        for b, batch in enumerate(pack_reports(pool_of(q), batch_tokens)):
+            rows.append({"id": f"{q['id']}#{b}", "qid": q["id"], "batch": json.dumps(sorted(r["community"] for r in batch)),
+                         "messages": prompt.messages(question=q["question"], reports=format_reports(batch))})
+    points_by_q: dict[str, list[dict]] = {q["id"]: [] for q in qrows}
+    if not rows:
+        return points_by_q
+    schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("batch", pa.string()), ("messages", MESSAGES)])
+    out = collect(run_llm(run, rec, to_dataset(rows, schema), engine, "global_map", output_model=MapOut))
     for r in out.to_pylist():
-        # Failed calls are counted by run_llm (stats.llm.global_map); their batch adds no points.
-        if not r.get("error") and r.get("parsed"):
-            batch = sorted(x["community"] for x in json.loads(r["reports"]))
-            points = []
-            for p in MapOut.model_validate_json(r["parsed"]).points:
-                # Citations must name reports of this batch; an uncited point stands on the whole batch.
-                cited = [c for c in p.reports if c in batch] or batch
-                points.append({**p.model_dump(), "reports": cited})
-            results.append((r["qid"], points))
-    return results
+        if r.get("error") or not r.get("parsed"):
+            continue
+        batch = json.loads(r["batch"])
+        for p in MapOut.model_validate_json(r["parsed"]).points:
+            # Citations must name reports of this batch; an uncited point stands on the whole batch.
+            points_by_q[r["qid"]].append({**p.model_dump(), "reports": [c for c in p.reports if c in batch] or batch})
+    return points_by_q
 
 
 def _report(r: dict) -> dict:
@@ -312,7 +325,7 @@ def _report(r: dict) -> dict:
 def format_reports(batch: list[dict]) -> str:
     parts = []
     for r in batch:
-        lines = [f"[report {r['community']}] {r['title']} (importance {r['rank']:g}/10)", r["summary"]]
+        lines = [f"Report {r['community']}: {r['title']} (importance {r['rank']:g}/10)", r["summary"]]
         lines += [f"- {f['summary']}: {f['explanation']}" for f in r["findings"]]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -333,39 +346,11 @@ def pack_reports(reports: list[dict], budget: int) -> list[list[dict]]:
     return batches
 
 
-def _report_text(r: dict) -> str:
-    return " ".join([r["title"], r["summary"]] + [f"{f['summary']} {f['explanation']}" for f in r["findings"]])
-
-
-def question_terms(question: str, reports: list[dict]) -> set[str]:
-    """The question's topic words that some report contains: framing words ("themes", "over
-    time") and words no report has cannot tell one finding from another."""
-    vocabulary = {w for r in reports for w in content_words(_report_text(r))}
-    return (set(content_words(question)) - GLOBAL_FRAMING) & vocabulary
-
-
-def extract_points(q: set[str], batch: list[dict]) -> list[dict]:
-    """No-LLM map: each finding scored 0-100 by its overlap with the question's terms `q` and
-    its report's importance; a finding sharing no term scores 0. A generic question (no
-    terms) scores findings by importance alone."""
-    points = []
-    for r in batch:
-        items = r["findings"] or [{"summary": r["title"], "explanation": r["summary"]}]
-        for f in items:
-            text = f"{f['summary']}: {f['explanation']}" if f["explanation"] else f["summary"]
-            if q:
-                overlap = len(q & set(content_words(f"{r['title']} {text}"))) / len(q)
-                score = round(100 * (0.7 * overlap + 0.03 * r["rank"])) if overlap else 0
-            else:
-                score = round(10 * r["rank"])
-            points.append({"description": text, "score": min(100, score), "reports": [r["community"]]})
-    return points
-
-
 def select_points(points: list[dict], budget: int) -> list[dict]:
+    """The best-scored points (zeros dropped) within `budget` estimated tokens, at most MAX_POINTS."""
     kept = sorted((p for p in points if p["score"] > 0), key=lambda p: (-p["score"], p["description"]))
     out, used = [], 0
-    for p in kept[:MAX_POINTS]:
+    for p in kept[: X.MAX_POINTS]:
         used += estimate_tokens(p["description"])
         if out and used > budget:
             break
@@ -374,50 +359,5 @@ def select_points(points: list[dict], budget: int) -> list[dict]:
 
 
 def format_points(points: list[dict]) -> str:
-    return "\n".join(f"- (score {p['score']}) {p['description']} [Data: Reports ({', '.join(map(str, p['reports']))})]" for p in points)
-
-
-def extract_reduce(points: list[dict]) -> tuple[str, str]:
-    """No-LLM reduce: the strongest key points, best first, each citing its reports."""
-    lines = [f"- {p['description']} [Data: Reports ({', '.join(map(str, p['reports']))})]" for p in points]
-    n_reports = len({c for p in points for c in p["reports"]})
-    answer = "Looking across my memory as a whole, these are the main points:\n" + "\n".join(lines)
-    reasoning = (
-        f"I went through the community summaries in batches and kept {len(points)} key points from "
-        f"{n_reports} communities that bear on the question, strongest first: "
-        + " ".join(f"({p['score']}) {p['description']}" for p in points[:3])
-    )
-    return answer, reasoning
-
-
-# ---- shared -----------------------------------------------------------------------------
-def _fields(llm: bool) -> dict[str, pa.DataType]:
-    """Columns a per-row step adds: the prompt on the LLM path, the whole answer on the extractive one."""
-    return {"evidence": pa.string(), "messages": MESSAGES} if llm else ANSWER_FIELDS
-
-
-def _extracted(answer: str | None, reasoning: str | None, missing: str = "no_evidence") -> dict:
-    return {"answer": answer, "reasoning": reasoning, "engine": "none", "model": None, "prompt_hash": None,
-            "error": None if answer else missing}
-
-
-def _llm_answers(run: Run, rec: StageRecord, ds, engine: EngineConfig, task: str):
-    """Send rows with `messages` to the engine and turn the parsed JSON into answer/reasoning."""
-    from factory.engines import run_llm
-
-    prompt_hash = load_prompt(task).hash
-
-    def parse(row: dict) -> dict:
-        out = {"engine": row.get("engine") or engine.engine, "model": row.get("model") or engine.model,
-               "prompt_hash": row.get("prompt_hash") or prompt_hash, "answer": None, "reasoning": None,
-               "error": row.get("error")}
-        if not out["error"] and row.get("parsed"):
-            parsed = AnswerOut.model_validate_json(row["parsed"])
-            out.update(answer=parsed.answer.strip() or None, reasoning=parsed.reasoning.strip() or None)
-        if not out["answer"] and not out["error"]:
-            out["error"] = "empty_answer"
-        return out
-
-    answered = run_llm(run, rec, ds, engine, task, output_model=AnswerOut)
-    return map_rows(answered, parse, {k: v for k, v in ANSWER_FIELDS.items() if k != "evidence"},
-                    drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens"))
+    """Key points as the reduce prompt shows them: importance, no report numbers to copy."""
+    return "\n".join(f"- (importance {p['score']}) {p['description']}" for p in points)

@@ -1,177 +1,235 @@
-"""Quality filters over answered rows; every drop is counted by reason in the stage record.
+"""Quality filters: per-row scores on Ray workers, corpus-wide decisions on the driver.
 
-In order: answer missing (by the answering step's reason), question and answer
-length bounds, groundedness (lexical support of the answer by its evidence,
-0..1) below `min_groundedness`, the judge's 0-10 score when a judge engine is
-configured (failed judge calls drop the row; the engine layer counts those,
-and failed answer calls, by error kind), near-duplicate questions (the
-better-scored row of a pair stays), and keep-top-fraction per kind.
-Unanswerable rows carry no evidence: they are length-checked and deduplicated only.
+`score_rows` (a Ray map, per batch) cleans every target of citations and ids, then marks a
+row's first failing check in `drop`:
+    the answering step's error (engine errors were counted by run_llm; "refused" = the teacher
+    declared no answer), a refusal written as an answer (only unanswerable rows may refuse),
+    question/answer length bounds, groundedness (share of the answer's content words found in its
+    evidence: for a local row its source chunk alone) below `min_groundedness`, and relevance (share
+    of the answer's sentences that mention what the question asks about, text.relevance) below
+    `min_relevance`. It also adds MinHash signatures of answer and question (near.py).
+
+`judge_rows` (when a judge engine is configured) asks it to rate support and whether the answer
+answers the question, 0-10 each; either below `min_judge_score` drops the row.
+
+`dedup` then runs on the driver over ids, scores and signatures only: near-duplicate answers
+(`answer_dedup_threshold`) and questions (`dedup_threshold`), the better-scored row staying, and
+keep-top-fraction per kind. Every drop is counted by reason in the stage record.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, field_validator
 
 from factory.engines.structured import BUDGET, INVALID_OUTPUT, LLM_ERROR
 from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
-from factory.synth.answers import llm_enabled
-from factory.synth.rows import MESSAGES, collect, to_dataset
-from factory.synth.text import shingles, support
+from factory.synth.answers import REFUSED
+from factory.synth.extractive import question_terms
+from factory.synth.near import NUM_PERM, NearIndex, signatures
+from factory.synth.rows import MESSAGES, collect, map_rows
+from factory.synth.text import clean_target, is_refusal, relevance, support
+from schemas import STRS
 
-NUM_PERM = 64
-# Error kinds the engine layer reports and counts itself (the first word of `error`).
+# Error kinds the engine layer counts itself (the first word of `error`).
 ENGINE_ERRORS = (LLM_ERROR, INVALID_OUTPUT, BUDGET)
+SIG = pa.binary(NUM_PERM * 4)
+
+# Every answered row, whatever made it, conformed to one shape before scoring.
+ANSWERED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
+    ("question_set", pa.string()), ("answer", pa.string()), ("reasoning", pa.string()), ("evidence", pa.string()),
+    ("evidence_chunk_ids", STRS), ("source_chunk_id", pa.string()), ("retrieved_source", pa.bool_()),
+    ("entity_ids", STRS), ("relationship_ids", STRS), ("community_ids", STRS), ("level", pa.int64()), ("cues", STRS),
+    ("engine", pa.string()), ("model", pa.string()), ("prompt_hash", pa.string()), ("error", pa.string()),
+])
+SCORE_FIELDS = {"groundedness": pa.float64(), "relevance": pa.float64(), "judge_score": pa.float64(),
+                "drop": pa.string(), "answer_sig": SIG, "question_sig": SIG}
+SCORED_SCHEMA = pa.schema(list(ANSWERED_SCHEMA) + [pa.field(n, t) for n, t in SCORE_FIELDS.items()])
 
 
+@dataclass(frozen=True)
+class Limits:
+    min_question_chars: int
+    max_question_chars: int
+    min_answer_chars: int
+    max_answer_chars: int
+    min_groundedness: float
+    min_relevance: float
+
+    @classmethod
+    def of(cls, s) -> "Limits":
+        return cls(s.min_question_chars, s.max_question_chars, s.min_answer_chars, s.max_answer_chars,
+                   s.min_groundedness, s.min_relevance)
+
+
+def conform(batch: pa.Table) -> pa.Table:
+    """`batch` with exactly ANSWERED_SCHEMA's columns (missing ones null, others dropped)."""
+    n = batch.num_rows
+    cols = [batch.column(f.name).cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
+            for f in ANSWERED_SCHEMA]
+    return pa.Table.from_arrays(cols, schema=ANSWERED_SCHEMA)
+
+
+def score_rows(ds, limits: Limits):
+    """Scores and the first failed check of every row (see the module docstring), on Ray."""
+    return ds.map_batches(score_batch, fn_kwargs={"limits": limits}, batch_format="pyarrow", batch_size=1024)
+
+
+def score_batch(batch: pa.Table, limits: Limits) -> pa.Table:
+    rows = conform(batch).to_pylist()
+    for r in rows:
+        r["answer"], r["reasoning"] = clean_target(r["answer"]), clean_target(r["reasoning"])
+        r["groundedness"] = r["relevance"] = r["judge_score"] = None
+        r["drop"] = _check(r, limits)
+    answers = signatures([r["answer"] or "" for r in rows])
+    questions = signatures([r["question"] or "" for r in rows])
+    for r, a, q in zip(rows, answers, questions):
+        r["answer_sig"], r["question_sig"] = a.tobytes(), q.tobytes()
+    return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)
+
+
+def _check(r: dict, lim: Limits) -> str | None:
+    if r["error"]:
+        return r["error"].split(":", 1)[0]
+    if not r["answer"] or not r["question"]:
+        return "no_answer"
+    if r["kind"] != "unanswerable" and is_refusal(r["answer"]):
+        return "refusal"
+    if not lim.min_question_chars <= len(r["question"]) <= lim.max_question_chars:
+        return "question_length"
+    if len(r["answer"]) < lim.min_answer_chars:
+        return "answer_too_short"
+    if len(r["answer"]) > lim.max_answer_chars:
+        return "answer_too_long"
+    if r["kind"] == "unanswerable":
+        return None  # written and checked against retrieval when it was made
+    r["groundedness"] = round(support(r["answer"], r["evidence"] or ""), 4)
+    if r["groundedness"] < lim.min_groundedness:
+        return "ungrounded"
+    r["relevance"] = relevance(question_terms(r["question"], r["cues"]), r["answer"])
+    if r["relevance"] is not None and r["relevance"] < lim.min_relevance:
+        return "off_topic"
+    return None
+
+
+# ---- the judge ------------------------------------------------------------------------------------
 class JudgeOut(BaseModel):
-    score: float
+    support: float
+    answers_question: float
     reason: str = ""
 
-    @field_validator("score", mode="before")
+    @field_validator("support", "answers_question", mode="before")
     @classmethod
     def _clamp(cls, v):
         return max(0.0, min(10.0, float(v)))
 
 
-class NearDuplicates:
-    """Questions seen so far; `seen(text)` is true when one is at least `threshold` similar
-    (Jaccard of words + word bigrams). MinHash LSH finds candidates, the exact Jaccard decides."""
-
-    def __init__(self, threshold: float):
-        from datasketch import MinHash, MinHashLSH
-
-        self.threshold = threshold
-        # Drawing the hash permutations is most of a MinHash's cost: draw them once.
-        template = MinHash(num_perm=NUM_PERM, seed=1)
-        self.permutations, self.scheme = template.permutations, template.scheme
-        # A lower LSH threshold than the decision one: candidates are cheap, misses are not.
-        self.lsh = MinHashLSH(threshold=max(0.05, threshold * 0.8), num_perm=NUM_PERM)
-        self.sets: list[set[str]] = []
-
-    def _minhash(self, grams: set[str]):
-        from datasketch import MinHash
-
-        mh = MinHash(num_perm=NUM_PERM, seed=1, permutations=self.permutations, scheme=self.scheme)
-        mh.update_batch([g.encode() for g in grams] or [b""])
-        return mh
-
-    def seen(self, text: str, add: bool = True) -> bool:
-        grams = shingles(text)
-        mh = self._minhash(grams)
-        for key in self.lsh.query(mh):
-            other = self.sets[key]
-            if len(grams & other) / max(1, len(grams | other)) >= self.threshold:
-                return True
-        if add:
-            self.add_minhash(grams, mh)
-        return False
-
-    def add(self, text: str) -> None:
-        grams = shingles(text)
-        self.add_minhash(grams, self._minhash(grams))
-
-    def add_minhash(self, grams: set[str], mh) -> None:
-        self.lsh.insert(len(self.sets), mh)
-        self.sets.append(grams)
-
-
-def filter_rows(run: Run, rec: StageRecord, rows: list[dict]) -> list[dict]:
-    """Apply every filter (see the module docstring); rows gain `groundedness` and `judge_score`."""
-    s = run.cfg.synth
-    kept = []
-    for r in rows:
-        if (r.get("error") or "").split(":")[0] in ENGINE_ERRORS:
-            continue  # run_llm counted it already, by kind
-        reason = _bounds(r, s)
-        if reason is None and r["kind"] != "unanswerable":
-            r["groundedness"] = round(support(r["answer"], r.get("evidence") or ""), 4)
-            if r["groundedness"] < s.min_groundedness:
-                reason = "ungrounded"
-        if reason:
-            rec.drop(reason)
-        else:
-            kept.append(r)
-    if llm_enabled(run.cfg.judge):
-        kept = judge(run, rec, kept)
-    kept = _dedup(rec, kept, s.dedup_threshold)
-    return _keep_top(rec, kept, s.keep_top_fraction)
-
-
-def _bounds(r: dict, s) -> str | None:
-    if not r.get("answer"):
-        return r.get("error") or "no_answer"
-    if not s.min_question_chars <= len(r["question"]) <= s.max_question_chars:
-        return "question_length"
-    if len(r["answer"]) < s.min_answer_chars:
-        return "answer_too_short"
-    if len(r["answer"]) > s.max_answer_chars:
-        return "answer_too_long"
-    return None
-
-
-def judge(run: Run, rec: StageRecord, rows: list[dict]) -> list[dict]:
-    """The judge engine's 0-10 groundedness score for each answered row with evidence."""
+def judge_rows(run: Run, rec: StageRecord, scored, min_score: float) -> dict[str, tuple[float | None, str | None]]:
+    """id -> (the judge's support score, a drop reason or None) for every row still kept that has evidence."""
     from factory.engines import run_llm
 
     prompt = load_prompt("groundedness")
-    asks = [
-        {"id": r["id"], "messages": prompt.messages(question=r["question"], evidence=r.get("evidence") or "", answer=r["answer"])}
-        for r in rows if r["kind"] != "unanswerable"
-    ]
-    if not asks:
-        return rows
-    schema = pa.schema([("id", pa.string()), ("messages", MESSAGES)])
-    out = collect(run_llm(run, rec, to_dataset(asks, schema), run.cfg.judge, "groundedness", output_model=JudgeOut))
-    scores = {
-        r["id"]: JudgeOut.model_validate_json(r["parsed"]).score
-        for r in out.to_pylist() if not r.get("error") and r.get("parsed")
-    }
+    asked = scored.filter(lambda r: r["drop"] is None and r["kind"] != "unanswerable")
+    asked = map_rows(asked.select_columns(["id", "question", "evidence", "answer"]),
+                     lambda r: {"messages": prompt.messages(question=r["question"], evidence=r["evidence"] or "", answer=r["answer"])},
+                     {"messages": MESSAGES}, drop=("question", "evidence", "answer"))
+    out = collect(run_llm(run, rec, asked, run.cfg.judge, "groundedness", output_model=JudgeOut))
+    verdicts = {}
+    for r in out.select(["id", "parsed", "error"]).to_pylist() if out.num_rows else []:
+        if r["error"] or not r["parsed"]:
+            verdicts[r["id"]] = (None, r["error"].split(":", 1)[0] if r["error"] else INVALID_OUTPUT)
+            continue
+        v = JudgeOut.model_validate_json(r["parsed"])
+        drop = "judge_ungrounded" if v.support < min_score else "judge_off_topic" if v.answers_question < min_score else None
+        verdicts[r["id"]] = (v.support, drop)
+    return verdicts
+
+
+# ---- corpus-wide decisions on the driver ---------------------------------------------------------
+COMPACT = ["id", "kind", "question_set", "drop", "groundedness", "judge_score", "answer_sig", "question_sig",
+           "source_chunk_id", "entity_ids", "community_ids"]
+
+
+def rank_key(r: dict) -> tuple:
+    """Best first: the separately written test questions, then the judge's score or groundedness."""
+    if r.get("judge_score") is not None:
+        score = r["judge_score"] / 10
+    else:
+        score = r["groundedness"] if r.get("groundedness") is not None else 1.0
+    return (r.get("question_set") != "hard_global", -score, r["id"])
+
+
+def count_drops(rec: StageRecord, rows: list[dict]) -> list[dict]:
+    """The rows still kept; the others counted by reason (engine errors were counted by run_llm)."""
     kept = []
     for r in rows:
-        if r["kind"] != "unanswerable":
-            if r["id"] not in scores:
-                continue  # a failed judge call: run_llm counted it by kind (see stats.llm.groundedness)
-            r["judge_score"] = scores[r["id"]]
-        kept.append(r)
+        if r["drop"] is None:
+            kept.append(r)
+        elif r["drop"] not in ENGINE_ERRORS:
+            rec.drop(r["drop"])
     return kept
 
 
-def score(r: dict) -> float:
-    """The row's quality for ranking: the judge's score when there is one, else groundedness."""
-    if r.get("judge_score") is not None:
-        return r["judge_score"] / 10
-    return r.get("groundedness") if r.get("groundedness") is not None else 1.0
-
-
-def _dedup(rec: StageRecord, rows: list[dict], threshold: float) -> list[dict]:
-    index = NearDuplicates(threshold)
+def dedup(rec: StageRecord, rows: list[dict], answer_threshold: float, question_threshold: float) -> list[dict]:
+    """Near-duplicate answers, then near-duplicate questions; the better-ranked row of a pair stays."""
+    answers, questions = NearIndex(answer_threshold), NearIndex(question_threshold)
     kept = []
-    for r in sorted(rows, key=lambda r: (-score(r), r["id"])):
-        if index.seen(r["question"]):
+    for r in sorted(rows, key=rank_key):
+        a, q = _sig(r["answer_sig"]), _sig(r["question_sig"])
+        if answers.similar(a) is not None:
+            rec.drop("duplicate_answer")
+        elif questions.similar(q) is not None:
             rec.drop("duplicate_question")
         else:
+            answers.add(a)
+            questions.add(q)
             kept.append(r)
     return kept
 
 
-def _keep_top(rec: StageRecord, rows: list[dict], fraction: float) -> list[dict]:
+def keep_top(rec: StageRecord, rows: list[dict], fraction: float) -> list[dict]:
     if fraction >= 1:
         return rows
     by_kind: dict[str, list[dict]] = {}
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r)
     kept = []
-    for kind, group in by_kind.items():
+    for kind, group in sorted(by_kind.items()):
         if kind == "unanswerable":
             kept += group
             continue
-        group.sort(key=lambda r: (-score(r), r["id"]))
+        group.sort(key=rank_key)
         n = math.ceil(fraction * len(group))
         rec.drop("below_keep_top_fraction", len(group) - n)
         kept += group[:n]
     return kept
+
+
+def _sig(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.uint32)
+
+
+def compact(scored) -> list[dict]:
+    """What the driver decides on: ids, kinds, scores, signatures and group keys, never the texts."""
+    table = collect(scored.select_columns(COMPACT))
+    return table.to_pylist() if table.num_rows else []
+
+
+def groundedness_quantiles(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per kind, quantiles of groundedness over every scored row (dropped ones included): what
+    `min_groundedness` cuts, so the threshold can be checked against real rows."""
+    out = {}
+    by_kind: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("groundedness") is not None:
+            by_kind.setdefault(r["kind"], []).append(r["groundedness"])
+    for kind, values in sorted(by_kind.items()):
+        q = np.quantile(np.asarray(values), [0.05, 0.25, 0.5, 0.75, 0.95])
+        out[kind] = {"n": len(values), **{f"p{p}": round(float(v), 3) for p, v in zip((5, 25, 50, 75, 95), q)}}
+    return out

@@ -1,16 +1,18 @@
-"""Questions of every kind, as lists of rows ready to be answered.
+"""Questions of every kind, as rows ready to be answered (answers.py) or already answered (unanswerable).
 
-    entity        one template per entity (six phrasings per type, seeded choice)
-    relationship  one template per relationship (nine phrasings)
-    local         per chunk x entity/relationship found in it: the teacher writes a
-                  question the chunk answers (or declines), or a template in no-LLM mode
-    global        corpus-wide questions the teacher writes from the reports of one level,
-                  one batch per persona (templates in no-LLM mode), plus a template
-                  question per community scoped to its report
-    unanswerable  questions about invented names absent from the corpus
+    entity        per entity: a template question answered by its description (the authors' short
+                  pair), and with a teacher a question + chain-of-thought answer over its sources
+    relationship  the same per relationship
+    local         per chunk x each entity/relationship it names: the teacher writes a question with
+                  its reasoning, or declines; without one, a template naming the chunk's entry
+    global        corpus-wide questions (the voice's templates with the cues that answer them, or
+                  teacher-written per persona) and one question per important community, scoped to
+                  its report; plus the separately written hard test set (question_set hard_global)
+    unanswerable  real entities asked about what the corpus never says, and plausible names made
+                  from the corpus's own names; kept only when retrieval finds no support
 
-Every random choice is seeded by (config seed, the row's own key), so a row's
-question does not depend on which other rows exist.
+Templates and phrasing come from the voice's file (templates.py). Every random choice is seeded
+by (config seed, the row's own key), so a row does not depend on which other rows exist.
 """
 
 from __future__ import annotations
@@ -19,89 +21,34 @@ import hashlib
 import json
 import math
 import random
+import re
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from factory.pipeline import Run, StageRecord, log
 from factory.prompts import load as load_prompt
-from factory.synth.answers import llm_enabled
-from factory.synth.rows import MESSAGES, collect, to_dataset
-from factory.synth.text import estimate_tokens, words
+from factory.synth.rows import MESSAGES, collect, llm_enabled, to_dataset
+from factory.synth.templates import GlobalTemplate, Templates
+from factory.synth.text import estimate_tokens
 from schemas import STRS
 
-ENTITY_TEMPLATES: dict[str, list[str]] = {
-    "person": [
-        "What can you tell me about the person {name}?", "Who is {name}?", "What do I know about {name}?",
-        "Tell me about {name}.", "What role does {name} play in my life?", "How would you describe {name}?",
-    ],
-    "organization": [
-        "What can you tell me about the organization {name}?", "What is {name}?", "What do I know about {name}?",
-        "Tell me about the organization {name}.", "What is my connection to {name}?", "How would you describe {name}?",
-    ],
-    "geo": [
-        "What can you tell me about the place {name}?", "Where is {name}, and what happened there?",
-        "What do I know about {name}?", "Tell me about the place {name}.", "What is {name} like?",
-        "Why does {name} matter to me?",
-    ],
-    "event": [
-        "What can you tell me about the event {name}?", "What happened at {name}?", "When was {name}, and what happened?",
-        "Tell me about the event {name}.", "What do I remember about {name}?", "Why was {name} significant?",
-    ],
-    "activity": [
-        "What can you tell me about the activity {name}?", "How often do I do {name}?", "What do I know about {name}?",
-        "Tell me about {name} in my life.", "What role does {name} play for me?", "How did {name} go over time?",
-    ],
-    "object": [
-        "What can you tell me about the object {name}?", "What is {name}?", "What do I know about {name}?",
-        "Tell me about {name}.", "Why does {name} matter to me?", "Where does {name} come up in my notes?",
-    ],
-}
-DEFAULT_ENTITY_TEMPLATES = [
-    "What can you tell me about {name}?", "What is {name}?", "What do I know about {name}?",
-    "Tell me about {name}.", "What role does {name} play in my notes?", "How would you describe {name}?",
-]
-RELATIONSHIP_TEMPLATES = [
-    "What is the relationship between {a} and {b}?", "How are {a} and {b} connected?", "How is {a} related to {b}?",
-    "What links {a} and {b}?", "What do {a} and {b} have to do with each other?", "How did {a} and {b} interact?",
-    "Tell me about {a} and {b}.", "What role does {a} play for {b}?", "In what way are {a} and {b} involved with each other?",
-]
-LOCAL_ENTITY_TEMPLATES = [
-    "What do my notes in {where} say about {name}?", "What happened with {name} in {where}?",
-    "What did I write about {name} in {where}?",
-]
-LOCAL_RELATIONSHIP_TEMPLATES = [
-    "What happened between {a} and {b} in {where}?", "What did I note about {a} and {b} in {where}?",
-]
-GLOBAL_TEMPLATES = [
-    "What are the main themes across all of my notes?", "How did my life change over the whole period?",
-    "Who are the most important people in my life, and how do they relate to each other?",
-    "What places come up most often, and why do they matter?", "What were my biggest challenges and how did I handle them?",
-    "What recurring activities and habits run through my notes?", "What were the high points and low points overall?",
-    "How did my work and my personal life influence each other?", "What projects did I pursue, and how did they turn out?",
-    "What patterns show up in how I spent my time?",
-]
-GLOBAL_TOPIC_TEMPLATES = [
-    "How did things around {topic} change over time?", "What role does {topic} play across my notes?",
-    "What is the overall story of {topic}?",
-]
-COMMUNITY_TEMPLATES = [
-    "What can you tell me about {title}?", "What is the overall story of {title}?",
-    "Summarize what I know about {title}.", "What are the key points about {title}?",
-]
-UNANSWERABLE_TEMPLATES = {
-    "person": ["What can you tell me about the person {name}?", "When did I last see {name}?", "What did {name} tell me?"],
-    "geo": ["What did I write about my trip to {name}?", "What happened when I visited {name}?"],
-    "event": ["What happened at the {name}?", "How did the {name} go?"],
-    "organization": ["What do I know about the company {name}?", "What is my connection to {name}?"],
-}
-_SYLLABLES = "ka lo ren vi tor mi zan del quo bri fen gol hu sar ny pe dro ul ix wen ost cav lim rad".split()
-_SUFFIX = {"person": "", "geo": "holm", "event": " Festival", "organization": " Industries"}
-REFUSALS = [
-    "I'm sorry, but I don't have anything about {name} in my memory of your notes, so I can't answer that.",
-    "I don't recall {name} anywhere in your notes, so I can't tell you about it. Could you be thinking of something else?",
-    "Nothing in what I remember of your notes mentions {name}, so I'd rather not guess.",
-]
+# How a chunk-grounded row is answered (answers.py): its description, its source chunk, or the teacher
+# writing question and chain of thought together over the subject's sources.
+DESCRIBE, LOCAL, ENTITY_QA, RELATIONSHIP_QA = "describe", "local", "entity_qa", "relationship_qa"
+
+QUESTION_SCHEMA = pa.schema([
+    ("id", pa.string()), ("kind", pa.string()), ("task", pa.string()),
+    ("question", pa.string()),  # null for ENTITY_QA/RELATIONSHIP_QA rows: the teacher writes it
+    ("question_source", pa.string()), ("question_reasoning", pa.string()),
+    ("names", STRS), ("entity_type", pa.string()), ("description", pa.string()),
+    ("entity_ids", STRS), ("relationship_ids", STRS), ("text_unit_ids", STRS),
+    ("source_chunk_id", pa.string()), ("where", pa.string()),
+])
+GLOBAL_SCHEMA = pa.schema([
+    ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
+    ("question_set", pa.string()), ("scope", STRS), ("level", pa.int64()), ("cues", STRS), ("types", STRS),
+])
 
 
 class LocalQuestionOut(BaseModel):
@@ -110,7 +57,7 @@ class LocalQuestionOut(BaseModel):
     reasoning: str = ""
 
 
-class GlobalQuestionsOut(BaseModel):
+class QuestionsOut(BaseModel):
     questions: list[str] = Field(default_factory=list)
 
 
@@ -119,61 +66,49 @@ def rng_for(seed: int, *key: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def question_id(kind: str, question: str, *provenance: object) -> str:
+def question_id(kind: str, question: str | None, *provenance: object) -> str:
     """Stable content hash of kind + question + provenance."""
     blob = json.dumps([kind, question, *provenance], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# ---- entity / relationship ------------------------------------------------------------
-GROUNDED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
-    ("names", STRS), ("description", pa.string()), ("text_unit_ids", STRS), ("entity_ids", STRS),
-    ("relationship_ids", STRS),
-])
-
-
-def _entity_ids(entities: pa.Table) -> dict[str, str]:
+def entity_ids_by_title(entities: pa.Table) -> dict[str, str]:
     """Entity id by title (relationships name their ends by title)."""
     return dict(zip(entities.column("title").to_pylist(), entities.column("id").to_pylist())) if entities.num_rows else {}
 
 
-def entity_questions(entities: pa.Table, seed: int) -> list[dict]:
+def _row(**values) -> dict:
+    return {f.name: values.get(f.name) for f in QUESTION_SCHEMA}
+
+
+# ---- entity / relationship ------------------------------------------------------------------
+def subject_questions(entities: pa.Table, relationships: pa.Table, t: Templates, seed: int, llm: bool,
+                      max_sources: int) -> list[dict]:
+    """Per entity and relationship: the template -> description row, and with a teacher a CoT row."""
     rows = []
     for e in entities.to_pylist():
-        templates = ENTITY_TEMPLATES.get((e.get("type") or "").lower(), DEFAULT_ENTITY_TEMPLATES)
-        q = rng_for(seed, "entity", e["id"]).choice(templates).format(name=e["title"])
-        rows.append({
-            "id": question_id("entity", q, e["id"]), "kind": "entity", "question": q, "question_source": "template",
-            "names": [e["title"]], "description": e.get("description") or "", "text_unit_ids": e.get("text_unit_ids") or [],
-            "entity_ids": [e["id"]], "relationship_ids": [],
-        })
-    return rows
-
-
-def relationship_questions(relationships: pa.Table, entities: pa.Table, seed: int) -> list[dict]:
-    ids = _entity_ids(entities)
-    rows = []
+        q = rng_for(seed, "entity", e["id"]).choice(t.entity_templates(e.get("type"))).format(name=e["title"])
+        common = {"kind": "entity", "names": [e["title"]], "entity_type": e.get("type"), "description": e.get("description"),
+                  "entity_ids": [e["id"]], "relationship_ids": [], "text_unit_ids": (e.get("text_unit_ids") or [])[:max_sources]}
+        rows.append(_row(id=question_id("entity", q, e["id"]), task=DESCRIBE, question=q, question_source="template", **common))
+        if llm:
+            rows.append(_row(id=question_id("entity", None, e["id"]), task=ENTITY_QA, question_source="llm", **common))
+    ids = entity_ids_by_title(entities)
     for r in relationships.to_pylist():
-        q = rng_for(seed, "relationship", r["id"]).choice(RELATIONSHIP_TEMPLATES).format(a=r["source"], b=r["target"])
-        rows.append({
-            "id": question_id("relationship", q, r["id"]), "kind": "relationship", "question": q, "question_source": "template",
-            "names": [r["source"], r["target"]], "description": r.get("description") or "",
-            "text_unit_ids": r.get("text_unit_ids") or [],
-            "entity_ids": [ids[t] for t in (r["source"], r["target"]) if t in ids], "relationship_ids": [r["id"]],
-        })
+        a, b = r["source"], r["target"]
+        q = rng_for(seed, "relationship", r["id"]).choice(t.relationship).format(a=a, b=b)
+        common = {"kind": "relationship", "names": [a, b], "description": r.get("description"),
+                  "entity_ids": [ids[n] for n in (a, b) if n in ids], "relationship_ids": [r["id"]],
+                  "text_unit_ids": (r.get("text_unit_ids") or [])[:max_sources]}
+        rows.append(_row(id=question_id("relationship", q, r["id"]), task=DESCRIBE, question=q, question_source="template", **common))
+        if llm:
+            rows.append(_row(id=question_id("relationship", None, r["id"]), task=RELATIONSHIP_QA, question_source="llm", **common))
     return rows
 
 
-# ---- local ------------------------------------------------------------------------------
-LOCAL_SCHEMA = pa.schema([
-    ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
-    ("source_chunk_id", pa.string()), ("entity_ids", STRS), ("relationship_ids", STRS),
-])
-
-
-def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table, per_chunk: int, seed: int) -> list[dict]:
-    """Per chunk, up to `per_chunk` entities/relationships it mentions (seeded choice)."""
+# ---- local ----------------------------------------------------------------------------------
+def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table, per_chunk: int | None, seed: int) -> list[dict]:
+    """Per chunk, the entities and relationships it names (all of them, or a seeded `per_chunk` of them)."""
     # One focus per entity/relationship, shared by every chunk it cites (an entity can cite thousands).
     by_chunk: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
 
@@ -182,59 +117,59 @@ def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table,
         for c in chunk_ids or []:
             by_chunk.setdefault(c, []).append((lowered, focus))
 
-    ent_ids = _entity_ids(entities)
-    for e in entities.to_pylist():
-        add({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e.get("description") or ""},
-            e.get("text_unit_ids"))
-    for r in relationships.to_pylist():
-        add({"names": [r["source"], r["target"]], "entity_ids": [ent_ids[t] for t in (r["source"], r["target"]) if t in ent_ids],
-             "relationship_ids": [r["id"]], "description": r.get("description") or ""}, r.get("text_unit_ids"))
+    ids = entity_ids_by_title(entities)
+    for e in entities.select(["id", "title", "description", "text_unit_ids"]).to_pylist():
+        add({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e["description"]},
+            e["text_unit_ids"])
+    for r in relationships.select(["id", "source", "target", "description", "text_unit_ids"]).to_pylist():
+        add({"names": [r["source"], r["target"]], "entity_ids": [ids[n] for n in (r["source"], r["target"]) if n in ids],
+             "relationship_ids": [r["id"]], "description": r["description"]}, r["text_unit_ids"])
     out = []
-    for c in chunks.to_pylist():
+    for c in chunks.select(["id", "text", "title", "date"]).to_pylist():
+        cands = by_chunk.get(c["id"])
+        if not cands:
+            continue
         text = c["text"].lower()
         # Only focuses the chunk really names: a question about it must be answerable from it.
-        cands = [f for names, f in by_chunk.get(c["id"], []) if all(n in text for n in names)]
-        for f in rng_for(seed, "local", c["id"]).sample(cands, min(per_chunk, len(cands))):
-            out.append({**f, "chunk": c})
+        cands = [f for names, f in cands if all(n in text for n in names)]
+        if per_chunk is not None and len(cands) > per_chunk:
+            cands = rng_for(seed, "local", c["id"]).sample(cands, per_chunk)
+        out += [{**f, "chunk": c} for f in cands]
     return out
 
 
-def where(chunk: dict) -> str:
-    title, date = (chunk.get("title") or "").strip(), (chunk.get("date") or "").strip()
-    if title:
-        return f'the entry "{title}"'
-    return f"my notes from {date}" if date else "my notes"
+def _local_row(focus: dict, t: Templates, question: str | None, source: str, reasoning: str | None = None,
+               with_description: bool = False) -> dict:
+    chunk = focus["chunk"]
+    return _row(id=question_id("local", question, chunk["id"], focus["entity_ids"], focus["relationship_ids"]),
+                kind="local", task=LOCAL, question=question, question_source=source, question_reasoning=reasoning,
+                names=focus["names"], description=focus["description"] if with_description else None,
+                entity_ids=focus["entity_ids"], relationship_ids=focus["relationship_ids"], text_unit_ids=[chunk["id"]],
+                source_chunk_id=chunk["id"], where=t.phrases.where_answer.of(chunk.get("title"), chunk.get("date")))
 
 
-def template_local_question(focus: dict, seed: int) -> str:
+def template_local_question(focus: dict, t: Templates, seed: int) -> str:
     chunk, names = focus["chunk"], focus["names"]
+    where = t.where.of(chunk.get("title"), chunk.get("date"))
     rng = rng_for(seed, "local-q", chunk["id"], names)
     if len(names) == 2:
-        return rng.choice(LOCAL_RELATIONSHIP_TEMPLATES).format(a=names[0], b=names[1], where=where(chunk))
-    return rng.choice(LOCAL_ENTITY_TEMPLATES).format(name=names[0], where=where(chunk))
+        return rng.choice(t.local["relationship"]).format(a=names[0], b=names[1], where=where)
+    return rng.choice(t.local["entity"]).format(name=names[0], where=where)
 
 
-def _local_row(focus: dict, question: str, source: str) -> dict:
-    chunk = focus["chunk"]
-    return {
-        "id": question_id("local", question, chunk["id"]), "kind": "local", "question": question, "question_source": source,
-        "source_chunk_id": chunk["id"], "entity_ids": focus["entity_ids"], "relationship_ids": focus["relationship_ids"],
-    }
-
-
-def local_questions(run: Run, rec: StageRecord, chunks: pa.Table, entities: pa.Table, relationships: pa.Table) -> list[dict]:
+def local_questions(run: Run, rec: StageRecord, focuses: list[dict], t: Templates) -> list[dict]:
     cfg = run.cfg
-    focuses = local_focuses(chunks, entities, relationships, cfg.synth.local_per_chunk, cfg.seed)
     if not (llm_enabled(cfg.teacher) and cfg.synth.llm_local_questions):
-        return [_local_row(f, template_local_question(f, cfg.seed), "template") for f in focuses]
+        return [_local_row(f, t, template_local_question(f, t, cfg.seed), "template") for f in focuses]
     from factory.engines import run_llm
 
     prompt = load_prompt("local_question")
     rows = [{
         "id": f"{f['chunk']['id']}:{i}", "i": i,
         "messages": prompt.messages(
-            label=where(f["chunk"]), text=f["chunk"]["text"],
-            focus=" and ".join(f["names"]) + (f" ({f['description'][:300]})" if f["description"] else ""),
+            where=t.where.of(f["chunk"].get("title"), f["chunk"].get("date")), text=f["chunk"]["text"],
+            focus=" and ".join(f["names"]), description=(f["description"] or "(none)")[:600],
+            question_style=t.question_style,
         ),
     } for i, f in enumerate(focuses)]
     schema = pa.schema([("id", pa.string()), ("i", pa.int64()), ("messages", MESSAGES)])
@@ -247,54 +182,49 @@ def local_questions(run: Run, rec: StageRecord, chunks: pa.Table, entities: pa.T
         if parsed.declined or not parsed.question.strip():
             rec.drop("question_declined")
             continue
-        result.append(_local_row(focuses[r["i"]], parsed.question.strip(), "llm"))
+        result.append(_local_row(focuses[r["i"]], t, parsed.question.strip(), "llm", parsed.reasoning.strip() or None,
+                                 with_description=True))
     return result
 
 
-# Entity, relationship and local questions travel together to answer_from_chunks.
-CHUNK_QUESTION_SCHEMA = pa.unify_schemas([GROUNDED_SCHEMA, LOCAL_SCHEMA])
-
-
-# ---- global -----------------------------------------------------------------------------
-GLOBAL_SCHEMA = pa.schema([
-    ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
-    ("scope", STRS), ("level", pa.int64()),
-])
-
-
-def _global_row(question: str, source: str, level: int, scope: list[str]) -> dict:
+# ---- global -----------------------------------------------------------------------------------
+def _global_row(question: str, source: str, level: int, scope: list[str], question_set: str = "main",
+                template: GlobalTemplate | None = None) -> dict:
     return {"id": question_id("global", question, level, scope), "kind": "global", "question": question,
-            "question_source": source, "scope": scope, "level": level}
+            "question_source": source, "question_set": question_set, "scope": scope, "level": level,
+            "cues": template.cues if template else [], "types": template.types if template else []}
 
 
-def global_questions(run: Run, rec: StageRecord, reports: pa.Table) -> list[dict]:
-    cfg = run.cfg
-    s = cfg.synth
-    level_reports = sorted(
-        (r for r in reports.to_pylist() if r["level"] == s.global_level),
-        key=lambda r: (-(r.get("rank") or 0), r["community"]),
-    )
-    if not level_reports:
-        levels = sorted({r["level"] for r in reports.to_pylist()})
-        log(f"[{rec.name}] no community reports at synth.global_level {s.global_level} "
-            f"(levels present: {levels or 'none'}); no global questions")
-        return []
-    rows = [
-        _global_row(rng_for(cfg.seed, "community", r["community"]).choice(COMMUNITY_TEMPLATES).format(title=r["title"]),
-                    "template", s.global_level, [str(r["community"])])
-        for r in level_reports[: s.community_questions] if r.get("title")
-    ]
-    if s.global_questions == 0:
+def level_reports(reports: pa.Table, level: int) -> list[dict]:
+    """The reports of one level, most important first."""
+    return sorted((r for r in reports.to_pylist() if r["level"] == level), key=lambda r: (-(r.get("rank") or 0), r["community"]))
+
+
+def global_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templates) -> list[dict]:
+    """Training questions: one per important community (scoped to its report), and corpus-wide ones."""
+    s, seed = run.cfg.synth, run.cfg.seed
+    rows = [_global_row(rng_for(seed, "community", r["community"]).choice(t.community).format(title=r["title"]),
+                        "template", s.global_level, [str(r["community"])])
+            for r in reports[: s.community_questions] if r.get("title")]
+    if not s.global_questions:
         return rows
-    if llm_enabled(cfg.teacher):
-        written = _llm_global_questions(run, rec, level_reports)
+    if llm_enabled(run.cfg.teacher):
+        written = _written_questions(run, rec, reports, t, "global_questions", s.global_questions, names=())
         return rows + [_global_row(q, "llm", s.global_level, []) for q in written]
-    topics = [f"{r['title']}" for r in level_reports if r.get("title")]
-    pool = GLOBAL_TEMPLATES + [t.format(topic=topic) for topic in topics for t in GLOBAL_TOPIC_TEMPLATES]
-    rng = rng_for(cfg.seed, "global")
-    # Corpus-wide templates first, then topic ones, so small budgets get the broadest questions.
-    picked = rng.sample(GLOBAL_TEMPLATES, len(GLOBAL_TEMPLATES)) + rng.sample(pool[len(GLOBAL_TEMPLATES):], len(pool) - len(GLOBAL_TEMPLATES))
-    return rows + [_global_row(q, "template", s.global_level, []) for q in picked[: s.global_questions]]
+    return rows + [_global_row(g.question, "template", s.global_level, [], template=g) for g in t.global_[: s.global_questions]]
+
+
+def hard_global_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templates, names: list[str]) -> list[dict]:
+    """The separately written held-out test set: questions about the corpus as a whole that name no entity
+    (the authors wrote theirs from a corpus summary, to be hard for RAG)."""
+    s = run.cfg.synth
+    if not s.hard_global_questions:
+        return []
+    if llm_enabled(run.cfg.teacher):
+        written = _written_questions(run, rec, reports, t, "hard_global_questions", s.hard_global_questions, names)
+        return [_global_row(q, "llm", s.global_level, [], "hard_global") for q in written]
+    return [_global_row(g.question, "template", s.global_level, [], "hard_global", template=g)
+            for g in t.hard_global[: s.hard_global_questions]]
 
 
 def corpus_summary(reports: list[dict], budget: int) -> str:
@@ -309,60 +239,125 @@ def corpus_summary(reports: list[dict], budget: int) -> str:
     return "\n".join(parts)
 
 
-def _llm_global_questions(run: Run, rec: StageRecord, reports: list[dict]) -> list[str]:
+def names_entity(question: str, names: list[str]) -> bool:
+    """Whether `question` names one of the corpus's entities (names of a capital or of two words and more)."""
+    lowered = question.lower()
+    return any(n.lower() in lowered for n in names if len(n) > 3 and (n[:1].isupper() or " " in n))
+
+
+def _written_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templates, task: str, n_total: int,
+                       names: list[str] | tuple) -> list[str]:
+    """Questions the teacher writes per persona from the corpus summary; ones naming an entity are dropped
+    when `names` are given (the hard set must not be answerable by looking one name up)."""
     from factory.engines import run_llm
 
     s = run.cfg.synth
-    prompt = load_prompt("global_questions")
+    prompt = load_prompt(task)
     summary = corpus_summary(reports, s.summary_tokens)
-    n = math.ceil(s.global_questions / len(s.personas))
-    rows = [{"id": f"persona-{i}", "messages": prompt.messages(summary=summary, persona=p, n=n)} for i, p in enumerate(s.personas)]
+    personas = s.personas or t.personas
+    n = math.ceil(n_total / len(personas))
+    rows = [{"id": f"persona-{i}", "messages": prompt.messages(summary=summary, persona=p, n=n, question_style=t.question_style)}
+            for i, p in enumerate(personas)]
     schema = pa.schema([("id", pa.string()), ("messages", MESSAGES)])
-    out = collect(run_llm(run, rec, to_dataset(rows, schema), run.cfg.teacher, "global_questions", output_model=GlobalQuestionsOut))
+    out = collect(run_llm(run, rec, to_dataset(rows, schema), run.cfg.teacher, task, output_model=QuestionsOut))
     questions = []
     for r in sorted(out.to_pylist(), key=lambda r: r["id"]):
         if r.get("error") or not r.get("parsed"):
             continue  # run_llm counted it by error kind
-        questions += [q.strip() for q in GlobalQuestionsOut.model_validate_json(r["parsed"]).questions[:n] if q.strip()]
-    return questions[: s.global_questions]
+        for q in QuestionsOut.model_validate_json(r["parsed"]).questions[:n]:
+            q = q.strip()
+            if q and names_entity(q, list(names)):
+                rec.drop(f"{task}_names_entity")
+            elif q:
+                questions.append(q)
+    return questions[:n_total]
 
 
-# ---- unanswerable -----------------------------------------------------------------------
+# ---- unanswerable -------------------------------------------------------------------------------
 UNANSWERABLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
-    ("answer", pa.string()), ("reasoning", pa.string()),
+    ("answer", pa.string()), ("reasoning", pa.string()), ("entity_ids", STRS),
 ])
-
-
-def unanswerable_questions(n: int, vocabulary: set[str], seed: int) -> list[dict]:
-    """`n` questions about invented names none of whose words occur in the corpus, with refusals."""
-    rows, seen = [], set()
-    rng = rng_for(seed, "unanswerable")
-    attempts = 0
-    while len(rows) < n and attempts < 50 * (n + 1):
-        attempts += 1
-        kind = rng.choice(sorted(UNANSWERABLE_TEMPLATES))
-        core = _invented_name(rng, kind)
-        name = core + _SUFFIX[kind]
-        if name in seen or any(w in vocabulary for w in words(core)):
-            continue
-        seen.add(name)
-        q = rng.choice(UNANSWERABLE_TEMPLATES[kind]).format(name=name)
-        rows.append({
-            "id": question_id("unanswerable", q), "kind": "unanswerable", "question": q, "question_source": "template",
-            "answer": rng.choice(REFUSALS).format(name=name),
-            "reasoning": f"I searched my memory of your notes for {name} and found no mention of it, so I should not guess.",
-        })
-    return rows
-
-
-def _invented_name(rng: random.Random, kind: str) -> str:
-    def word(k: int) -> str:
-        return "".join(rng.choice(_SYLLABLES) for _ in range(k)).capitalize()
-
-    return f"{word(2)} {word(3)}" if kind == "person" else word(2 if kind == "geo" else 3)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*")
 
 
 def unanswerable_count(answerable: int, fraction: float) -> int:
     """So that unanswerable rows make up `fraction` of all rows."""
     return 0 if fraction <= 0 else round(answerable * fraction / (1 - fraction)) if fraction < 1 else answerable
+
+
+def plausible_names(entities: pa.Table, known: set[str]) -> list[tuple[str, str]]:
+    """(name, type) pairs that sound like the corpus but are not in it: a first word of one
+    multi-word name with the last word of another of the same type ("Tomas Nair" from "Tomas
+    Eriksen" and "Priya Nair"). What looks like the corpus cannot be refused by its look."""
+    by_type: dict[str, tuple[list[str], list[str]]] = {}
+    for title, kind in zip(entities.column("title").to_pylist(), entities.column("type").to_pylist()):
+        parts = title.split()
+        if len(parts) >= 2 and all(_WORD.fullmatch(p) for p in (parts[0], parts[-1])):
+            heads, tails = by_type.setdefault(kind or "default", ([], []))
+            heads.append(parts[0])
+            tails.append(parts[-1])
+    out = []
+    for kind, (heads, tails) in sorted(by_type.items()):
+        for head in sorted(set(heads)):
+            for tail in sorted(set(tails)):
+                name = f"{head} {tail}"
+                if name.lower() not in known and head != tail:
+                    out.append((name, kind))
+    return out
+
+
+def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, retriever, t: Templates, seed: int) -> list[dict]:
+    """`n` questions the corpus cannot answer, half about real entities never mentioned together and
+    half about plausible names it never mentions, each kept only when retrieval finds no chunk with
+    all of its names; answered with a refusal."""
+    if n <= 0 or not entities.num_rows:
+        return []
+    rng = rng_for(seed, "unanswerable")
+    known = {x.lower() for x in entities.column("title").to_pylist()}
+    invented = plausible_names(entities, known)
+    rng.shuffle(invented)
+    titles = entities.column("title").to_pylist()
+    types = dict(zip(titles, entities.column("type").to_pylist()))
+    ids = entity_ids_by_title(entities)
+    together = {frozenset((a, b)) for a, b in zip(relationships.column("source").to_pylist(), relationships.column("target").to_pylist())}
+    sources = {x: set(u or ()) for x, u in zip(titles, entities.column("text_unit_ids").to_pylist())}
+    named = [x for x in titles if x[:1].isupper()] or titles  # a pair of named things reads as a real question
+
+    def pair() -> tuple[str, list[str], str, str] | None:
+        a, b = rng.sample(named, 2) if len(named) >= 2 else (None, None)
+        if a is None or frozenset((a, b)) in together or sources[a] & sources[b]:
+            return None
+        q = rng.choice(t.unanswerable["pair"]).format(a=a, b=b)
+        return q, [a, b], rng.choice(t.refusals["pair"]).format(a=a, b=b), f"{a} and {b} together"
+
+    def name() -> tuple[str, list[str], str, str] | None:
+        if not invented:
+            return None
+        who, kind = invented.pop()
+        q = rng.choice(t.unanswerable_templates(kind)).format(name=who)
+        return q, [who], rng.choice(t.refusals["name"]).format(name=who), who
+
+    rows, seen = [], set()
+    for attempt in range(20 * n + 20):
+        if len(rows) >= n:
+            break
+        made = (pair if attempt % 2 == 0 else name)()
+        if made is None or made[0] in seen:
+            continue
+        q, subject_names, answer, subject = made
+        # The refusal must be right: no retrieved chunk may hold every name the question asks about.
+        hits = retriever.search([q], 10)[0]
+        if any(all(x.lower() in retriever.text(c).lower() for x in subject_names) for c, _ in hits):
+            continue
+        seen.add(q)
+        rows.append({"id": question_id("unanswerable", q), "kind": "unanswerable", "question": q, "question_source": "template",
+                     "answer": answer, "reasoning": t.phrases.unanswerable_reasoning.format(subject=subject),
+                     "entity_ids": [ids[x] for x in subject_names if x in ids and x in types]})
+    return rows
+
+
+def log_no_reports(rec: StageRecord, level: int, reports: pa.Table) -> None:
+    levels = sorted(set(reports.column("level").to_pylist())) if reports.num_rows else []
+    log(f"[{rec.name}] no community reports at synth.global_level {level} (levels present: {levels or 'none'}); "
+        "no global questions")

@@ -1,39 +1,106 @@
-"""The held-out split: `test` stratified by kind, decontaminated against `train`.
+"""The held-out split: whole groups of related rows go to `test`, none of them near a train row.
 
-Per kind, rows are shuffled by a seed (after sorting by id, so the split does
-not depend on row order) and `test_fraction` of them (at least one when a kind
-has two or more rows) go to test. Then every train row whose question is a
-near-duplicate of a test question is dropped, so no test question has a
-near-twin in train.
+Rows are linked when they share what an answer is made of, and a group is a connected set of
+linked rows (union-find):
+    local rows           their source chunk
+    entity/relationship  their entity set (the same subject asked in two ways)
+    global rows          any community their answer drew on
+Near-equal answers were already removed corpus-wide (quality.dedup), so no test answer can
+equal or nearly equal a train answer. Per kind, groups are taken in a seeded order until
+`test_fraction` of the kind's rows is reached (a group too big to fit is skipped, so a kind
+whose rows all hang together stays in train). The separately written hard global questions
+(question_set "hard_global") are test rows by construction. Last, a train row whose question
+is a near-duplicate of a test question is dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+
 from factory.pipeline import StageRecord
-from factory.synth.quality import NearDuplicates
-from factory.synth.questions import rng_for
+from factory.synth.near import NearIndex
+
+HARD = "hard_global"
 
 
-def split_rows(rec: StageRecord, rows: list[dict], test_fraction: float, seed: int, overlap_threshold: float) -> tuple[list[dict], list[dict]]:
-    by_kind: dict[str, list[dict]] = {}
-    for r in rows:
-        by_kind.setdefault(r["kind"], []).append(r)
-    train, test = [], []
-    for kind in sorted(by_kind):
-        group = sorted(by_kind[kind], key=lambda r: r["id"])
-        rng_for(seed, "split", kind).shuffle(group)
-        n = round(test_fraction * len(group))
-        if test_fraction > 0 and n == 0 and len(group) >= 2:
-            n = 1
-        test += group[:n]
-        train += group[n:]
-    index = NearDuplicates(overlap_threshold)
-    for r in test:
-        index.add(r["question"])
-    clean = [r for r in train if not index.seen(r["question"], add=False)]
-    rec.drop("near_test_question", len(train) - len(clean))
-    for r in clean:
-        r["split"] = "train"
-    for r in test:
-        r["split"] = "test"
-    return clean, test
+class _Groups:
+    """Union-find over row indices, joined through shared keys."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+        self.owner: dict[str, int] = {}
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def link(self, i: int, key: str) -> None:
+        j = self.owner.setdefault(key, i)
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def group_keys(r: dict) -> list[str]:
+    if r["kind"] == "local" and r.get("source_chunk_id"):
+        return [f"chunk:{r['source_chunk_id']}"]
+    if r["kind"] in ("entity", "relationship") and r.get("entity_ids"):
+        return ["entities:" + ",".join(sorted(r["entity_ids"]))]
+    if r["kind"] == "global" and r.get("community_ids"):
+        return [f"community:{c}" for c in r["community_ids"]]
+    return [f"row:{r['id']}"]
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def split_rows(rec: StageRecord, rows: list[dict], test_fraction: float, seed: int,
+               question_threshold: float) -> dict[str, tuple[str, str]]:
+    """id -> (split, group_id) for every row kept; see the module docstring."""
+    groups = _Groups(len(rows))
+    for i, r in enumerate(rows):
+        for key in group_keys(r):
+            groups.link(i, key)
+    members: dict[int, list[int]] = {}
+    for i in range(len(rows)):
+        members.setdefault(groups.find(i), []).append(i)
+    group_id = {root: _digest(*sorted(rows[i]["id"] for i in idx)) for root, idx in members.items()}
+
+    test: set[int] = set()
+    by_kind: dict[str, list[int]] = {}
+    for root, idx in members.items():
+        if any(rows[i].get("question_set") == HARD for i in idx):
+            test.update(i for i in idx if rows[i].get("question_set") == HARD)
+            continue
+        by_kind.setdefault(rows[root]["kind"], []).append(root)
+    for kind, roots in sorted(by_kind.items()):
+        n_rows = sum(len(members[g]) for g in roots)
+        target = round(test_fraction * n_rows)
+        if test_fraction > 0 and target == 0 and len(roots) >= 2:
+            target = 1
+        taken = 0
+        for g in sorted(roots, key=lambda g: _digest(seed, "split", group_id[g])):
+            if taken >= target:
+                break
+            if taken + len(members[g]) <= max(target, 1):
+                test.update(members[g])
+                taken += len(members[g])
+
+    index = NearIndex(question_threshold)
+    for i in sorted(test):
+        index.add(np.frombuffer(rows[i]["question_sig"], dtype=np.uint32))
+    out, near = {}, 0
+    for i, r in enumerate(rows):
+        if i in test:
+            out[r["id"]] = ("test", group_id[groups.find(i)])
+        elif index.similar(np.frombuffer(r["question_sig"], dtype=np.uint32)) is not None:
+            near += 1
+        else:
+            out[r["id"]] = ("train", group_id[groups.find(i)])
+    rec.drop("near_test_question", near)
+    return out

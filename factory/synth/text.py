@@ -25,6 +25,17 @@ STOPWORDS = frozenset(
 )
 
 
+# Words that frame a corpus-wide question without naming its topic ("main themes", "over time"):
+# they match every finding, so they rank none.
+GLOBAL_FRAMING = frozenset(
+    """main theme themes recurring overall change changed changes changing time times across corpus whole pattern
+    patterns trend trends big picture important common biggest key period months weeks year life memory evolve
+    evolved compare compared comparison different differ most least collection topics topic cover covers come
+    appear often notes people person persons places place organizations organization events event concepts concept
+    relate related relationship relationships connected role roles matter matters stand""".split()
+)
+
+
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (apostrophes and hyphens kept inside words)."""
     found = _WORD.findall(text or "")
@@ -91,3 +102,70 @@ def shingles(text: str, n: int = 2) -> set[str]:
     w = content_words(text) or words(text)
     grams = {" ".join(w[i : i + n]) for i in range(len(w) - n + 1)}
     return grams | set(w)
+
+
+# ---- targets: what a student is trained to say ---------------------------------------------
+# Lineage lives in the qa table's columns; none of it belongs in what the student learns to say.
+_SCAFFOLDING = re.compile(
+    r"\s*\[(?:Data|Source|Sources|chunk|report|passage|Passage)\b[^\]]*\]"  # [Data: Reports (3)], [chunk 1f2e...]
+    r"|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{16}(?:[0-9a-f]{16}){0,3}\b"  # content-hash ids
+    r"|^\s*In [^:\n]{1,120}\(\d{4}-\d{2}-\d{2}\):\s*"  # "In Sunday 22 June 2025 (2025-06-22): "
+    r"|\s*\(\d{4}-\d{2}-\d{2}\)(?=:|\s+says\b)",  # a passage label's date: "X (2025-06-22) says"
+    re.MULTILINE,
+)
+
+
+def clean_target(text: str | None) -> str | None:
+    """`text` without citation markers, chunk ids or passage-label scaffolding."""
+    if text is None:
+        return None
+    out = _SCAFFOLDING.sub("", text)
+    return re.sub(r"[ \t]{2,}", " ", re.sub(r" +([.,;:])", r"\1", out)).strip() or None
+
+
+# A teacher that could not answer says so in words like these; such a row is never a training target
+# (unanswerable rows, whose refusals are written and checked on purpose, are the only refusals kept).
+_REFUSAL = re.compile(
+    r"\b(?:I (?:do not|don't|cannot|can't|could not|couldn't) (?:know|recall|remember|find|tell|say|answer)"
+    r"|(?:do|does|did) not (?:contain|mention|say|include|provide)|(?:doesn't|don't|didn't) (?:contain|mention|say)"
+    r"|no (?:information|mention|record)|not (?:mentioned|stated|specified|provided) (?:in|anywhere)"
+    r"|(?:cannot|can't|unable to) (?:be )?(?:answer|determine|tell))",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(answer: str) -> bool:
+    return bool(_REFUSAL.search(answer or ""))
+
+
+# ---- does an answer answer its question ---------------------------------------------------
+# Words that place or frame a question without saying what it asks: dates, weekdays, months.
+_PLACING = frozenset(
+    """monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+    september october november december jan feb mar apr jun jul aug sep sept oct nov dec""".split()
+)
+
+
+def stem(word: str) -> str:
+    """A crude stem (plural and tense endings off), so "signed" meets "sign" and "habits" meets "habit"."""
+    for suffix in ("ing", "ies", "ied", "es", "ed", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def topic_terms(question: str, framing: frozenset[str] = frozenset()) -> frozenset[str]:
+    """Stems of the question's words that say what it asks about (no stopwords, framing, dates or numbers)."""
+    return frozenset(stem(w) for w in content_words(question)
+                     if w not in framing and w not in _PLACING and not w.isdigit())
+
+
+def relevance(terms: frozenset[str], answer: str) -> float | None:
+    """Share of the answer's sentences that mention one of `terms`; None when there is nothing to match
+    (a question made only of framing words, "What are the main themes?", is answered by importance)."""
+    if not terms:
+        return None
+    sents = sentence_words(answer)
+    if not sents:
+        return 0.0
+    return sum(bool(terms & {stem(w) for w in ws}) for _, ws in sents) / len(sents)

@@ -1,0 +1,118 @@
+"""Answers without an LLM: sentences of the source, and key points of community reports.
+
+The no-LLM path must still teach what RAG would answer: a local answer quotes the
+entry the question names (never another one), a global answer gathers the report
+findings that bear on its question (cue words and entity types from the voice's
+templates, then the question's own words), so two different questions get different
+answers. Nothing here writes citations, ids or passage labels into an answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from factory.synth.text import GLOBAL_FRAMING, sentence_words, stem, topic_terms
+from factory.voice import to_second_person
+
+# A local answer quotes at most this many sentences of its source; a global one at most this many points.
+MAX_SENTENCES = 3
+MAX_POINTS = 8
+_MD_LEAD = re.compile(r"^\s*(?:#{1,6}\s+|[-*+>]\s+|\d+[.)]\s+)")
+_MD_MARK = re.compile(r"\*\*|__|`")
+_TABLE_RULE = re.compile(r"^[\s|:\-]+$")
+# A rule report names an entity's finding "Felix (person)": the type is for the graph, not for an answer.
+_TYPED = re.compile(r"\s*\((?:person|organization|geo|event|concept|activity|object)\)$", re.IGNORECASE)
+
+
+def plain(sentence: str) -> str:
+    """A sentence without Markdown decoration; a table row becomes its cells joined by '; '."""
+    s = _MD_MARK.sub("", sentence).strip()
+    if s.startswith("|"):
+        return "" if _TABLE_RULE.match(s) else "; ".join(c.strip() for c in s.strip("|").split("|") if c.strip())
+    return _MD_LEAD.sub("", s).strip()
+
+
+def _is_heading(sentence: str) -> bool:
+    return sentence.lstrip().startswith("#")
+
+
+def voiced(text: str, voice: str) -> str:
+    return to_second_person(text) if voice == "personal" else text
+
+
+def source_sentences(names: list[str], text: str, max_sentences: int = MAX_SENTENCES) -> list[str]:
+    """The sentences of `text` that name every one of `names` (else any of them), in reading order.
+    A heading that names them stands for the sentence under it: a heading alone says nothing."""
+    sents = [s for s, _ in sentence_words(text)]
+    lowered = [n.lower() for n in names]
+    for need in (all, any):
+        picked: list[int] = []
+        for i, s in enumerate(sents):
+            if need(n in s.lower() for n in lowered):
+                j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
+                if j not in picked:
+                    picked.append(j)
+        out = [p for p in (plain(sents[i]) for i in picked) if len(p.split()) >= 3]
+        if out:
+            return out[:max_sentences]
+    return []
+
+
+# ---- global: findings of community reports ------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    summary: str
+    sentences: tuple[tuple[str, frozenset[str], frozenset[str]], ...]  # (sentence, word stems, entity types named)
+    community: int
+    rank: float
+
+
+def report_findings(report: dict, title_types: dict[str, str]) -> list[Finding]:
+    """A report's findings as points to rank (its summary when it has none)."""
+    items = [f for f in (report.get("findings") or []) if f and (f.get("summary") or f.get("explanation"))]
+    if not items:
+        items = [{"summary": report.get("title") or "", "explanation": report.get("summary") or ""}]
+    out = []
+    for f in items:
+        sents = []
+        for sent, ws in sentence_words((f.get("explanation") or "").strip() or (f.get("summary") or "")):
+            lowered = sent.lower()
+            sents.append((sent, frozenset(map(stem, ws)), frozenset(k for t, k in title_types.items() if t in lowered)))
+        summary = _TYPED.sub("", (f.get("summary") or "").strip())
+        out.append(Finding(summary, tuple(sents), int(report["community"]), float(report.get("rank") or 5.0)))
+    return out
+
+
+def finding_point(f: Finding, terms: frozenset[str], wanted: frozenset[str]) -> dict | None:
+    """The finding as a key point for one question, scored 0-100, or None when it answers nothing the
+    question asks for. Score: overlap with the question's terms (its words and cues), whether it names
+    an entity of a wanted type, then importance; a question with neither terms nor types ranks by
+    importance alone and takes the whole finding. Otherwise the point keeps the finding's sentences
+    that match, so two questions drawing on one finding still get different points."""
+    if not terms and not wanted:
+        keep = [s for s, _, _ in f.sentences]
+        score = round(10 * f.rank)
+    else:
+        matched = [(s, terms & ws, wanted & kinds) for s, ws, kinds in f.sentences]
+        keep = [s for s, hit, typed in matched if hit or typed]
+        if not keep:
+            return None
+        overlap = len(set().union(*(hit for _, hit, _ in matched))) / min(len(terms), 3) if terms else 0.0
+        typed = 1.0 if any(typed for _, _, typed in matched) else 0.0
+        score = round(100 * (0.6 * min(1.0, overlap) + 0.3 * typed + 0.01 * f.rank))
+    text = " ".join(keep)
+    return {"description": f"{f.summary}: {text}" if f.summary and text else f.summary or text,
+            "score": max(1, min(100, score)), "reports": [f.community]}
+
+
+def question_terms(question: str, cues: list[str] | None) -> frozenset[str]:
+    return topic_terms(question, GLOBAL_FRAMING) | {stem(c.lower()) for c in cues or ()}
+
+
+def reduce_points(points: list[dict], voice: str, intro: str, reasoning: str, n_reports: int) -> tuple[str, str]:
+    """The strongest points, best first, as one answer (no citations: lineage is in community_ids)."""
+    lines = [f"- {voiced(p['description'], voice)}" for p in points]
+    groups = "one group" if n_reports == 1 else f"{n_reports} groups"
+    kept = "the one point" if len(points) == 1 else f"the {len(points)} points"
+    return intro + "\n" + "\n".join(lines), reasoning.format(groups=groups, points=kept)
