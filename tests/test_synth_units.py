@@ -1,132 +1,261 @@
-"""Synthesis units without Ray: templates, refusals, filters, split, targets, map-reduce pieces."""
+"""Synthesis units without Ray: voice, templates, extractive answers, targets, scores, dedup, split."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pyarrow as pa
 
 from factory.config import validate_config
 from factory.pipeline import StageRecord
-from factory.synth import qa_table, target
+from factory.synth import qa_batch, target
+from factory.synth import extractive as X
 from factory.synth import questions as Q
-from factory.synth.answers import extract_answer, extract_points, pack_reports, question_terms, select_points
-from factory.synth.quality import NearDuplicates, _dedup, _keep_top, filter_rows
+from factory.synth import quality
+from factory.synth.near import NearIndex, jaccard_estimate, signatures
+from factory.synth.retrieval import Retriever
 from factory.synth.split import split_rows
+from factory.synth.templates import load_templates
+from factory.synth.text import clean_target, is_refusal, relevance, topic_terms
+from factory.voice import detect_voice, to_second_person
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-class FakeRun:
-    def __init__(self, **synth):
-        self.cfg = validate_config({"synth": synth})
+# ---- voice and templates ---------------------------------------------------------------------
+def test_voice_is_read_from_the_corpus():
+    journal = [p.read_text() for p in sorted((EXAMPLES / "journal").glob("*.md"))]
+    manual = [p.read_text() for p in sorted((EXAMPLES / "manual").glob("*.md"))]
+    glossary = [json.loads(line)["text"] for line in (EXAMPLES / "glossary" / "entries.jsonl").read_text().splitlines()]
+    assert detect_voice(journal) == "personal"
+    assert detect_voice(manual) == detect_voice(glossary) == "reference"
 
 
-def test_entity_templates_are_seeded_per_entity_and_typed():
-    ents = pa.table({"id": ["e1", "e2"], "title": ["Priya Nair", "Harwick Marathon"], "type": ["person", "event"],
-                     "description": ["a colleague", "a race"], "text_unit_ids": [["c1"], ["c2"]]})
-    a, b = Q.entity_questions(ents, 7), Q.entity_questions(ents.slice(1), 7)
+def test_second_person_rewrites_the_owner_not_the_others():
+    assert to_second_person("I was tired, so my brother drove me home. I'm fine.") == \
+        "You were tired, so your brother drove you home. You're fine."
+    assert to_second_person("Tonight I glazed it and we ate.") == "Tonight you glazed it and you ate."
+    assert to_second_person("Helen said she was tired.") == "Helen said she was tired."
+
+
+def test_templates_name_the_passage_and_questions_are_seeded_per_row():
+    personal, reference = load_templates("personal"), load_templates("reference")
+    assert personal.where.of("Monday 3 February 2025", "2025-02-03") == "on Monday 3 February 2025"
+    assert personal.where.of("Pottery", None) == 'in my entry "Pottery"'
+    assert reference.where.of("Descaling", None) == 'in "Descaling"'
+    assert personal.where.of(None, None) == "in my notes"
+    ents = pa.table({"id": ["e1", "e2"], "title": ["Priya Nair", "descaling"], "type": ["person", "concept"],
+                     "description": ["A colleague.", "Removing scale."], "text_unit_ids": [["c1"], ["c2"]]})
+    rels = pa.table({"id": ["r1"], "source": ["Priya Nair"], "target": ["descaling"], "description": ["d"],
+                     "text_unit_ids": [["c1"]]})
+    a = Q.subject_questions(ents, rels, reference, 7, llm=False, max_sources=30)
+    b = Q.subject_questions(ents.slice(1), rels.slice(0, 0), reference, 7, llm=False, max_sources=30)
     assert a[1] == b[0]  # a row's question does not depend on the other rows
-    assert a[0]["question"].format() in [t.format(name="Priya Nair") for t in Q.ENTITY_TEMPLATES["person"]]
-    assert a[1]["question"] in [t.format(name="Harwick Marathon") for t in Q.ENTITY_TEMPLATES["event"]]
-    assert len({Q.entity_questions(ents, s)[0]["question"] for s in range(40)}) == 6
-    assert len(Q.RELATIONSHIP_TEMPLATES) == 9 and all(len(t) == 6 for t in Q.ENTITY_TEMPLATES.values())
+    assert a[0]["question"] in [t.format(name="Priya Nair") for t in reference.entity["person"]]
+    assert [r["kind"] for r in a] == ["entity", "entity", "relationship"] and {r["task"] for r in a} == {Q.DESCRIBE}
+    with_teacher = Q.subject_questions(ents, rels, reference, 7, llm=True, max_sources=30)
+    assert [r["task"] for r in with_teacher].count(Q.ENTITY_QA) == 2 and with_teacher[-1]["task"] == Q.RELATIONSHIP_QA
+    # Reference questions never speak as the corpus's owner.
+    for t in reference.local["entity"] + reference.relationship + [g.question for g in reference.global_ + reference.hard_global]:
+        assert not set(t.lower().replace("?", "").split()) & {"i", "my", "me"}, t
 
 
-def test_unanswerable_names_are_absent_from_the_corpus():
-    vocab = {"ka", "lo", "kalo", "festival"}
-    rows = Q.unanswerable_questions(20, vocab, 3)
-    assert len(rows) == 20 and len({r["question"] for r in rows}) == 20
+# ---- local answers: the source chunk, nothing else -----------------------------------------------
+def test_local_answers_quote_the_source_sentences_that_name_the_focus():
+    text = ("# Saturday 8 February 2025\n\nRain all day. Tomas spent the whole day at the unit on Quay Road. "
+            "I stayed home with Felix.\n\n| Code | Meaning |\n|---|---|\n| E02 | Quay Road sensor fault |")
+    assert X.source_sentences(["Quay Road"], text) == ["Tomas spent the whole day at the unit on Quay Road.",
+                                                       "E02; Quay Road sensor fault"]
+    assert X.source_sentences(["Tomas", "Felix"], text) == ["Tomas spent the whole day at the unit on Quay Road.",
+                                                           "I stayed home with Felix."]  # any when none names both
+    assert X.source_sentences(["Saturday 8 February 2025"], text) == ["Rain all day."]  # a heading: the sentence under it
+    assert X.source_sentences(["Priya"], text) == []
+
+
+# ---- global answers: findings chosen per question -------------------------------------------------
+def _reports():
+    return [{"community": i, "level": 0, "title": f"T{i}", "summary": "s", "rank": float(i),
+             "findings": [{"summary": "Bread (organization)" if i % 2 else "Running",
+                           "explanation": "Tomas baked sourdough at Flour & Ember. It was hard work." if i % 2 else
+                                          "I ran the half marathon. I felt proud."}]} for i in range(6)]
+
+
+def test_global_points_differ_by_question_and_carry_no_type_labels():
+    types = {"flour & ember": "organization"}
+    findings = [f for r in _reports() for f in X.report_findings(r, types)]
+    assert findings[1].summary == "Bread"
+    baking = [X.finding_point(f, X.question_terms("How did my baking change?", None), frozenset()) for f in findings]
+    proud = [X.finding_point(f, X.question_terms("What were the high points?", ["proud"]), frozenset()) for f in findings]
+    orgs = [X.finding_point(f, X.question_terms("Which organizations matter most?", None), frozenset({"organization"}))
+            for f in findings]
+    assert [p["reports"][0] for p in baking if p] == [1, 3, 5] and baking[1]["description"] == "Bread: Tomas baked sourdough at Flour & Ember."
+    assert [p["reports"][0] for p in proud if p] == [0, 2, 4] and proud[0]["description"] == "Running: I felt proud."
+    assert [p["reports"][0] for p in orgs if p] == [1, 3, 5]
+    generic = [X.finding_point(f, X.question_terms("What are the main themes?", None), frozenset()) for f in findings]
+    assert [p["score"] for p in generic] == [max(1, round(10 * i)) for i in range(6)]
+
+
+def test_points_are_selected_within_budget_and_reports_packed_by_importance():
+    from factory.synth.answers import _report, pack_reports, select_points
+
+    points = [{"description": f"point {i}", "score": s, "reports": [i]} for i, s in enumerate([10, 0, 90, 50])]
+    assert [p["reports"][0] for p in select_points(points, 1000)] == [2, 3, 0]
+    reports = [_report(r) for r in _reports()]
+    batches = pack_reports(reports, 40)
+    assert sorted(r["community"] for b in batches for r in b) == list(range(6)) and len(batches) > 1
+    assert batches[0][0]["community"] == 5
+
+
+# ---- targets and scores ---------------------------------------------------------------------------
+def test_targets_are_clean_of_citations_ids_and_passage_labels():
+    dirty = ("In Sunday 22 June 2025 (2025-06-22): The train leaves at 9 [Data: Reports (57); Entities (2, 3)]. "
+             "See chunk c243f196aa4e3f16 [chunk 1a2b3c4d5e6f7a8b] and Monday 3 February (2025-02-03) says: hello.")
+    assert clean_target(dirty) == "The train leaves at 9. See chunk and Monday 3 February says: hello."
+    assert clean_target("Version 2025 of the DB-2 shipped.") == "Version 2025 of the DB-2 shipped."
+
+
+def test_refusals_and_relevance():
+    assert is_refusal("I don't recall anything about that.") and is_refusal("The passages do not mention it.")
+    assert not is_refusal("Tomas signed the lease on Quay Road.")
+    terms = topic_terms("What did I write about Quay Road on Saturday 8 February 2025?")
+    assert terms == {"quay", "road"}
+    assert relevance(terms, "Tomas signed the lease on Quay Road. It rained.") == 0.5
+    assert relevance(topic_terms("What are the main themes across my notes?", X.GLOBAL_FRAMING), "Anything.") is None
+
+
+def _answered(**row) -> dict:
+    base = {"id": "x", "kind": "local", "question": "What did Tomas sign on Quay Road?", "question_set": "main",
+            "answer": "Tomas signed the lease on Quay Road.", "reasoning": "The entry says so [Data: Reports (1)].",
+            "evidence": "Tomas signed the lease on his unit on Quay Road this afternoon.", "cues": [], "error": None}
+    return {**base, **row}
+
+
+def test_scoring_marks_the_first_failed_check():
+    limits = quality.Limits.of(validate_config({}).synth)
+    rows = [
+        _answered(id="ok"),
+        _answered(id="refusal", answer="I don't remember what Tomas signed on Quay Road."),
+        _answered(id="ungrounded", answer="Tomas bought a boat and sailed to Norway on Quay Road."),
+        _answered(id="off_topic", answer="The unit has a red door. It faces the harbour.",
+                  evidence="The unit has a red door. It faces the harbour."),
+        _answered(id="engine", answer=None, error="llm_error: timeout"),
+        _answered(id="refused", answer=None, error="refused: no answer in the source"),
+        _answered(id="short", answer="Yes."),
+        _answered(id="unanswerable", kind="unanswerable", answer="Nothing in your notes mentions Zed, so I can't say.",
+                  evidence=None),
+    ]
+    scored = {r["id"]: r for r in quality.score_batch(pa.Table.from_pylist(rows), limits).to_pylist()}
+    assert {i: r["drop"] for i, r in scored.items()} == {
+        "ok": None, "refusal": "refusal", "ungrounded": "ungrounded", "off_topic": "off_topic", "engine": "llm_error",
+        "refused": "refused", "short": "answer_too_short", "unanswerable": None}
+    assert scored["ok"]["reasoning"] == "The entry says so." and scored["ok"]["groundedness"] == 1.0
+    assert len(scored["ok"]["answer_sig"]) == 256
+    rec = StageRecord("t")
+    kept = quality.count_drops(rec, list(scored.values()))
+    assert {r["id"] for r in kept} == {"ok", "unanswerable"} and "llm_error" not in rec.drops  # run_llm counted it
+
+
+def test_near_duplicates_are_found_from_signatures():
+    a = "Tomas Eriksen signed the lease on his unit on Quay Road this afternoon."
+    sigs = signatures([a, a.replace("afternoon", "evening"), "Pottery class was cancelled because of the snow."])
+    assert jaccard_estimate(sigs[0], sigs[0]) == 1.0 and jaccard_estimate(sigs[0], sigs[2]) < 0.2
+    index = NearIndex(0.6)
+    index.add(sigs[0], "first")
+    assert index.similar(sigs[1]) == "first" and index.similar(sigs[2]) is None
+
+
+def _compact(i: str, kind: str, question: str, answer: str, score: float = 1.0, **keys) -> dict:
+    q, a = signatures([question, answer])
+    return {"id": i, "kind": kind, "question_set": keys.pop("question_set", "main"), "drop": None, "groundedness": score,
+            "judge_score": None, "answer_sig": a.tobytes(), "question_sig": q.tobytes(), "source_chunk_id": None,
+            "entity_ids": [], "community_ids": [], **keys}
+
+
+def test_dedup_keeps_the_better_row_of_equal_answers_or_questions():
+    rows = [_compact("a", "local", "What did I cook on Sunday?", "Shakshuka with bread.", 0.7),
+            _compact("b", "entity", "Who is Tomas?", "Shakshuka with bread.", 0.9),
+            _compact("c", "local", "What did I cook on Sunday ?", "A roast.", 0.8),
+            _compact("d", "global", "Main themes?", "Work and bread.", 0.5, question_set="hard_global")]
+    rec = StageRecord("t")
+    kept = quality.dedup(rec, rows, 0.8, 0.9)
+    assert [r["id"] for r in kept] == ["d", "b", "c"] and dict(rec.drops) == {"duplicate_answer": 1}
+    many = [_compact(str(i), "local" if i < 4 else "unanswerable", f"q{i}", f"a{i}", i / 10) for i in range(6)]
+    kept = quality.keep_top(rec, many, 0.5)
+    assert sorted(r["id"] for r in kept) == ["2", "3", "4", "5"] and rec.drops["below_keep_top_fraction"] == 2
+
+
+def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
+    rows = []
+    for c in range(10):  # two local rows per chunk: a chunk's rows share a group
+        rows += [_compact(f"l{c}{j}", "local", f"What did I write about subject {c} number {j}?", f"answer {c} {j}",
+                          source_chunk_id=f"c{c}") for j in range(2)]
+    for e in range(10):  # template and teacher-written row of one entity share its entity set
+        rows += [_compact(f"e{e}{j}", "entity", f"Question {j} about entity {e}?", f"about {e} {j}", entity_ids=[f"E{e}"])
+                 for j in range(2)]
+    rows += [_compact(f"g{i}", "global", f"Global question {i}?", f"g {i}", community_ids=[str(i % 2), str(i % 2 + 2)])
+             for i in range(6)]  # communities {0,2} and {1,3}: two groups
+    rows += [_compact("h", "global", "Hard question?", "h", question_set="hard_global", community_ids=["0"])]
+    rows += [_compact("near", "local", "What did I write about subject 0 number 0 ?", "other", source_chunk_id="c99")]
+    decided = split_rows(StageRecord("t"), rows, 0.2, 3, 0.9)
+    again = split_rows(StageRecord("t"), list(reversed(rows)), 0.2, 3, 0.9)
+    assert decided == again  # seeded, independent of row order
+    split = {i: d[0] for i, d in decided.items()}
+    assert split["h"] == "test"
+    for key in ("source_chunk_id", "entity_ids"):
+        groups: dict = {}
+        for r in rows:
+            if r["id"] in split and r.get(key):
+                groups.setdefault(str(r[key]), set()).add(split[r["id"]])
+        assert all(len(s) == 1 for s in groups.values()), key
+    assert sum(s == "test" for i, s in split.items() if i.startswith("l")) == 4  # 20% of 20 local rows, two groups
+    assert sum(s == "test" for i, s in split.items() if i.startswith("g")) in (0, 3)
+    if split["l00"] == "test":
+        assert "near" not in decided  # a train question near a test question is dropped
+    assert len({d[1] for i, d in decided.items() if i.startswith("l0")}) == 1  # one group id per group
+
+
+# ---- unanswerable -----------------------------------------------------------------------------------
+def test_unanswerable_rows_use_real_entities_and_corpus_like_names_that_retrieval_cannot_support():
+    chunks = pa.table({"id": ["c1", "c2", "c3"], "title": ["a", "b", "c"], "date": [None] * 3,
+                       "text": ["Tomas Eriksen and Priya Nair met at Quay Road.", "Jonah Webb swims at Portobello Beach.",
+                                "Aunt Rosa lives in Brackley Cross near Old Mill Gardens."]})
+    ents = pa.table({"id": ["e1", "e2", "e3", "e4", "e5"], "title": ["Tomas Eriksen", "Priya Nair", "Jonah Webb", "Quay Road",
+                                                                     "Portobello Beach"],
+                     "type": ["person", "person", "person", "geo", "geo"],
+                     "text_unit_ids": [["c1"], ["c1"], ["c2"], ["c1"], ["c2"]]})
+    rels = pa.table({"source": ["Tomas Eriksen"], "target": ["Priya Nair"]})
+    retriever = Retriever.build(chunks, "bm25")
+    rows = Q.unanswerable_questions(6, ents, rels, retriever, load_templates("personal"), 5)
+    assert rows and len({r["question"] for r in rows}) == len(rows)
+    corpus = " ".join(chunks.column("text").to_pylist()).lower()
     for r in rows:
-        assert r["kind"] == "unanswerable" and r["answer"] and r["reasoning"]
-        assert not ({w.lower() for w in r["question"].replace("?", "").split()} & {"kalo"})
+        assert r["kind"] == "unanswerable" and is_refusal(r["answer"]) and r["reasoning"]
+        named = [n for n in ("Tomas Eriksen", "Priya Nair", "Jonah Webb", "Quay Road", "Portobello Beach") if n in r["question"]]
+        if len(named) == 2:  # a real pair: never in one chunk
+            assert not any(all(n.lower() in c.lower() for n in named) for c in chunks.column("text").to_pylist())
+        else:  # a name made of the corpus's own names, absent from it
+            invented = [n for _, n in [(0, f"{a} {b}") for a in ("Tomas", "Priya", "Jonah", "Quay", "Portobello")
+                                        for b in ("Eriksen", "Nair", "Webb", "Road", "Beach")] if n in r["question"]]
+            assert invented and all(n.lower() not in corpus for n in invented), r["question"]
     assert Q.unanswerable_count(95, 0.05) == 5 and Q.unanswerable_count(10, 0) == 0
 
 
-def test_extractive_local_answer_quotes_matching_sentences_in_order():
-    passages = [("Mon (2025-01-06)", "# Mon\n\nI ran by the river. Priya sent the drawings late. Rain all day."),
-                ("Tue (2025-01-07)", "Priya and I fixed the drawings for the bid.")]
-    answer, reasoning = extract_answer("What happened with Priya's drawings on Mon?", passages)
-    assert answer.startswith("In Mon (2025-01-06): Priya sent the drawings late.")
-    assert "fixed the drawings" in answer and "river" not in answer and "Rain" not in answer
-    assert "Priya sent the drawings late." in reasoning
-    assert extract_answer("zebra?", passages) == (None, None)
-
-
-def test_map_scores_drop_unrelated_findings_and_pack_within_budget():
-    reports = [{"community": i, "level": 0, "title": f"T{i}", "summary": "s", "rank": float(i),
-                "findings": [{"summary": "Baking bread", "explanation": "sourdough with Tomas"} if i % 2 else
-                             {"summary": "Running", "explanation": "the half marathon"}]} for i in range(6)]
-    q = question_terms("How did my baking change over time?", reports)
-    assert q == {"baking"}
-    points = extract_points(q, reports)
-    assert {p["reports"][0] for p in points if p["score"] > 0} == {1, 3, 5}
-    best = select_points(points, 1000)
-    assert [p["reports"][0] for p in best] == [5, 3, 1]
-    generic = extract_points(question_terms("What are the main themes?", reports), reports)
-    assert all(p["score"] == round(10 * r["rank"]) for p, r in zip(generic, reports))
-    batches = pack_reports(reports, 40)
-    assert sorted(r["community"] for b in batches for r in b) == list(range(6)) and len(batches) > 1
-    assert batches[0][0]["community"] == 5  # most important first
-
-
-def test_filters_count_every_drop_by_reason():
-    run = FakeRun(min_answer_chars=5, min_groundedness=0.5)
-    rec = StageRecord("t")
-    base = {"kind": "local", "evidence": "Tomas opened the bakery Flour and Ember on Quay Road."}
-    rows = [
-        {**base, "id": "a", "question": "What did Tomas open?", "answer": "Tomas opened Flour and Ember."},
-        {**base, "id": "b", "question": "What did Tomas open on Quay Road?", "answer": "The moon landing happened."},
-        {**base, "id": "c", "question": "What did Tomas open?", "answer": "Tomas opened the bakery."},
-        {**base, "id": "d", "question": "Where?", "answer": "Quay Road"},
-        {**base, "id": "e", "question": "What did Tomas open today?", "answer": None, "error": "no_evidence"},
-        {**base, "id": "f", "question": "What did Tomas cook?", "answer": None, "error": "invalid_output: no JSON"},
-        {"id": "g", "kind": "unanswerable", "question": "Who is Zanquo Vitor?", "answer": "I don't know Zanquo Vitor."},
-    ]
-    kept = filter_rows(run, rec, rows)
-    assert sorted(r["id"] for r in kept) == ["a", "g"]
-    # "c" repeats "a"'s question and is less grounded; "f" was counted by the engine layer already.
-    assert dict(rec.drops) == {"ungrounded": 1, "duplicate_question": 1, "question_length": 1, "no_evidence": 1}
-
-
-def test_dedup_keeps_the_better_row_and_keep_top_is_per_kind():
-    rec = StageRecord("t")
-    rows = [{"id": "x", "kind": "local", "question": "What did I cook on Sunday?", "groundedness": 0.6},
-            {"id": "y", "kind": "local", "question": "What did I cook on Sunday ?", "groundedness": 0.9}]
-    assert [r["id"] for r in _dedup(rec, rows, 0.9)] == ["y"]
-    rows = [{"id": str(i), "kind": k, "question": f"q{i}", "judge_score": float(i)} for i, k in enumerate("aaaabbu")]
-    rows[-1]["kind"] = "unanswerable"
-    kept = _keep_top(rec, rows, 0.5)
-    assert sorted(r["id"] for r in kept) == ["2", "3", "5", "6"]
-    assert rec.drops == {"duplicate_question": 1, "below_keep_top_fraction": 3}
-
-
-def test_split_is_stratified_seeded_and_decontaminated():
-    rows = [{"id": f"{k}{i}", "kind": k, "question": f"What happened with subject number {k}{i} in the garden?"}
-            for k in ("local", "global", "entity") for i in range(10)]
-    rows.append({"id": "dup", "kind": "local", "question": "What happened with subject number local3 in the garden ?"})
-    rec = StageRecord("t")
-    train, test = split_rows(rec, [dict(r) for r in rows], 0.2, 1, 0.9)
-    assert sorted(r["kind"] for r in test) == ["entity"] * 2 + ["global"] * 2 + ["local"] * 2
-    again = split_rows(StageRecord("t"), [dict(r) for r in reversed(rows)], 0.2, 1, 0.9)[1]
-    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in test)
-    index = NearDuplicates(0.9)
-    for r in test:
-        index.add(r["question"])
-    assert not any(index.seen(r["question"], add=False) for r in train)
-    assert len(train) + len(test) + rec.drops["near_test_question"] == len(rows)
-
-
-def test_targets_and_qa_table():
+# ---- the qa rows ------------------------------------------------------------------------------------
+def test_targets_and_qa_rows(ray_session):
     assert target("A.", "R.", "none") == "A."
     assert target("A.", "R.", "think_tags") == "<think>\nR.\n</think>\n\nA."
     assert target("A.", "R.", "inline") == "R.\n\nAnswer: A."
     assert target("A.", None, "think_tags") == "A."
-    table = qa_table([{"id": "1", "kind": "local", "question": "Q?", "answer": "A.", "reasoning": "R.", "split": "train",
-                       "evidence_chunk_ids": ["c"], "source_chunk_id": "c", "retrieved_source": True}], "think_tags", "sys")
-    row = table.to_pylist()[0]
-    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
-    assert row["messages"][0]["content"] == "sys" and row["entity_ids"] == [] and row["community_ids"] == []
+    import ray
 
-
-def test_sentences_keep_abbreviations_and_initials_inside():
-    from factory.synth.text import sentences
-
-    text = "First session with Dr. Helen Okafor today. J. R. Hartley rang!\n\nNew paragraph without a stop"
-    assert sentences(text) == ["First session with Dr. Helen Okafor today.", "J. R. Hartley rang!", "New paragraph without a stop"]
+    rows = [{**_answered(id=i), "evidence_chunk_ids": ["c"], "source_chunk_id": "c", "retrieved_source": True,
+             "question_source": "template", "groundedness": 1.0, "relevance": 1.0} for i in ("a", "b", "c")]
+    decisions = ray.put({"a": ("train", "g1", None), "b": ("test", "g2", 7.0)})
+    table = pa.Table.from_pylist(rows)
+    train = qa_batch(table, [decisions], "train", "think_tags", "sys").to_pylist()
+    test = qa_batch(table, [decisions], "test", "none", "sys").to_pylist()
+    assert [r["id"] for r in train] == ["a"] and [r["id"] for r in test] == ["b"]  # "c" was dropped
+    assert [m["role"] for m in train[0]["messages"]] == ["system", "user", "assistant"]
+    assert train[0]["messages"][0]["content"] == "sys" and train[0]["group_id"] == "g1" and train[0]["entity_ids"] == []
+    assert test[0]["judge_score"] == 7.0 and test[0]["messages"][2]["content"] == test[0]["answer"]

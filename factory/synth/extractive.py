@@ -80,7 +80,8 @@ def report_findings(report: dict, title_types: dict[str, str]) -> list[Finding]:
             lowered = sent.lower()
             sents.append((sent, frozenset(map(stem, ws)), frozenset(k for t, k in title_types.items() if t in lowered)))
         summary = _TYPED.sub("", (f.get("summary") or "").strip())
-        out.append(Finding(summary, tuple(sents), int(report["community"]), float(report.get("rank") or 5.0)))
+        rank = report.get("rank")
+        out.append(Finding(summary, tuple(sents), int(report["community"]), 5.0 if rank is None else float(rank)))
     return out
 
 

@@ -10,7 +10,7 @@ import functools
 import re
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-]*")
-_SENTENCE = re.compile(r"(?<=[.!?])[\"”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])|\n{2,}|\n(?=[-*#] )")
+_SENTENCE = re.compile(r"(?<=[.!?])[\"”’)\]]*\s+(?=[\"“‘(\[]?[A-Z0-9])|\n{2,}|\n(?=[-*#] |\|)")
 
 # Function words and question scaffolding: they match everything, so they rank nothing.
 STOPWORDS = frozenset(
@@ -129,7 +129,9 @@ _REFUSAL = re.compile(
     r"\b(?:I (?:do not|don't|cannot|can't|could not|couldn't) (?:know|recall|remember|find|tell|say|answer)"
     r"|(?:do|does|did) not (?:contain|mention|say|include|provide)|(?:doesn't|don't|didn't) (?:contain|mention|say)"
     r"|no (?:information|mention|record)|not (?:mentioned|stated|specified|provided) (?:in|anywhere)"
-    r"|(?:cannot|can't|unable to) (?:be )?(?:answer|determine|tell))",
+    r"|(?:cannot|can't|unable to) (?:be )?(?:answer|determine|tell)|rather not guess"
+    r"|(?:doesn't|does not|never) (?:come up|mention)|nothing (?:in|you)\b[^.]{0,60}\b(?:mentions?|links?)\b"
+    r"|not mentioned anywhere|has no information)",
     re.IGNORECASE,
 )
 
@@ -149,7 +151,7 @@ _PLACING = frozenset(
 def stem(word: str) -> str:
     """A crude stem (plural and tense endings off), so "signed" meets "sign" and "habits" meets "habit"."""
     for suffix in ("ing", "ies", "ied", "es", "ed", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
             return word[: -len(suffix)]
     return word
 
