@@ -66,6 +66,8 @@ CITATIONS = {
     # "In <title> (2025-03-27):" or "<title> (2025-03-27) says": a passage's label copied into the text.
     "title_date_label": re.compile(r"\(\d{4}-\d{2}-\d{2}\)(?::|\s+says\b)"),
 }
+# One search finds whether a text has any of them; only then is each looked for.
+_ANY_CITATION = re.compile("|".join(f"(?:{p.pattern})" for p in CITATIONS.values()), re.IGNORECASE)
 _ID_TOKEN = re.compile(r"[\w.-]{8,}")
 _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
@@ -100,11 +102,20 @@ def final_answer(messages: list[dict] | None, answer: str, reasoning: str | None
 
 # ---- near-equal answers -------------------------------------------------------------
 _RNG = np.random.default_rng(20250314)
-# Multiply-add-shift hashing (a odd): one universal hash per permutation, applied to a whole
-# batch's shingles at once. datasketch's MinHash does the same per row in Python, ~1 ms a row here.
-_A = _RNG.integers(0, 2**64, NUM_PERM, dtype=np.uint64, endpoint=False) | np.uint64(1)
-_B = _RNG.integers(0, 2**64, NUM_PERM, dtype=np.uint64, endpoint=False)
-_MAX_GRAMS = 16384  # shingles hashed at once: 16k x NUM_PERM x 8 bytes = 16 MB
+# datasketch's "affine32" scheme (a shingle's hash mixed by murmur's finalizer, then h -> a*h + b
+# mod 2^32 with a odd per permutation), applied to a whole batch's shingles at once:
+# datasketch's MinHash does it one row at a time in Python, ~1 ms a row here.
+_A = _RNG.integers(0, 2**31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+_B = _RNG.integers(0, 2**32, NUM_PERM, dtype=np.uint64).astype(np.uint32)
+_MAX_GRAMS = 32768  # shingles hashed at once: 32k x NUM_PERM x 4 bytes = 16 MB
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 def signatures(texts: list[str]) -> np.ndarray:
@@ -119,10 +130,10 @@ def signatures(texts: list[str]) -> np.ndarray:
             end += 1
         rows = [i for i in range(start, end) if grams[i]]
         if rows:
-            flat = np.fromiter((h for i in rows for h in grams[i]), np.uint64, total)
-            hashed = ((flat[:, None] * _A + _B) >> np.uint64(32)).astype(np.uint32)
+            flat = _fmix32(np.fromiter((h for i in rows for h in grams[i]), np.uint32, total))
+            hashed = _A[:, None] * flat + _B[:, None]  # wraps mod 2^32; a row per permutation: reduced along memory
             offsets = np.cumsum([0] + [len(grams[i]) for i in rows[:-1]])
-            out[rows] = np.minimum.reduceat(hashed, offsets, axis=0)
+            out[rows] = np.minimum.reduceat(hashed, offsets, axis=1).T
         start = end
     return out
 
@@ -140,9 +151,11 @@ def near_pairs(sig: np.ndarray) -> tuple[np.ndarray, dict[int, set[int]]]:
         key = np.zeros(len(unique), dtype=np.uint64)
         for col in unique[:, band * width:(band + 1) * width].T:
             key = key * np.uint64(0x100000001B3) + col  # wraps: a 64-bit key per band
-        order = np.argsort(key, kind="stable")
+        _, slot, count = np.unique(key, return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(count[slot] > 1)  # most keys are one signature's alone
+        order = shared[np.argsort(key[shared], kind="stable")]
         cuts = np.flatnonzero(np.diff(key[order])) + 1
-        for members in np.split(order, cuts):
+        for members in np.split(order, cuts) if len(order) else ():
             for i, a in enumerate(members[:-1]):
                 rest = members[i + 1:]
                 close = rest[(unique[rest] == unique[a]).mean(axis=1) >= NEAR_EQUAL]
@@ -240,9 +253,11 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
                     local["supported"] += 1
                 else:
                     example("local_unsupported", qa_id)
-            texts = [t for t in (answer, b["reasoning"][i], b["answer"][i]) if t]
-            found = [name for name, pattern in CITATIONS.items() if any(pattern.search(t) for t in texts)]
-            if any(tok in chunk_ids for t in texts for tok in _ID_TOKEN.findall(t)):
+            texts = {t for t in (answer, b["reasoning"][i], b["answer"][i]) if t}
+            found = []
+            if any(_ANY_CITATION.search(t) for t in texts):
+                found = [name for name, pattern in CITATIONS.items() if any(pattern.search(t) for t in texts)]
+            if any(not chunk_ids.isdisjoint(_ID_TOKEN.findall(t)) for t in texts):
                 found.append("chunk_id")
             if found:
                 cited += 1
