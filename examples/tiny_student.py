@@ -4,7 +4,10 @@ any Hub model, so the README walkthrough (and the tests) run finetune and evalua
     python -m examples.tiny_student runs/tiny-student
 
 It is random, not a language model: its answers are noise, and what it shows is that every step
-runs. Tests load it back through the real `from_pretrained` path; nothing is downloaded.
+runs. The script draws its weights wider than a real model's initialization (`--init-std 0.1`), so
+its greedy answers are varied words rather than one token repeated (at 0.02 it answers blank
+lines, which evaluate rightly counts as failed). Tests load it back through the real
+`from_pretrained` path; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def training_text() -> list[str]:
     return texts + [base * 20]
 
 
-def build_tiny_llama(path: str | Path, *, hidden: int = 64, layers: int = 2, vocab: int = 1024) -> Path:
+def build_tiny_llama(path: str | Path, *, hidden: int = 64, layers: int = 2, vocab: int = 1024,
+                     init_std: float = 0.02) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -64,6 +68,7 @@ def build_tiny_llama(path: str | Path, *, hidden: int = 64, layers: int = 2, voc
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=init_std,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
@@ -72,8 +77,9 @@ def build_tiny_llama(path: str | Path, *, hidden: int = 64, layers: int = 2, voc
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="folder to write the model and tokenizer to")
+    p.add_argument("--init-std", type=float, default=0.1, help="standard deviation of the random weights")
     args = p.parse_args(argv)
-    print(f"tiny student written to {build_tiny_llama(args.path)}", file=sys.stderr)
+    print(f"tiny student written to {build_tiny_llama(args.path, init_std=args.init_std)}", file=sys.stderr)
     return 0
 
 
