@@ -71,6 +71,11 @@ def test_local_answers_quote_the_source_sentences_that_name_the_focus():
                                                            "I stayed home with Felix."]  # any when none names both
     assert X.source_sentences(["Saturday 8 February 2025"], text) == ["Rain all day."]  # a heading: the sentence under it
     assert X.source_sentences(["Priya"], text) == []
+    # A sentence that points back with a pronoun brings the one it points to.
+    assert X.source_sentences(["1909"], "Line 6 ran to Port Elise. It opened in 1909. Trams were green.") == \
+        ["Line 6 ran to Port Elise.", "It opened in 1909."]
+    assert X.describe("Brandt was an engineer.\nHe received the medal in 2002.") == "Brandt was an engineer."
+    assert X.describe("He received the medal in 2002.") == "He received the medal in 2002."
 
 
 # ---- global answers: findings chosen per question -------------------------------------------------
@@ -89,11 +94,18 @@ def test_global_points_differ_by_question_and_carry_no_type_labels():
     proud = [X.finding_point(f, X.question_terms("What were the high points?", ["proud"]), frozenset()) for f in findings]
     orgs = [X.finding_point(f, X.question_terms("Which organizations matter most?", None), frozenset({"organization"}))
             for f in findings]
-    assert [p["reports"][0] for p in baking if p] == [1, 3, 5] and baking[1]["description"] == "Bread: Tomas baked sourdough at Flour & Ember."
-    assert [p["reports"][0] for p in proud if p] == [0, 2, 4] and proud[0]["description"] == "Running: I felt proud."
+    assert [p["reports"][0] for p in baking if p] == [1, 3, 5] and baking[1]["sentences"] == ["Tomas baked sourdough at Flour & Ember."]
+    assert [p["reports"][0] for p in proud if p] == [0, 2, 4] and proud[0]["sentences"] == ["I felt proud."]
     assert [p["reports"][0] for p in orgs if p] == [1, 3, 5]
     generic = [X.finding_point(f, X.question_terms("What are the main themes?", None), frozenset()) for f in findings]
     assert [p["score"] for p in generic] == [max(1, round(10 * i)) for i in range(6)]
+
+
+def test_a_sentence_is_said_once_per_answer():
+    points = [{"summary": "A and B", "sentences": ["They met.", "B moved."], "score": 90, "reports": [1]},
+              {"summary": "B", "sentences": ["B moved."], "score": 80, "reports": [1]},
+              {"summary": "B and C", "sentences": ["B moved.", "C stayed."], "score": 70, "reports": [2]}]
+    assert [p["description"] for p in X.distinct_points(points)] == ["A and B: They met. B moved.", "B and C: C stayed."]
 
 
 def test_points_are_selected_within_budget_and_reports_packed_by_importance():

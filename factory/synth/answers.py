@@ -159,7 +159,8 @@ class _Answerer:
     def _describe(self, row: dict) -> dict:
         description = row.get("description") or ""
         out = {"evidence_chunk_ids": row.get("text_unit_ids") or [], "retrieved_source": None, "evidence": description}
-        return {**out, **extracted(X.voiced(description, self.voice) if description.strip() else None, None, "no_description")}
+        answer = X.voiced(X.describe(description), self.voice) if description.strip() else None
+        return {**out, **extracted(answer, None, "no_description")}
 
     def _local(self, row: dict, ids: list[str]) -> dict:
         source = row["source_chunk_id"]
@@ -280,7 +281,7 @@ def _extract_map(q: dict, pool: list[dict], findings: dict[int, list[X.Finding]]
     """No-LLM map: every finding of the pool as a key point for the question (extractive.finding_point)."""
     terms, wanted = X.question_terms(q["question"], q.get("cues")), frozenset(q.get("types") or ())
     points = (X.finding_point(f, terms, wanted) for r in pool for f in findings[r["community"]])
-    return [p for p in points if p]
+    return X.distinct_points([p for p in points if p])
 
 
 def _llm_map(run: Run, rec: StageRecord, qrows: list[dict], pool_of, engine: EngineConfig, batch_tokens: int) -> dict[str, list[dict]]:

@@ -21,6 +21,7 @@ MAX_POINTS = 8
 _MD_LEAD = re.compile(r"^\s*(?:#{1,6}\s+|[-*+>]\s+|\d+[.)]\s+)")
 _MD_MARK = re.compile(r"\*\*|__|`")
 _TABLE_RULE = re.compile(r"^[\s|:\-]+$")
+_PRONOUNS = frozenset("he she it they his her its their this these those him them".split())
 # A rule report names an entity's finding "Felix (person)": the type is for the graph, not for an answer.
 _TYPED = re.compile(r"\s*\((?:person|organization|geo|event|concept|activity|object)\)$", re.IGNORECASE)
 
@@ -41,9 +42,14 @@ def voiced(text: str, voice: str) -> str:
     return to_second_person(text) if voice == "personal" else text
 
 
+def starts_with_pronoun(sentence: str) -> bool:
+    return sentence.split(" ", 1)[0].lower().strip("\"“'") in _PRONOUNS
+
+
 def source_sentences(names: list[str], text: str, max_sentences: int = MAX_SENTENCES) -> list[str]:
     """The sentences of `text` that name every one of `names` (else any of them), in reading order.
-    A heading that names them stands for the sentence under it: a heading alone says nothing."""
+    A heading that names them stands for the sentence under it (a heading alone says nothing), and a
+    sentence opening with a pronoun brings the sentence before it (the one it points back to)."""
     sents = [s for s, _ in sentence_words(text)]
     lowered = [n.lower() for n in names]
     for need in (all, any):
@@ -51,12 +57,22 @@ def source_sentences(names: list[str], text: str, max_sentences: int = MAX_SENTE
         for i, s in enumerate(sents):
             if need(n in s.lower() for n in lowered):
                 j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
+                if starts_with_pronoun(sents[j]) and j > 0 and not _is_heading(sents[j - 1]) and j - 1 not in picked:
+                    picked.append(j - 1)
                 if j not in picked:
                     picked.append(j)
-        out = [p for p in (plain(sents[i]) for i in picked) if len(p.split()) >= 3]
+        out = [p for p in (plain(sents[i]) for i in sorted(picked)) if len(p.split()) >= 3]
         if out:
             return out[:max_sentences]
     return []
+
+
+def describe(description: str) -> str:
+    """A description as an answer: its sentences that stand alone. Merged from many passages, a
+    sentence opening with a pronoun ("He received the medal in 2002.") has lost what it points to."""
+    lines = [line for line in description.splitlines() if line.strip()]
+    standalone = [line for line in lines if not starts_with_pronoun(line.strip())]
+    return "\n".join(standalone or lines)
 
 
 # ---- global: findings of community reports ------------------------------------------------------
@@ -102,9 +118,22 @@ def finding_point(f: Finding, terms: frozenset[str], wanted: frozenset[str]) -> 
         overlap = len(set().union(*(hit for _, hit, _ in matched))) / min(len(terms), 3) if terms else 0.0
         typed = 1.0 if any(typed for _, _, typed in matched) else 0.0
         score = round(100 * (0.6 * min(1.0, overlap) + 0.3 * typed + 0.01 * f.rank))
-    text = " ".join(keep)
-    return {"description": f"{f.summary}: {text}" if f.summary and text else f.summary or text,
-            "score": max(1, min(100, score)), "reports": [f.community]}
+    return {"summary": f.summary, "sentences": keep, "score": max(1, min(100, score)), "reports": [f.community]}
+
+
+def distinct_points(points: list[dict]) -> list[dict]:
+    """Best first, each point without the sentences a better point already says (one evidence
+    sentence can stand in several findings of a report); a point left with none is dropped."""
+    seen: set[str] = set()
+    out = []
+    for p in sorted(points, key=lambda p: (-p["score"], p["summary"], p["sentences"])):
+        fresh = [s for s in p["sentences"] if s not in seen]
+        if fresh or not p["sentences"]:
+            seen.update(fresh)
+            text = " ".join(fresh)
+            out.append({"description": f"{p['summary']}: {text}" if p["summary"] and text else p["summary"] or text,
+                        "score": p["score"], "reports": p["reports"]})
+    return out
 
 
 def question_terms(question: str, cues: list[str] | None) -> frozenset[str]:

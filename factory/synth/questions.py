@@ -293,7 +293,8 @@ def plausible_names(entities: pa.Table, known: set[str]) -> list[tuple[str, str]
     by_type: dict[str, tuple[list[str], list[str]]] = {}
     for title, kind in zip(entities.column("title").to_pylist(), entities.column("type").to_pylist()):
         parts = title.split()
-        if len(parts) >= 2 and all(_WORD.fullmatch(p) for p in (parts[0], parts[-1])):
+        # Proper names only: two lower-case terms glued together ("stainless cord") make no plausible question.
+        if len(parts) >= 2 and title[:1].isupper() and all(_WORD.fullmatch(p) for p in (parts[0], parts[-1])):
             heads, tails = by_type.setdefault(kind or "default", ([], []))
             heads.append(parts[0])
             tails.append(parts[-1])
@@ -329,14 +330,14 @@ def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, 
         if a is None or frozenset((a, b)) in together or sources[a] & sources[b]:
             return None
         q = rng.choice(t.unanswerable["pair"]).format(a=a, b=b)
-        return q, [a, b], rng.choice(t.refusals["pair"]).format(a=a, b=b), f"{a} and {b} together"
+        return q, [a, b], _sentence(rng.choice(t.refusals["pair"]).format(a=a, b=b)), f"{a} and {b} together"
 
     def name() -> tuple[str, list[str], str, str] | None:
         if not invented:
             return None
         who, kind = invented.pop()
         q = rng.choice(t.unanswerable_templates(kind)).format(name=who)
-        return q, [who], rng.choice(t.refusals["name"]).format(name=who), who
+        return q, [who], _sentence(rng.choice(t.refusals["name"]).format(name=who)), who
 
     rows, seen = [], set()
     for attempt in range(20 * n + 20):
@@ -355,6 +356,10 @@ def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, 
                      "answer": answer, "reasoning": t.phrases.unanswerable_reasoning.format(subject=subject),
                      "entity_ids": [ids[x] for x in subject_names if x in ids and x in types]})
     return rows
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def log_no_reports(rec: StageRecord, level: int, reports: pa.Table) -> None:
