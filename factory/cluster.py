@@ -1,46 +1,93 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local one."""
+"""Connecting to Ray: the cluster a job was submitted to, or a local one; what Ray prints."""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
+from ray.data._internal.execution import streaming_executor
+from ray.data._internal.progress import get_progress_manager
+from ray.data._internal.progress.base_progress import NoopExecutionProgressManager
 
+from factory import progress
 from factory.config import Config
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Connect to RAY_ADDRESS / a running cluster, else start a local Ray.
+    """Connect to ray.address / RAY_ADDRESS (set by `ray job submit`), else start a private local Ray.
 
-    Under `ray job submit` the driver finds its cluster through RAY_ADDRESS;
-    on a laptop with no cluster `ray.init()` starts one in-process.
+    A job never attaches to some other local cluster it happens to find: without an address it
+    starts its own, the same way on a laptop as in a test.
     """
     if not ray.is_initialized():
         _init(cfg)
-    configure_data()
+    configure_data(cfg.ray.progress)
 
 
 def _init(cfg: Config) -> None:
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # log_to_driver off: workers' own chatter (library progress bars, Ray Train's INFO lines,
+    # shutdown tracebacks of Ray's helper actors) stays in the session's log files.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": cfg.ray.progress}
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
-    if not cfg.ray.address and not os.environ.get("RAY_ADDRESS"):
-        # Only a local start takes these; ray.init rejects them when connecting to a cluster.
-        kwargs["include_dashboard"] = cfg.ray.dashboard
+    elif not os.environ.get("RAY_ADDRESS"):
+        kwargs.update(address="local", include_dashboard=cfg.ray.dashboard)
         if cfg.ray.num_cpus:
             kwargs["num_cpus"] = cfg.ray.num_cpus
+        # Ray 2.60 turns token authentication on for a new local cluster (it listens on the node's
+        # address, not only loopback) and warns that it did, on every start. Keep Ray's choice
+        # (RAY_AUTH_MODE=disabled still turns it off), without the warning.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(**kwargs)
-    ray.data.DataContext.get_current().enable_progress_bars = True
 
 
-def configure_data() -> None:
+def configure_data(ray_progress: bool = False) -> None:
     """Ray Data settings every job relies on, also in a process whose Ray someone else started."""
     ctx = ray.data.DataContext.get_current()
     # One summary line per stage is ours to print; Ray's per-operator stats are noise here.
     ctx.print_on_execution_start = False
     # Same input, same row order in every output file: reruns are byte-comparable.
     ctx.execution_options.preserve_order = True
+    # Carried to Ray Train's dataset coordinators too, which then print no progress bars of their own.
+    ctx.enable_progress_bars = ray_progress
+    _ray_data_console(logging.INFO if ray_progress else logging.WARNING)
+    _driver_progress(quiet=not ray_progress)
+
+
+def _ray_data_console(level: int) -> None:
+    """Ray Data logs each execution's start and end at INFO on the console; keep its warnings."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":
+            handler.setLevel(level)
+
+
+class RayDataProgress(NoopExecutionProgressManager):
+    """Ray Data's progress manager for one execution, feeding one `factory.progress` line."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)  # gives all-to-all operators the sub-progress bars they expect
+        self.bar = progress.Progress(progress.current_label(), unit="rows")
+
+    def update_total_progress(self, new_rows: int, total_rows: int | None) -> None:
+        self.bar.advance(new_rows, total_rows or None)
+
+    def close_with_finishing_description(self, desc: str, success: bool) -> None:
+        self.bar.close()
+
+
+def _quiet_progress_manager(ctx: Any, dataset_id: str, topology: Any, verbose: bool) -> RayDataProgress:
+    return RayDataProgress(dataset_id, topology, False, False)
+
+
+def _driver_progress(quiet: bool) -> None:
+    """Show every Ray Data execution on this driver as a ragtune progress line (quiet), or as Ray's bars.
+
+    Ray Data has no public progress hook; its executor picks a progress manager through a
+    module-level factory (Ray 2.60), which this swaps.
+    """
+    streaming_executor.get_progress_manager = _quiet_progress_manager if quiet else get_progress_manager
 
 
 def cpu_actors(cfg: Config) -> int:

@@ -194,6 +194,10 @@ class RayConfig(Section):
     cpu_actors: int | None = Field(None, ge=1)
     # Start the dashboard with a local Ray (about 2 s more start-up); a cluster has its own.
     dashboard: bool = False
+    # Ray's own console output: Ray Data progress bars and execution logs, Ray Train reports and
+    # every worker's stdout/stderr. Off: one ragtune progress line per stage (worker logs stay in
+    # the Ray session's log folder).
+    progress: bool = False
 
 
 class TrainConfig(Section):
@@ -202,7 +206,8 @@ class TrainConfig(Section):
     output: str = "runs/student"  # Ray Train storage_path (local or s3://)
     name: str = "student"
     num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
+    # auto: one GPU per worker when the cluster has them, else CPU (with a notice); true: GPUs or a one-line error.
+    use_gpu: Literal["auto", True, False] = "auto"
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     max_failures: int = Field(0, ge=0)
     lora_r: int = Field(8, ge=1)
@@ -221,6 +226,7 @@ class TrainConfig(Section):
     bf16: bool | None = None  # None: on when a GPU is used
     strategy: Literal["ddp", "fsdp"] = "ddp"
     checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)  # a progress line (step, loss, tokens/s, ETA) every this many steps off a terminal
     keep_checkpoints: int = Field(2, ge=1)
     eval_every: int | None = Field(None, ge=1)
     max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping
@@ -396,13 +402,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise UserError(f"{source}: not a UTF-8 text file") from None
         if not isinstance(data, dict):
             raise UserError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
-    for key, value in parse_overrides(overrides):
+    set_by = {}
+    for (key, value), item in zip(parse_overrides(overrides), overrides or []):
         _set_dotted(data, key, value, source)
+        set_by[key] = item
     data = _interpolate(data, source)
-    return validate_config(data, source)
+    return validate_config(data, source, set_by)
 
 
-def validate_config(data: dict[str, Any], source: str = "<config>") -> Config:
+def validate_config(data: dict[str, Any], source: str = "<config>", set_by: dict[str, str] | None = None) -> Config:
+    """`set_by` maps keys given by `--set` to the override as typed, so an error names it, not the file."""
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -412,6 +421,16 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> Config:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-        raise UserError(f"{source}: {key}: {msg}{more}") from None
+        raise UserError(f"{_blame(key, source, set_by or {})}: {key}: {msg}{more}") from None
     cfg._source = source
     return cfg
+
+
+def _blame(key: str, source: str, set_by: dict[str, str]) -> str:
+    """The override that set `key` (or a section above it), else the file; both when an override
+    set a key inside the section whose check failed."""
+    for dotted, item in set_by.items():
+        if key == dotted or key.startswith(dotted + "."):
+            return f"--set {item}"
+    inside = [item for dotted, item in set_by.items() if dotted.startswith(key + ".")]
+    return f"{source} with --set {inside[0]}" if inside else source

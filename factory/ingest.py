@@ -246,6 +246,16 @@ def parquet_row_groups(fs: Any, paths: list[str], text_field: str) -> tuple[list
     return items, unreadable
 
 
+def _fields_hint(ds: Any, c: CorpusConfig, drops: Counter) -> str:
+    """When no record had text: the fields one of them does have (its title, date and metadata)."""
+    if "missing_text" not in drops:
+        return ""
+    row = ds.filter(expr="error == 'missing_text'").select_columns(["title", "date", "metadata"]).take(1)[0]
+    fields = [f for f, v in ((c.title_field, row["title"]), (c.date_field, row["date"])) if v is not None]
+    fields += list(json.loads(row["metadata"] or "{}"))
+    return f"; corpus.text_field is '{c.text_field}', the records have: {', '.join(fields) or 'no fields'}"
+
+
 def _require_text_field(source: str, columns: list[str], text_field: str) -> None:
     if text_field not in columns:
         raise UserError(f"{source}: corpus.text_field '{text_field}' is not a column (columns: {', '.join(columns)})")
@@ -386,7 +396,7 @@ def ingest(run: Run, rec: StageRecord) -> None:
     good = meta.filter(pc.is_null(meta["error"]))
     if good.num_rows == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in rec.drops.items()) or "no text"
-        raise UserError(f"{cfg.corpus.path}: no usable documents ({reasons})")
+        raise UserError(f"{cfg.corpus.path}: no usable documents ({reasons}){_fields_hint(ds, cfg.corpus, rec.drops)}")
 
     ids = good["id"].to_pylist()
     sources = good["source"].to_pylist()

@@ -17,6 +17,7 @@ crash never leaves a half-written stage that looks finished.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -26,15 +27,15 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from factory import __version__, provenance
-from factory.config import Config
-from factory.storage import arrow_filesystem, check_writable
+from factory import __version__, progress, provenance
+from factory.config import Config, S3Config
+from factory.storage import arrow_filesystem, check_writable, filesystem, is_remote, remove_empty_folders
 
 PARQUET_ARGS = {"compression": "zstd"}
 MIN_BLOCK_ROWS = 64
@@ -83,7 +84,24 @@ class Stage:
 
 
 def log(message: str) -> None:
-    print(f"ragtune: {message}", file=sys.stderr, flush=True)
+    progress.emit(f"ragtune: {message}", sys.stderr)
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(path: str, s3: S3Config | None = None) -> Iterator[None]:
+    """A job that fails leaves no empty folder at `path` (or under it); whatever it wrote stays,
+    for the rerun to resume from. A folder that was there before stays too. (Object stores have
+    no empty folders.)"""
+    if is_remote(path):
+        yield
+        return
+    fs, fpath = filesystem(path, s3)
+    existed = fs.exists(fpath)
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(path, s3, keep_root=existed)
+        raise
 
 
 def _write_shard(fs: Any, path: str, row_group_rows: int, offset: int, length: int, *blocks: pa.Table) -> None:
@@ -164,7 +182,8 @@ class Run:
         rec = StageRecord(stage.name)
         start = time.perf_counter()
         log(f"[{stage.name}] started")
-        stage.fn(self, rec)
+        with progress.stage(stage.name):
+            stage.fn(self, rec)
         rec.seconds = time.perf_counter() - start
         entry = {
             "fingerprint": fingerprint,
@@ -204,10 +223,15 @@ class Run:
         """
         tmp = self.uri(table, f".tmp-{split}-{uuid.uuid4().hex[:8]}")
         self.fs.makedirs(tmp, exist_ok=True)
-        if isinstance(data, pa.Table):
-            n = self._write_arrow(table, data, tmp)
-        else:
-            n = self._write_ray(table, data, tmp)
+        try:
+            if isinstance(data, pa.Table):
+                n = self._write_arrow(table, data, tmp)
+            else:
+                n = self._write_ray(table, data, tmp)
+        except BaseException:
+            if self.fs.exists(tmp):  # a half-written table is no use to a rerun
+                self.fs.rm(tmp, recursive=True)
+            raise
         self._commit(table, split, tmp)
         self.update_manifest(counts={f"{table}/{split}": n})
         return n

@@ -86,16 +86,43 @@ def check_readable(path: str, s3: S3Config | None = None) -> tuple[fsspec.Abstra
 
 
 def check_writable(path: str, s3: S3Config | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Fail now, with one line, where `path` could not be written. Creates nothing: a local folder
+    appears with the first file written into it, so a job that fails first leaves none behind."""
     fs, fpath = filesystem(path, s3)
     try:
         if path.startswith("s3://"):
             bucket = fpath.split("/", 1)[0]
             if not fs.exists(bucket):
                 raise UserError(f"{path}: bucket '{bucket}' does not exist")
-        else:
-            fs.makedirs(fpath, exist_ok=True)
+        elif is_local_fs(fs):
+            _check_local_folder(path, fpath)
     except UserError:
         raise
     except Exception as exc:
         raise UserError(describe_error(path, exc)) from None
     return fs, fpath
+
+
+def _check_local_folder(path: str, fpath: str) -> None:
+    existing = fpath
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: no permission to write in {existing}")
+
+
+def remove_empty_folders(path: str, s3: S3Config | None = None, keep_root: bool = False) -> None:
+    """Remove the folders under `path` (and `path` itself unless `keep_root`) that hold no file.
+    Local only: object stores have no empty folders."""
+    fs, fpath = filesystem(path, s3)
+    if not is_local_fs(fs) or not os.path.isdir(fpath):
+        return
+    for folder, _, _ in sorted(os.walk(fpath), key=lambda w: -w[0].count(os.sep)):
+        if keep_root and folder == fpath:
+            continue
+        try:
+            os.rmdir(folder)  # only an empty folder goes
+        except OSError:
+            pass

@@ -85,3 +85,44 @@ def test_cli_exit_code_2_without_traceback(tmp_path, text):
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("ragtune: error:") and str(path) in lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["chunking.size=-5"], "--set chunking.size=-5: chunking.size: Input should be greater than 0"),
+        (["chunking={size: -5}"], "--set chunking={size: -5}: chunking.size: Input should be greater than 0"),
+        (["chunking.overlap=900"], "c.yaml with --set chunking.overlap=900: chunking: Value error, overlap (900)"),
+        (["train.use_gpu=maybe"], "--set train.use_gpu=maybe: train.use_gpu: Input should be 'auto', True or False"),
+    ],
+)
+def test_an_error_in_an_override_names_the_override(tmp_path, overrides, expected):
+    with pytest.raises(UserError) as info:
+        load_config(write(tmp_path, "chunking: {size: 500, overlap: 100}\n"), overrides)
+    assert expected in str(info.value)
+    with pytest.raises(UserError, match=r"c.yaml: chunking.size: Input should be greater than 0"):
+        load_config(write(tmp_path, "chunking: {size: -5}\n"), ["chunking.overlap=0"])  # the file's mistake
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path, monkeypatch):
+    for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "JUDGE_BASE_URL", "JUDGE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config(path)
+    assert cfg.train.use_gpu in ("auto", True)  # never a CPU-only setting that a GPU cluster would ignore
+    if path.name == "openai.yaml":
+        assert (cfg.teacher.engine, cfg.judge.engine) == ("openai", "openai")
+        assert cfg.teacher.base_url == cfg.judge.base_url == "http://localhost:8000/v1"
+        assert cfg.teacher.api_key.get_secret_value() == "EMPTY"
+    if path.name == "vllm_cluster.yaml":
+        assert cfg.teacher.engine == "vllm" and cfg.teacher.engine_kwargs["tensor_parallel_size"] >= 1
+        assert cfg.train.use_gpu is True and cfg.train.strategy == "fsdp"
+
+
+def test_openai_config_takes_its_server_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.example.com/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    cfg = load_config(ROOT / "configs" / "openai.yaml")
+    assert cfg.teacher.base_url == "https://api.example.com/v1"
+    assert cfg.teacher.api_key.get_secret_value() == "sk-from-env"
+    assert "sk-from-env" not in json.dumps(cfg.public_dict())

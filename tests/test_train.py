@@ -232,3 +232,19 @@ def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
     assert summary["step"] == 12 and 1 <= summary["resumed_from"] < 12
     assert f"resumed from {summary['resumed_from']}" in done.stderr
     assert fs.exists(f"{bucket}/student/lantern/export/adapter/adapter_model.safetensors")
+
+
+def test_use_gpu_auto_trains_on_cpu_and_a_demand_the_cluster_cannot_meet_is_one_line(ray_session, capsys):
+    from factory.errors import UserError
+    from factory.train.driver import scaling
+
+    scaled = scaling(validate_config({"train": {"num_workers": 2}}))  # the test cluster: 2 CPUs, no GPU
+    assert scaled.use_gpu is False and scaled.num_workers == 2
+    assert "no GPU in the Ray cluster: training on CPU (train.use_gpu: auto)" in capsys.readouterr().err
+    assert scaling(validate_config({"train": {"use_gpu": False}})).use_gpu is False
+    with pytest.raises(UserError, match="train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu: auto"):
+        scaling(validate_config({"train": {"use_gpu": True}}))
+    with pytest.raises(UserError, match=r"train: 3 workers of \{CPU: 1\} do not fit the Ray cluster \(CPU 2 on 1 node; 2 fit\)"):
+        scaling(validate_config({"train": {"num_workers": 3}}))
+    with pytest.raises(UserError, match=r"1 workers of \{CPU: 4\} do not fit .* \(CPU 2 on 1 node; 0 fit\)"):
+        scaling(validate_config({"train": {"use_gpu": False, "resources_per_worker": {"CPU": 4}}}))

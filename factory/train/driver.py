@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from factory import progress
 from factory.cluster import cpu_actors, ensure_ray
 from factory.config import Config
 from factory.errors import UserError
@@ -55,7 +58,76 @@ def micro_batches(cfg: Config, samples: ray.data.Dataset, split: str) -> ray.dat
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker entry."""
-    run_training(config["cfg"].train, config["plan"], RaySession(), config["cfg"].s3)
+    run_training(config["cfg"].train, config["plan"], RaySession(config["progress"]), config["cfg"].s3)
+
+
+def scaling(cfg: Config) -> ray.train.ScalingConfig:
+    """Workers on GPUs or CPUs as train.use_gpu says, checked against the cluster's nodes now:
+    a demand no node can meet is one line here, not a Ray Train that waits for it forever."""
+    t = cfg.train
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    use_gpu = gpus > 0 if t.use_gpu == "auto" else t.use_gpu
+    if t.use_gpu is True and not gpus:
+        raise UserError("train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu: auto "
+                        "(GPUs when there are any, else CPU) or false")
+    if t.use_gpu == "auto" and not gpus:
+        log("[finetune] no GPU in the Ray cluster: training on CPU (train.use_gpu: auto)")
+    need = {"CPU": 1.0, **({"GPU": 1.0} if use_gpu else {}), **t.resources_per_worker}
+    fits = sum(min(int(n.get(r, 0) // amount) for r, amount in need.items() if amount > 0) for n in nodes)
+    if fits < t.num_workers:
+        have = ", ".join(f"{r} {sum(n.get(r, 0) for n in nodes):g}" for r in need)
+        raise UserError(f"train: {t.num_workers} workers of {_resources(need)} do not fit the Ray cluster "
+                        f"({have} on {len(nodes)} node{'s' * (len(nodes) != 1)}; {fits} fit); lower train.num_workers "
+                        "or train.resources_per_worker")
+    return ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
+                                   resources_per_worker=t.resources_per_worker or None)
+
+
+def _resources(need: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{r}: {amount:g}" for r, amount in need.items()) + "}"
+
+
+@ray.remote(num_cpus=0)
+class TrainProgress:
+    """Rank 0's latest step metrics, read by the driver for its progress line."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] | None = None
+
+    def put(self, metrics: dict[str, Any]) -> None:
+        self.latest = metrics
+
+    def get(self) -> dict[str, Any] | None:
+        return self.latest
+
+
+@contextlib.contextmanager
+def training_progress(board: Any, total: int, every: int) -> Iterator[None]:
+    """While training runs: a line (step, loss, tokens/s, ETA) every `every` steps, in place on a terminal."""
+    stop = threading.Event()
+    bar = progress.Progress("finetune", total=total, unit="steps", every=every, interval_s=None, start=None)
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            try:
+                m = ray.get(board.get.remote(), timeout=10)
+            except Exception:  # the run is ending; its result, not the progress line, reports why
+                return
+            if m:
+                fields = {"loss": round(m["loss"], 4), "tokens/s": int(m["tokens_per_s"])}
+                if m.get("eval_loss") is not None:
+                    fields["eval loss"] = round(m["eval_loss"], 4)
+                bar.update(m["step"], fields=fields)
+
+    thread = threading.Thread(target=poll, name="ragtune-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        bar.close()
 
 
 def storage(cfg: Config) -> tuple[str, Any]:
@@ -74,14 +146,16 @@ def finetune(cfg: Config) -> dict[str, Any]:
     model = student_model(cfg)
     dataset = t.dataset or cfg.output.path
     check_readable(dataset, cfg.s3)
-    ensure_ray(cfg)
     run = Run(cfg, root=dataset)
     if not run.has_table("qa", "train"):
         raise UserError(f"{dataset}: no qa/train table (run `ragtune generate` or point train.dataset at a published dataset)")
+    ensure_ray(cfg)
+    scaling_config = scaling(cfg)
     pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
-    samples = tokenized(cfg, run, model)
-    train = micro_batches(cfg, samples, "train")
-    test = micro_batches(cfg, samples, "test")
+    with progress.stage("finetune"):
+        samples = tokenized(cfg, run, model)
+        train = micro_batches(cfg, samples, "train")
+        test = micro_batches(cfg, samples, "test")
     rows = train.count()
     steps_per_epoch = rows // t.num_workers
     if steps_per_epoch == 0:
@@ -90,21 +164,25 @@ def finetune(cfg: Config) -> dict[str, Any]:
     storage_path, storage_fs = storage(cfg)
     plan = Plan(model=model, total_steps=total, steps_per_epoch=steps_per_epoch,
                 export_to=join(t.output, t.name, "export"), pad_id=pad_id)
-    log(f"[finetune] {rows} train micro-batches ({steps_per_epoch} steps/epoch on {t.num_workers} workers), "
-        f"{test.count()} test; training to step {total}")
+    log(f"[finetune] {rows} train micro-batches ({steps_per_epoch} steps/epoch on {t.num_workers} "
+        f"{'GPU' if scaling_config.use_gpu else 'CPU'} worker{'s' * (t.num_workers != 1)}), {test.count()} test; "
+        f"training to step {total}; checkpoints in {join(t.output, t.name)}")
+    board = TrainProgress.remote()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"cfg": cfg, "plan": plan},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=t.resources_per_worker or None),
+        train_loop_config={"cfg": cfg, "plan": plan, "progress": board},
+        scaling_config=scaling_config,
         run_config=ray.train.RunConfig(
             name=t.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            # Ray Train's INFO lines (each report as a raw dict, worker-group start-up) only with ray.progress.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.ray.progress else "WARNING"),
         ),
         datasets={"train": train, "test": test},
     )
-    trainer.fit()
+    with training_progress(board, total, t.log_every):
+        trainer.fit()
     return read_summary(plan.export_to, cfg)
 
 

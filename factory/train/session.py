@@ -52,9 +52,13 @@ class LocalSession:
 
 
 class RaySession:
-    """Inside a Ray Train worker: dataset shards, `ray.train.report`, the run's checkpoints."""
+    """Inside a Ray Train worker: dataset shards, `ray.train.report`, the run's checkpoints.
 
-    def __init__(self) -> None:
+    Rank 0 also sends each step's metrics to `progress` (an actor the driver reads its progress
+    line from: what a worker prints reaches the driver's console only with ray.progress on).
+    """
+
+    def __init__(self, progress: Any = None) -> None:
         import ray.train
         import ray.train.torch
 
@@ -65,6 +69,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self._train = ray.train.get_dataset_shard("train")
         self._test = ray.train.get_dataset_shard("test")
+        self._progress = progress if self.rank == 0 else None
 
     def train_rows(self, epoch: int) -> Iterable[dict]:
         return self._train.iter_rows()
@@ -86,6 +91,8 @@ class RaySession:
         if checkpoint_dir:
             checkpoint = self._train_api.Checkpoint.from_directory(checkpoint_dir)
         self._train_api.report(metrics, checkpoint=checkpoint)
+        if self._progress is not None and "loss" in metrics:
+            self._progress.put.remote(metrics)  # fire and forget: the next step's put supersedes it
 
 
 def new_checkpoint_dir() -> str:
