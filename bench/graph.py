@@ -38,6 +38,7 @@ import psutil  # noqa: E402
 
 from bench.synthesis import chunk_corpus  # noqa: E402
 from factory.config import validate_config  # noqa: E402
+from factory.graph import resolve_entity_types  # noqa: E402
 from factory.graph.communities import build_communities, hierarchical_leiden  # noqa: E402
 from factory.graph.extract import extract_graph  # noqa: E402
 from factory.graph.merge import finalize, merge  # noqa: E402
@@ -168,8 +169,9 @@ def bench_stages(words: int) -> None:
     rows = []
     with PeakRSS() as mem:
         order = {c: i for i, c in enumerate(chunks.column("id").to_pylist())}
-        ex = step(rows, "extract (rules, Ray Data)", extract_graph, run, rec)
-        merged, ents, rels = step(rows, "merge + tables", lambda: (m := merge(ex, cfg.graph, True, order), *finalize(m.graph)))
+        types, _ = resolve_entity_types(cfg.graph.entity_types, chunks.column("text").to_pylist())
+        ex = step(rows, "extract (rules, Ray Data)", extract_graph, run, rec, types)
+        merged, ents, rels = step(rows, "merge + tables", lambda: (m := merge(ex, cfg.graph, True, types, order), *finalize(m.graph)))
         comms, cstats = step(rows, "hierarchical Leiden", build_communities, merged.graph, cfg.graph.max_cluster_size, cfg.graph.seed)
         step(rows, "write graph tables",
              lambda: [run.write_table(n, tab) for n, tab in (("entities", ents), ("relationships", rels), ("communities", comms))])

@@ -115,9 +115,9 @@ class EngineConfig(Section):
 
 
 class GraphConfig(Section):
-    entity_types: list[str] = Field(
-        default_factory=lambda: ["person", "organization", "geo", "event", "activity", "object"]
-    )
+    # None (auto): person, organization, geo, event, plus concept when the corpus reads as a reference work
+    # (factory.voice.detect_voice); a list is used as given.
+    entity_types: list[str] | None = Field(None, min_length=1)
     gleaning: int = Field(1, ge=0)
     # No-LLM extractor: lower-case noun phrases as entities too; pruning by chunk counts and evidence sentences.
     noun_phrases: bool = True

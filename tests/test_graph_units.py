@@ -16,7 +16,7 @@ from factory.graph.reports import _Index, finalize as report_row, pack_context, 
 from factory.graph.rules import extract_rules
 from factory.graph.text import approx_tokens, norm_key, sentences
 
-TYPES = ["person", "organization", "geo", "event", "activity", "object"]
+TYPES = ["person", "organization", "geo", "event", "concept"]
 
 
 def by_title(ents):
@@ -27,17 +27,19 @@ def test_rules_find_names_types_and_sentence_edges():
     text = (
         "# Saturday\n\nDr. Helen Okafor said my knee is fine. After work I went to Flour & Ember on Quay Road.\n"
         "At Greenline Studio, Priya Nair and Tomas talked about the Harwick Half Marathon. Dinner was late.\n"
-        "We walked along the Calder River to Edinburgh. Tomas brought the sourdough starter home."
+        "We walked along the Calder River in Edinburgh. Tomas brought the sourdough starter home."
     )
-    ents, rels = extract_rules(text, TYPES)
+    ents, rels, _ = extract_rules(text, TYPES)
     e = by_title(ents)
     assert e["Helen Okafor"]["type"] == "person"  # honorific dropped from a full name, still a person cue
     assert e["Flour & Ember"]["type"] == "organization"
     assert e["Quay Road"]["type"] == "geo" and e["Calder River"]["type"] == "geo"
     assert e["Greenline Studio"]["type"] == "organization"
     assert e["Harwick Half Marathon"]["type"] == "event"
-    assert e["Edinburgh"]["type"] == "geo"  # "to Edinburgh"
-    assert e["sourdough starter"]["type"] == "object"
+    assert e["Edinburgh"]["type"] == "geo"  # "in Edinburgh"
+    assert e["sourdough starter"]["type"] == "concept"  # a noun phrase, as the run's types allow
+    assert e["Tomas"]["type"] == "person"  # "Tomas brought"
+    assert e["Priya Nair"]["type"] == ""  # no cue in this chunk: merge decides
     # A comma ends a name: no "Greenline Studio Priya Nair"; "and" does not join two names.
     assert not any("Studio Priya" in t or " and " in t for t in e)
     assert e["Dinner"]["initial_only"] and not e["Tomas"]["initial_only"]
@@ -49,9 +51,9 @@ def test_rules_find_names_types_and_sentence_edges():
     assert frozenset(("Helen Okafor", "Edinburgh")) not in pairs
 
 
-def test_rules_count_lower_case_uses_of_a_capitalized_word():
-    ents, _ = extract_rules("Dinner was soup. We cooked dinner together and dinner was good.", TYPES)
-    assert by_title(ents)["Dinner"]["lowercase"] == 2
+def test_rules_list_the_chunks_lower_case_words():
+    ents, _, lower = extract_rules("Dinner was soup. We cooked dinner together and dinner was good.", TYPES)
+    assert by_title(ents)["Dinner"]["initial_only"] and "dinner" in lower and "soup" in lower
 
 
 def test_text_helpers():
@@ -60,12 +62,14 @@ def test_text_helpers():
     assert approx_tokens("x" * 400) == 100
 
 
-def extraction_table(rows: list[tuple[str, list[dict], list[dict]]], error: dict | None = None) -> pa.Table:
+def extraction_table(rows: list[tuple[str, list[dict], list[dict]]], error: dict | None = None,
+                     lower: dict[str, list[str]] | None = None) -> pa.Table:
     full = []
     for cid, ents, rels in rows:
-        ents = [{"type": "", "description": "", "initial_only": False, "lowercase": 0, **e} for e in ents]
+        ents = [{"type": "", "description": "", "initial_only": False, **e} for e in ents]
         rels = [{"description": "", "weight": 1.0, **r} for r in rels]
-        full.append({"chunk_id": cid, "entities": ents, "relationships": rels, "error": (error or {}).get(cid)})
+        full.append({"chunk_id": cid, "entities": ents, "relationships": rels, "error": (error or {}).get(cid),
+                     "lowercase_words": (lower or {}).get(cid, [])})
     return pa.Table.from_pylist(full, schema=EXTRACTION)
 
 
@@ -84,18 +88,18 @@ def test_merge_rules_folds_aliases_prunes_and_counts_distinct_evidence():
          [{"source": "Priya", "target": "Tomas", "description": s2}]),
     ]
     cfg = GraphConfig(min_entity_frequency=2, min_edge_weight=2)
-    m = merge(extraction_table(rows), cfg, rules=True, chunk_order={"c1": 0, "c2": 1, "c3": 2})
+    m = merge(extraction_table(rows), cfg, rules=True, entity_types=TYPES, chunk_order={"c1": 0, "c2": 1, "c3": 2})
     g = m.graph
     assert set(g.nodes) == {"Tomas Eriksen", "Priya Nair"}  # Zed rare, Dinner sentence-initial only
     edge = g.edges["Tomas Eriksen", "Priya Nair"]
     assert edge["weight"] == 2.0  # s1 (twice, counted once) + s2
     assert g.nodes["Tomas Eriksen"]["frequency"] == 3 and g.nodes["Tomas Eriksen"]["text_unit_ids"] == ["c1", "c2", "c3"]
-    assert m.stats["aliases_folded"] == 2 and m.stats["rare_entities_pruned"] == 1
+    assert m.stats["aliases_folded"] == 2 and m.stats["rare_entities_pruned"] == 1 and m.stats["sentence_initial_dropped"] == 1
     ents, rels = finalize(g)
     assert ents.column("degree").to_pylist() == [1, 1]
     assert rels.column("combined_degree").to_pylist() == [2]
     # Stricter pruning removes the edge.
-    m2 = merge(extraction_table(rows), GraphConfig(min_edge_weight=3), rules=True)
+    m2 = merge(extraction_table(rows), GraphConfig(min_edge_weight=3), rules=True, entity_types=TYPES)
     assert m2.graph.number_of_edges() == 0
 
 
@@ -108,7 +112,7 @@ def test_merge_llm_sums_strength_keeps_unlisted_endpoints_and_flags_long_descrip
                 {"title": "Zed", "type": "person", "description": "Once."}],
          [{"source": "Tomas", "target": "Flour & Ember", "description": "He bakes there.", "weight": 5.0}]),
     ]
-    m = merge(extraction_table(rows), GraphConfig(max_description_tokens=100), rules=False)
+    m = merge(extraction_table(rows), GraphConfig(max_description_tokens=100), rules=False, entity_types=TYPES)
     g = m.graph
     assert set(g.nodes) == {"Flour & Ember", "Tomas", "Zed"}  # no pruning for LLM extractions
     assert g.nodes["Tomas"]["type"] == "" and m.stats["entities_from_relationships"] == 1
@@ -179,14 +183,21 @@ def small_graph() -> nx.Graph:
     return g
 
 
-def test_build_communities_table_fields():
-    table, stats = build_communities(small_graph(), max_cluster_size=3, seed=3)
+def test_build_communities_table_fields_and_every_entity_in_a_community():
+    g = small_graph()
+    g.add_node("Alone", id="e10", text_unit_ids=["c99"])  # shares no chunk with anyone
+    table, stats = build_communities(g, max_cluster_size=3, seed=3)
     rows = table.to_pylist()
-    assert stats["unclustered_entities"] == 1 and stats["oversized"] == 0
+    assert stats["oversized"] == 0 and stats["linked_by_shared_chunks"] == 1 and stats["residual_entities"] == 1
     top = [r for r in rows if r["level"] == 0]
     assert all(r["parent"] == -1 for r in top)
-    assert sum(r["size"] for r in top) == 8
+    assert sorted(e for r in top for e in r["entity_ids"]) == sorted(d["id"] for _, d in g.nodes(data=True))
+    # "Lonely" has no edge but is named in c0 with N0: it joins N0's leaf. "Alone" gets a residual community.
+    leaves = [r for r in rows if not r["children"]]
+    assert any({"e0", "e9"} <= set(r["entity_ids"]) for r in leaves)
+    assert any(r["entity_ids"] == ["e10"] and r["level"] == 0 for r in rows)
     by_c = {r["community"]: r for r in rows}
+    units = {d["id"]: set(d["text_unit_ids"]) for _, d in g.nodes(data=True)}
     for r in rows:
         assert r["size"] == len(r["entity_ids"]) and r["title"] == f"Community {r['community']}"
         for k in r["children"]:
@@ -194,8 +205,8 @@ def test_build_communities_table_fields():
         members = {int(e[1:]) for e in r["entity_ids"]}
         # Internal relationships only: both ends inside.
         assert all({int(x[1:]), int(x[1:]) + 1} <= members for x in r["relationship_ids"])
-        assert set(r["text_unit_ids"]) == {f"c{i}" for m in members for i in (m, m + 1)}
-    assert table.equals(build_communities(small_graph(), max_cluster_size=3, seed=3)[0])
+        assert set(r["text_unit_ids"]) == set().union(*(units[e] for e in r["entity_ids"]))
+    assert table.equals(build_communities(g, max_cluster_size=3, seed=3)[0])
 
 
 def report_index(n_ents: int, desc_words: int, first_hid: int = 0) -> tuple[_Index, list[dict]]:
@@ -258,7 +269,7 @@ def test_report_row_maps_cited_ids_and_falls_back_to_rules():
     row = report_row({"parsed": json.dumps(llm), "error": None, "rule_report": "{}", "refs": refs}, com, "openai", "m", "h")
     assert row["engine"] == "openai" and row["rank"] == 7.0
     assert (row["entity_ids"], row["relationship_ids"], row["text_unit_ids"]) == (["e3"], ["r7"], ["c9"])
-    assert row["findings"][0]["explanation"] == "x [Data: Entities (3); Relationships (7)]"
+    assert row["findings"][0]["explanation"] == "x"  # lineage in the id columns, not in the text
     rule = {**llm, "title": "Rules"}
     bad = report_row({"parsed": None, "error": "invalid_output: x", "rule_report": json.dumps(rule), "refs": refs}, com, "openai", "m", "h")
     assert bad["title"] == "Rules" and bad["engine"] == "none" and bad["model"] is None

@@ -24,20 +24,35 @@ from factory.graph.communities import build_communities
 from factory.graph.extract import extract_graph
 from factory.graph.merge import finalize, merge, rank_and_cut
 from factory.pipeline import Run, StageRecord, log
+from factory.voice import detect_voice
+
+# GraphRAG's default entity types; reference corpora (manuals, glossaries) add concept.
+DEFAULT_ENTITY_TYPES = ("person", "organization", "geo", "event")
+
+
+def resolve_entity_types(setting: list[str] | None, texts) -> tuple[list[str], str]:
+    """The run's entity types (`graph.entity_types`, or the defaults for the corpus's voice) and that voice."""
+    voice = detect_voice(texts)
+    if setting:
+        return list(setting), voice
+    return [*DEFAULT_ENTITY_TYPES, *(["concept"] if voice == "reference" else [])], voice
 
 
 def build_graph(run: Run, rec: StageRecord) -> None:
     """Stage `graph`: extract per chunk, merge, cluster, write the three graph tables."""
     cfg = run.cfg.graph
     rules = run.cfg.teacher.engine == "none"
-    chunks = run.read_arrow("chunks").select(["id", "document_id", "chunk_index", "date"]).to_pylist()
+    table = run.read_arrow("chunks").select(["id", "document_id", "chunk_index", "date", "text"])
+    types, voice = resolve_entity_types(cfg.entity_types, (t.as_py() for t in table.column("text")))
+    rec.stats.update(entity_types=types, voice=voice)
+    chunks = table.drop_columns(["text"]).to_pylist()
     rec.rows_in = len(chunks)
     chunks.sort(key=lambda c: (c["date"] or "", c["document_id"], c["chunk_index"]))
     order = {c["id"]: i for i, c in enumerate(chunks)}
 
-    extractions = extract_graph(run, rec) if chunks else None
+    extractions = extract_graph(run, rec, types) if chunks else None
     failed = _count_failures(extractions, rec) if extractions is not None else 0
-    merged = merge(extractions, cfg, rules, order) if extractions is not None else None
+    merged = merge(extractions, cfg, rules, types, order) if extractions is not None else None
     if merged is None or merged.graph.number_of_nodes() == 0:
         _write_empty(run, rec, len(chunks), failed, merged.stats if merged else {})
         return

@@ -8,8 +8,16 @@ with a higher resolution; what still does not split stays whole and is counted
 as oversized. igraph's Leiden iterated to convergence clusters a
 50k-node/250k-edge graph in ~3 s here, where leidenalg took 230 s (see
 bench/graph.py). Leiden communities never span components, so every component is
-kept; `keep_all_components: false` keeps only the largest one. Nodes without
-edges belong to no community (they have nothing to be clustered with).
+kept; `keep_all_components: false` keeps only the largest one.
+
+Every entity belongs to a community, so some report covers it. An entity with
+no relationship (its co-occurrences were too weak to keep as edges) is
+clustered by the chunks it shares: Leiden sees a link, weighted by shared
+chunks, to each entity named in the same chunks, so it lands in the community
+it is named with most. What is still outside every community (alone in all its
+chunks, or in a component `keep_all_components: false` left out) goes into
+residual communities of at most `max_cluster_size` entities, with reports of
+their own.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from dataclasses import dataclass, field
 import igraph as ig
 import networkx as nx
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from factory.graph.merge import stable_id
@@ -89,15 +98,46 @@ def _split(g: ig.Graph, vertices: list[int], seed: int, force: bool) -> list[lis
     return None
 
 
+def shared_chunk_links(units: list[list[str]], loners: list[int]) -> tuple[list[tuple[int, int]], list[float]]:
+    """Links from each of `loners` to every entity named in a chunk with it, weighted by the chunks they share.
+
+    `units[v]` are entity v's chunks. A hash join in Arrow, not a Python loop over chunk members.
+    """
+    if not loners:
+        return [], []
+    sizes = [len(u) for u in units]
+    member = pa.table({"v": pa.array([v for v, n in enumerate(sizes) for _ in range(n)], pa.int64()),
+                       "chunk": pa.array([c for u in units for c in u], pa.string())})
+    lone = pa.array(loners, pa.int64())
+    left = member.filter(pc.is_in(member["v"], value_set=lone)).rename_columns(["u", "chunk"])
+    u, v = pc.field("u"), pc.field("v")
+    # Two loners meet twice, as (u, v) and (v, u): keep one.
+    pairs = left.join(member, keys="chunk").filter((u != v) & (~v.isin(lone) | (u < v)))
+    counts = pairs.group_by(["u", "v"]).aggregate([("chunk", "count")]).sort_by([("u", "ascending"), ("v", "ascending")])
+    edges = list(zip(counts["u"].to_pylist(), counts["v"].to_pylist()))
+    return edges, [float(w) for w in counts["chunk_count"].to_pylist()]
+
+
+def _residual(vertices: list[int], size: int, first: int) -> list[Cluster]:
+    """Level-0 communities of at most `size` of the entities no Leiden community took, numbered from `first`."""
+    return [Cluster(0, vertices[i:i + size], community=first + k) for k, i in enumerate(range(0, len(vertices), size))]
+
+
 def build_communities(graph: nx.Graph, max_cluster_size: int, seed: int, keep_all_components: bool = True) -> tuple[pa.Table, dict]:
     """The `communities` table of a merged graph (nodes carry id, text_unit_ids; edges carry id)."""
     titles = list(graph.nodes)
     index = {t: i for i, t in enumerate(titles)}
     edge_list = list(graph.edges(data=True))
+    loners = [index[t] for t, d in graph.degree() if d == 0]
+    links, link_weights = shared_chunk_links([graph.nodes[t]["text_unit_ids"] or [] for t in titles], loners)
     clusters, oversized = hierarchical_leiden(
-        len(titles), [(index[u], index[v]) for u, v, _ in edge_list], [d.get("weight", 1.0) for _, _, d in edge_list],
+        len(titles), [(index[u], index[v]) for u, v, _ in edge_list] + links,
+        [d.get("weight", 1.0) for _, _, d in edge_list] + link_weights,
         max_cluster_size, seed, largest_component_only=not keep_all_components,
     )
+    clustered = {v for c in clusters if c.level == 0 for v in c.nodes}
+    left_out = [v for v in range(len(titles)) if v not in clustered]
+    clusters += _residual(left_out, max_cluster_size, len(clusters))
     # Per level: vertex -> community, to find each community's internal relationships in one pass over edges.
     member: dict[int, dict[int, int]] = {}
     for c in clusters:
@@ -133,6 +173,8 @@ def build_communities(graph: nx.Graph, max_cluster_size: int, seed: int, keep_al
         "levels": 1 + max((r["level"] for r in rows), default=-1),
         "oversized": oversized,
         "largest_leaf": biggest,
-        "unclustered_entities": len(titles) - len({v for c in clusters if c.level == 0 for v in c.nodes}),
+        # Entities without relationships, clustered by the chunks they share, and those left to residual communities.
+        "linked_by_shared_chunks": len({u for u, _ in links}),
+        "residual_entities": len(left_out),
     }
     return pa.Table.from_pylist(rows, schema=schemas.schema_of("communities")), stats

@@ -17,16 +17,15 @@ from factory.graph.rules import extract_rules
 from factory.pipeline import Run, StageRecord
 from schemas import MESSAGE
 
-ENTITY = pa.struct([
-    ("title", pa.string()), ("type", pa.string()), ("description", pa.string()),
-    ("initial_only", pa.bool_()), ("lowercase", pa.int64()),
-])
+ENTITY = pa.struct([("title", pa.string()), ("type", pa.string()), ("description", pa.string()), ("initial_only", pa.bool_())])
 RELATIONSHIP = pa.struct([("source", pa.string()), ("target", pa.string()), ("description", pa.string()), ("weight", pa.float64())])
 EXTRACTION = pa.schema([
     ("chunk_id", pa.string()),
     ("entities", pa.list_(ENTITY)),
     ("relationships", pa.list_(RELATIONSHIP)),
     ("error", pa.string()),
+    # Rules only: the chunk's lower-case words, so merge can tell common words from names corpus-wide.
+    ("lowercase_words", pa.list_(pa.string())),
 ])
 
 
@@ -62,13 +61,14 @@ class Extraction(BaseModel):
 
 
 def _rules_batch(batch: pa.Table, entity_types: list[str], noun_phrases: bool) -> pa.Table:
-    rows = {"chunk_id": [], "entities": [], "relationships": [], "error": []}
+    rows = {"chunk_id": [], "entities": [], "relationships": [], "error": [], "lowercase_words": []}
     for cid, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
-        ents, rels = extract_rules(text or "", entity_types, noun_phrases)
+        ents, rels, lower = extract_rules(text or "", entity_types, noun_phrases)
         rows["chunk_id"].append(cid)
         rows["entities"].append(ents)
         rows["relationships"].append(rels)
         rows["error"].append(None)
+        rows["lowercase_words"].append(lower)
     return pa.table(rows, schema=EXTRACTION)
 
 
@@ -83,7 +83,7 @@ def _parsed_batch(batch: pa.Table) -> pa.Table:
             data = Extraction.model_validate_json(p)
             ents = [
                 {"title": e.title.strip(), "type": e.type.strip().lower(), "description": e.description.strip(),
-                 "initial_only": False, "lowercase": 0}
+                 "initial_only": False}
                 for e in data.entities if e.title.strip()
             ]
             rels = [
@@ -94,6 +94,7 @@ def _parsed_batch(batch: pa.Table) -> pa.Table:
         rows["entities"].append(ents)
         rows["relationships"].append(rels)
         rows["error"].append(err if err is not None else (None if p is not None else "unparseable output"))
+    rows["lowercase_words"] = [None] * len(rows["chunk_id"])
     return pa.table(rows, schema=EXTRACTION)
 
 
@@ -105,25 +106,24 @@ def _collect(ds, schema: pa.Schema = EXTRACTION) -> pa.Table:
     return pa.concat_tables(parts).select(schema.names) if parts else schema.empty_table()
 
 
-def extract_graph(run: Run, rec: StageRecord) -> pa.Table:
+def extract_graph(run: Run, rec: StageRecord, entity_types: list[str]) -> pa.Table:
     """EXTRACTION rows for every chunk: one row per chunk and per gleaning round (LLM)."""
-    g = run.cfg.graph
     chunks = run.read_ray("chunks").select_columns(["id", "text"])
     if run.cfg.teacher.engine == "none":
         return _collect(chunks.map_batches(
             _rules_batch, batch_format="pyarrow", batch_size=64,
-            fn_kwargs={"entity_types": list(g.entity_types), "noun_phrases": g.noun_phrases},
+            fn_kwargs={"entity_types": entity_types, "noun_phrases": run.cfg.graph.noun_phrases},
         ))
-    return _extract_llm(run, rec, chunks)
+    return _extract_llm(run, rec, chunks, entity_types)
 
 
-def _extract_llm(run: Run, rec: StageRecord, chunks) -> pa.Table:
+def _extract_llm(run: Run, rec: StageRecord, chunks, entity_types: list[str]) -> pa.Table:
     import ray
 
     from factory.engines import run_llm
 
     g, teacher = run.cfg.graph, run.cfg.teacher
-    types = ", ".join(g.entity_types)
+    types = ", ".join(entity_types)
     first, glean = prompts.load("extract_graph"), prompts.load("glean_graph")
 
     def to_messages(batch: pa.Table) -> pa.Table:

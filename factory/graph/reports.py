@@ -11,9 +11,11 @@ rank are broken by the records' own content, never by run-wide counters
 (`human_readable_id`, community numbers) that shift when documents are added:
 a community whose members and their records did not change gets a
 byte-identical prompt, so an incremental rerun answers it from the call cache.
-The ids a report cites, and the numbers in its "[Data: Entities (1, 3)]"
-notes, are these per-community record numbers; the report row also lists the
-cited records' stable ids.
+The ids a report cites are these per-community record numbers; the report
+row lists the cited records' stable ids (entity_ids, relationship_ids,
+text_unit_ids). Lineage stays in those columns: no "[Data: Entities (1, 3)]"
+note goes into a report's text, which later stages quote in answers, and one
+the teacher writes anyway is stripped.
 
 The teacher writes a JSON report from that context (`community_report`
 prompt). Without an LLM, or when the teacher's output does not parse, the
@@ -42,6 +44,8 @@ _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many toke
 _SUMMARY_SENTENCES = 3
 _MAX_POOL = 80  # sentences TextRank ranks per community (its cost is pairwise)
 _WORD = re.compile(r"[a-z0-9']+")
+# A citation note in a report's text ("[Data: Entities (2, 3); Relationships (1)]").
+_CITATION = re.compile(r"\s*\[\s*(?:Data|Entities|Relationships|Sources|Reports)\b[^\]]*\]", re.IGNORECASE)
 
 
 class Finding(BaseModel):
@@ -174,8 +178,14 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
 
 
 def _cut(text: str, tokens: int) -> str:
-    text = _flat(text)
+    """The start of a passage within `tokens`; its lines stay lines, so a heading never runs into a sentence."""
+    text = "\n".join(" ".join(line.split()) for line in (text or "").splitlines() if line.strip())
     return text if approx_tokens(text) <= tokens else text[: tokens * 4].rsplit(" ", 1)[0] + " ..."
+
+
+def _uncited(text: str | None) -> str:
+    """`text` without citation notes."""
+    return _CITATION.sub("", text or "").strip()
 
 
 def render_context(ctx: dict) -> str:
@@ -189,7 +199,7 @@ def render_context(ctx: dict) -> str:
     parts.extend(_numbered(_rel_line, ctx["relationships"]))
     if ctx["sources"]:
         parts.append("-----Sources-----\nid|text")
-        parts.extend(f"{i}|{text}" for i, (_, text) in enumerate(ctx["sources"], 1))
+        parts.extend(f"{i}|{_flat(text)}" for i, (_, text) in enumerate(ctx["sources"], 1))
     return "\n".join(parts)
 
 
@@ -308,15 +318,13 @@ def finalize(row: dict, community: dict, engine: str, model: str | None, prompt_
                for k, name in (("e", "entity_ids"), ("r", "relationship_ids"), ("s", "source_ids"))}
         for k in cited:
             cited[k].update(dict.fromkeys(ids[k]))
-        data = "; ".join(f"{label} ({', '.join(str(i) for i in f.get(name) or [] if str(i) in refs[k])})"
-                         for k, label, name in (("e", "Entities", "entity_ids"), ("r", "Relationships", "relationship_ids"))
-                         if any(str(i) in refs[k] for i in f.get(name) or []))
-        findings.append({"summary": f["summary"], "explanation": f["explanation"] + (f" [Data: {data}]" if data else "")})
-    full = "\n\n".join([f"# {rep['title']}", rep["summary"], *(f"## {f['summary']}\n\n{f['explanation']}" for f in findings)])
+        findings.append({"summary": _uncited(f["summary"]), "explanation": _uncited(f["explanation"])})
+    title, summary = _uncited(rep["title"]), _uncited(rep["summary"])
+    full = "\n\n".join([f"# {title}", summary, *(f"## {f['summary']}\n\n{f['explanation']}" for f in findings)])
     return {
         "id": community["id"], "human_readable_id": community["community"], "community": community["community"],
-        "level": community["level"], "title": rep["title"], "summary": rep["summary"], "full_content": full,
-        "rank": float(rep["rating"]), "rating_explanation": rep["rating_explanation"], "findings": findings,
+        "level": community["level"], "title": title, "summary": summary, "full_content": full,
+        "rank": float(rep["rating"]), "rating_explanation": _uncited(rep["rating_explanation"]), "findings": findings,
         "size": community["size"], "engine": engine, "model": model, "prompt_hash": prompt_hash,
         "entity_ids": list(cited["e"]), "relationship_ids": list(cited["r"]), "text_unit_ids": list(cited["s"]),
     }

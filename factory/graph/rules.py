@@ -2,13 +2,18 @@
 
 Needs nothing downloaded at run time. Per chunk it finds
   * capitalized spans ("Tomas Eriksen", "Old Mill Gardens", "Flour & Ember"),
-    with honorifics ("Dr.", "Aunt") and sentence-initial common words handled;
+    with honorifics ("Dr.", "Aunt") handled; numbers and possessives end a span;
   * noun phrases: runs of 2-3 lower-case content words ("sourdough starter");
-and types them by cues: honorifics and speech verbs (person), place suffixes
-and prepositions (geo), company suffixes and '&' (organization), event
-suffixes, '-ing'/activity heads (activity). Two entities seen in the same
-sentence are related; the evidence sentence is the description. Frequency
-pruning happens at merge, where corpus-wide counts are known.
+and records the cues it saw for each span's type: honorifics, kinship words,
+speech verbs, "X and I", ", who", a he/she referring back to a sentence's
+subject (person); place suffixes and prepositions (geo); company suffixes and
+'&' (organization); event suffixes. A span with no cue gets no type here: the
+merge decides from corpus-wide evidence (merge.py), so one chunk's guess does
+not make "Parmesan" a person. Noun phrases are typed activity or object and
+mapped onto the configured types (activity -> event, object -> concept when
+those are what the run uses). Two entities seen in the same sentence are
+related; the evidence sentence is the description. Each chunk also lists its
+lower-case words, so merge can tell common words from names corpus-wide.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ STOP = _WORDS(
     good bad small short whole next another dear note notes entry journal today's
     anyway finally honestly actually apparently afterwards eventually suddenly already almost probably
     definitely hopefully luckily sadly usually everyone everybody anything anyone somewhere nowhere
-    mondays tuesdays wednesdays thursdays fridays saturdays sundays two three four five six seven eight nine
+    mondays tuesdays wednesdays thursdays fridays saturdays sundays jan feb mar apr jun jul aug sep sept oct nov dec
+    mon tue tues wed thu thur thurs fri sat sun two three four five six seven eight nine
     ten eleven twelve twenty thirty forty fifty hundred thousand
     brought fell began became bought caught drove ate drank slept woke won lost sent spoke held hung paid sold
     built left gone home
@@ -52,37 +58,62 @@ STOP = _WORDS(
     looks seems feels makes takes gives keeps goes comes ran walked talked spent wrote read sat stood
     felt heard met let lets put set used using tried trying called calling told telling says saying"""
 )
-# Honorifics: mark a person; dropped from the title when a full name follows.
+# Titles before a name: mark a person; dropped from the title when a full name follows.
 HONORIFICS = _WORDS("dr dr. mr mr. mrs mrs. ms ms. prof prof. aunt uncle grandma grandpa granny nana cousin sir madam")
+# Capitalized on their own, these name one person ("Mum said ...").
+KIN = _WORDS("mum mom mummy mommy dad daddy mother father grandma grandpa granny nana gran grandad granddad")
 # Connectors allowed inside a capitalized span ("Bank of the West", "Flour & Ember").
 CONNECTORS = _WORDS("of the & de da del di du van von der la le y")
 SUFFIX_TYPES = {
     "geo": _WORDS(
         "street st st. road rd avenue ave lane way river bay lake park gardens garden hill hills mountain room hall "
         "mountains valley beach bridge square station island isles coast forest falls city town village county "
-        "harbour harbor port trail moor common green heath creek loch glen"
+        "harbour harbor port trail moor common green heath creek loch glen weir canal dock docks pier quay wharf "
+        "marsh wood woods field fields cross gate row terrace crescent place drive"
     ),
     "organization": _WORDS(
         "studio studios bakery cafe café company co co. inc inc. ltd ltd. llc group university college school "
         "hospital clinic library museum club society bank press labs lab agency foundation institute council "
         "restaurant bar pub shop store gym centre center association team network partners kitchen collective "
-        "courier times gazette herald post news"
+        "courier times gazette herald post news guild corporation consortium organization organisation committee "
+        "commission ministry department board"
     ),
     "event": _WORDS(
         "marathon festival fair conference summit race concert wedding party show exhibition ceremony "
-        "championship cup expo meetup workshop retreat reunion parade gala tournament"
+        "championship cup expo meetup workshop retreat reunion parade gala tournament regatta war"
     ),
 }
 PERSON_VERBS = _WORDS(
-    "said says told asked texted called laughed smiled replied wrote emailed messaged thinks thought wants "
-    "wanted came brought sent joined suggested insisted admitted looked seemed sounded cooked hugged"
+    "said says told tells asked asks texted called laughed smiled replied wrote emailed messaged thinks thought wants "
+    "wanted came brought sent joined suggested insisted admitted looked seemed sounded cooked hugged shouted cried "
+    "whispered agreed explained promised offered invited hired rang phoned visited sighed grinned nodded born died "
+    "married studied taught"
 )
-GEO_PREPOSITIONS = _WORDS("in to from near around across toward towards into through via")
+# He/she after a sentence's subject, or opening the next sentence, refers back to a person; it/its to a thing.
+PRONOUNS = _WORDS("he she him her his hers himself herself")
+THING_PRONOUNS = _WORDS("it its itself")
+# "to" and "into" are left out: "go to Settings", "talked to Priya" say nothing about a place.
+GEO_PREPOSITIONS = _WORDS("in at near from")
+# Nationality and language adjectives: capitalized, never an entity on their own ("an English mathematician").
+DEMONYMS = _WORDS(
+    "american english british french german italian spanish dutch polish russian chinese japanese indian irish "
+    "scottish welsh swedish norwegian danish finnish greek roman hungarian austrian swiss canadian australian "
+    "mexican brazilian african european asian arab arabic jewish christian muslim catholic protestant latin hebrew "
+    "korean turkish persian egyptian portuguese belgian czech ukrainian soviet victorian medieval"
+)
 ACTIVITY_HEADS = _WORDS(
     "run runs class classes walk walks hike swim session sessions practice training workout lesson lessons "
     "meeting meetings shift shifts trip trips ride dinner lunch breakfast yoga"
 )
-_TOKEN = re.compile(r"[A-Za-z][\w'’\-]*\.?|&|[,;:()\"“”!?—–]")
+# Verbs that end a noun phrase ("the display shows", "the pump runs").
+PHRASE_VERBS = _WORDS(
+    "shows works runs stops starts turns needs takes makes goes comes gets lights flashes appears means uses "
+    "keeps reaches returns remains stays holds fills heats drips beeps blinks displays opens closes becomes"
+)
+# A noun phrase's kind -> the configured types it may take, in order of preference.
+PHRASE_TYPES = {"activity": ("activity", "concept", "event"), "object": ("object", "concept")}
+# Words, numbers (which end a span: "Section 5 Safety" is not one name), '&', and any other mark (also a span end).
+_TOKEN = re.compile(r"[^\W\d_][\w'’\-]*\.?|\d[\w.,:/\-]*|&|[^\w\s'’]")
 
 
 def _strip_possessive(tok: str) -> str:
@@ -97,34 +128,44 @@ def _is_cap(tok: str) -> bool:
     return tok[0].isupper() and tok.lower() not in STOP and len(word) > 1 and word.replace("-", "").replace("'", "").isalpha()
 
 
-def _type_votes(words: list[str], before: str, after: str) -> Counter:
+def _cue_votes(words: list[str], i: int, j: int) -> Counter:
+    """Type cues of the span words[i:j] from the span and its neighbours (no cue: no vote)."""
     votes: Counter = Counter()
-    low = [w.lower() for w in words]
-    if low[0] in HONORIFICS:
+    low = [w.lower() for w in words[i:j]]
+    # "in the United States": the preposition before an article counts.
+    k = i - 2 if i >= 2 and words[i - 1].lower() == "the" else i - 1
+    before = words[k].lower() if k >= 0 else ""
+    after, after2 = (words[k].lower() if k < len(words) else "" for k in (j, j + 1))
+    if low[0] in HONORIFICS or (len(low) == 1 and low[0] in KIN):
         votes["person"] += 3
     if "&" in low:
         votes["organization"] += 3
     for etype, suffixes in SUFFIX_TYPES.items():
-        if low[-1] in suffixes:
+        # The head noun ends the name or comes before "of" ("University of Edinburgh").
+        if any(w in suffixes and (n == len(low) - 1 or low[n + 1] in CONNECTORS) for n, w in enumerate(low)):
             votes[etype] += 3
-    if after in PERSON_VERBS:
+    if after in PERSON_VERBS or (after, after2) in (("and", "i"), (",", "who"), (",", "whose")):
+        votes["person"] += 1
+    if before == "by" and len(low) == 2:  # "a study by Ada Stone"
         votes["person"] += 1
     if before in GEO_PREPOSITIONS:
         votes["geo"] += 1
-    # A bare one- or two-word name with no cue is most often a person in personal writing.
-    votes["person" if len(words) <= 2 else "organization"] += 0.5
     return votes
 
 
-def _spans(words: list[str]) -> list[tuple[int, int]]:
-    """[start, end) of maximal capitalized runs, connectors allowed between capitalized words."""
+def _spans(words: list[str], ends: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of maximal capitalized runs, connectors allowed between capitalized words.
+
+    `ends[k]` marks a possessive ("Tomas's"): the span stops after it, so
+    "Priya's Greenline Studio" is two names, not one.
+    """
     out, i, n = [], 0, len(words)
     while i < n:
         if not (_is_cap(words[i]) or words[i].lower() in HONORIFICS and words[i][0].isupper()):
             i += 1
             continue
         j = i + 1
-        while j < n:
+        while j < n and not ends[j - 1]:
             if _is_cap(words[j]):
                 j += 1
             elif words[j].lower() in CONNECTORS and j + 1 < n and _is_cap(words[j + 1]) and j > i:
@@ -143,60 +184,96 @@ def _title(words: list[str]) -> str:
     return " ".join(words).replace(" .", ".")
 
 
-def _phrases(words: list[str], types: set[str]) -> list[tuple[str, str]]:
-    """Runs of 2-3 lower-case content words, typed activity or object."""
+def _phrases(words: list[str]) -> list[tuple[str, str]]:
+    """Runs of 2-3 lower-case content words, as (phrase, activity | object)."""
     out = []
     run: list[str] = []
     for w in words + ["."]:
-        ok = w.isalpha() and w.islower() and len(w) > 2 and w not in STOP and not w.endswith("ly")
-        # A phrase opening with a past-tense verb ("walked home") is not a noun phrase.
-        ok = ok and not (not run and w.endswith("ed"))
+        ok = w.isalpha() and w.islower() and len(w) > 2 and w not in STOP and w not in PHRASE_VERBS and not w.endswith("ly")
+        # Past tenses and participles ("walked home", "the engine designed by") are not nouns; "bed", "speed" are.
+        ok = ok and not (w.endswith("ed") and len(w) > 4 and not w.endswith("eed"))
         if ok and len(run) < 3:
             run.append(w)
             continue
         if len(run) >= 2:
             head = run[-1]
-            etype = "activity" if head.endswith("ing") or head in ACTIVITY_HEADS else "object"
-            if etype in types:
-                out.append((" ".join(run), etype))
+            out.append((" ".join(run), "activity" if head.endswith("ing") or head in ACTIVITY_HEADS else "object"))
         run = [w] if ok else []
     return out
 
 
-def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True) -> tuple[list[dict], list[dict]]:
-    """Entities and same-sentence co-occurrence relationships of one chunk.
+def _pronoun_vote(words: list[str]) -> int:
+    """+1 when these words refer back with he/she, -1 with it/its, else 0."""
+    low = {w.lower() for w in words}
+    return 1 if low & PRONOUNS else -1 if low & THING_PRONOUNS else 0
 
-    Entities carry `initial_only` (every mention in this chunk opened a sentence)
-    and `lowercase` (how often the word also appears in lower case), so merge can
-    drop one-word "names" that were only capitalized by position ("Dinner").
+
+def _title_cased(words: list[str], sent: str) -> bool:
+    """A heading in title case ("Water Quality and the Filter Cartridge"): its capitals are style, not names."""
+    long = [w for w in words if len(w) > 3 and w.isalpha()]
+    return len(long) >= 2 and not sent.endswith((".", "!", "?")) and sum(w[0].isupper() for w in long) >= 0.75 * len(long)
+
+
+def _tokens(sent: str) -> tuple[list[str], list[bool]]:
+    """Words of a sentence without trailing periods (honorifics keep theirs) or possessives, and where a possessive was."""
+    words, ends = [], []
+    for w in _TOKEN.findall(sent):
+        if w.endswith(".") and w.lower() not in HONORIFICS:
+            w = w.rstrip(".")
+        base = _strip_possessive(w)
+        if base:
+            words.append(base)
+            ends.append(base != w)
+    return words, ends
+
+
+def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True) -> tuple[list[dict], list[dict], list[str]]:
+    """Entities, same-sentence co-occurrence relationships and the lower-case words of one chunk.
+
+    An entity's `type` is the configured type its cues in this chunk vote for,
+    or "" when nothing here says what it is. `initial_only` says every mention
+    in this chunk opened a sentence or a table cell, or sat in a title-cased
+    heading, where any word is capitalized. A lone word before a number is a label ("Section 5",
+    "Level 4"), not a name.
     """
-    types = set(entity_types)
     found: dict[str, dict] = {}
     pair_sents: dict[tuple[str, str], list[str]] = defaultdict(list)
-    lower_words = Counter(w for w in _TOKEN.findall(text) if w.islower())
+    lower_words: set[str] = set()
+    subject = None  # the key of the previous sentence's opening name
     for sent in sentences(text):
-        raw = _TOKEN.findall(sent)
-        words = [_strip_possessive(w) if not w.endswith(".") or w.lower() in HONORIFICS else w.rstrip(".") for w in raw]
-        words = [w for w in words if w]
+        words, ends = _tokens(sent)
+        if not words:
+            continue
+        lower_words.update(w for w in words if w.islower() and w.isalpha() and len(w) > 2 and w not in STOP)
+        if subject:
+            found[subject]["votes"]["person"] += _pronoun_vote(words[:1])
+        subject = None
         keys_here: set[str] = set()
-        for i, j in _spans(words):
+        heading = _title_cased(words, sent)
+        for i, j in _spans(words, ends):
             span = words[i:j]
-            if len(span) == 1 and span[0].lower() in HONORIFICS:
+            if len(span) == 1 and (span[0].lower() in HONORIFICS and span[0].lower() not in KIN
+                                   or j < len(words) and words[j][0].isdigit()):
                 continue
             title = _title(span)
-            votes = _type_votes(span, words[i - 1].lower() if i else "", words[j].lower() if j < len(words) else "")
             key = norm_key(title)
             if not key:
                 continue
             e = found.setdefault(key, {"titles": Counter(), "votes": Counter(), "sents": [], "initial_only": True})
             e["titles"][title] += 1
-            e["votes"].update(votes)
-            e["initial_only"] &= i == 0 and len(span) == 1
+            e["votes"].update(_cue_votes(words, i, j))
+            e["initial_only"] &= i == 0 or heading
             if sent not in e["sents"]:
                 e["sents"].append(sent)
+            if not keys_here and i <= 2:
+                subject = key
+                e["votes"]["person"] += _pronoun_vote(words[j:])
             keys_here.add(key)
         if noun_phrases:
-            for phrase, etype in _phrases(words, types):
+            for phrase, kind in _phrases(words):
+                etype = next((t for t in PHRASE_TYPES[kind] if t in entity_types), None)
+                if etype is None:
+                    continue
                 e = found.setdefault(phrase, {"titles": Counter(), "votes": Counter(), "sents": [], "initial_only": False})
                 e["titles"][phrase] += 1
                 e["votes"][etype] += 1
@@ -207,21 +284,19 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
         for a in range(len(ordered)):
             for b in range(a + 1, len(ordered)):
                 pair_sents[(ordered[a], ordered[b])].append(sent)
+    rank = {t: i for i, t in enumerate(entity_types)}
     entities = []
     for key, e in found.items():
-        allowed = [(v, t) for t, v in e["votes"].items() if t in types]
-        etype = max(allowed, key=lambda vt: (vt[0], -entity_types.index(vt[1])))[1] if allowed else ""
+        allowed = [(v, t) for t, v in e["votes"].items() if t in rank and v > 0]
         entities.append({
             "title": e["titles"].most_common(1)[0][0],
-            "type": etype,
+            "type": max(allowed, key=lambda vt: (vt[0], -rank[vt[1]]))[1] if allowed else "",
             "description": "\n".join(e["sents"]),
             "initial_only": e["initial_only"],
-            # How often the word occurs in lower case here: a common word, not a name, when that is frequent.
-            "lowercase": lower_words.get(key, 0) if " " not in key else 0,
         })
     titles = {key: ent["title"] for key, ent in zip(found, entities)}
     relationships = [
         {"source": titles[a], "target": titles[b], "description": "\n".join(s), "weight": float(len(s))}
         for (a, b), s in pair_sents.items()
     ]
-    return entities, relationships
+    return entities, relationships, sorted(lower_words)

@@ -20,9 +20,10 @@ def clean_markdown(text: str) -> str:
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of `text`; lines (headings, list items) never run into each other."""
+    """Sentences of `text`; lines (headings, list items) and table cells never run into each other."""
     out = []
-    for line in clean_markdown(text).splitlines():
+    # A table cell is a line of its own: "| Soft | below 7 |" is not one sentence.
+    for line in (cell for row in clean_markdown(text).splitlines() for cell in row.split("|")):
         line = " ".join(line.split())
         pieces: list[str] = []
         for piece in _SENT_END.split(line) if line else ():
