@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import schemas
@@ -137,10 +136,12 @@ def test_personal_voice_target_applies_to_reference_corpora(tmp_path, journal):
         qa("b", "local", "What do my notes say about Maya?", GARDEN),
         qa("c", "entity", "What does the glossary say about tomatoes?", GARDEN),
         qa("d", "entity", "Who is Maya?", GARDEN),
+        qa("e", "entity", "Tell me about Maya.", GARDEN),  # the asker's "me", not the owner's voice
+        qa("f", "entity", "Can you tell me what my allotment grows?", GARDEN),
     ]
     q = report(tmp_path / "reference", journal, rows, voice="reference")
-    assert (q["voice"]["personal"], q["voice"]["share"], q["voice"]["corpus"]) == (2, 0.5, "reference")
-    assert q["voice"]["by_kind"] == {"local": 2, "entity": 0} and holds(q, "personal_voice") is False
+    assert (q["voice"]["personal"], q["voice"]["share"], q["voice"]["corpus"]) == (3, 0.5, "reference")
+    assert q["voice"]["by_kind"] == {"local": 2, "entity": 1} and holds(q, "personal_voice") is False
     diary = {"chunk-garden": "I planted my tomatoes today and I watered them before I went to bed."}
     q = report(tmp_path / "personal", journal, rows, chunks=diary)
     assert (q["voice"]["corpus"], q["voice"]["decided"]) == ("personal", None)
@@ -148,15 +149,10 @@ def test_personal_voice_target_applies_to_reference_corpora(tmp_path, journal):
 
 
 def test_rows_lengths_groundedness_and_question_sets(tmp_path, journal):
-    rows = [qa(f"l{i}", "local", f"Question {i} about the garden?", "x" * n, groundedness=g)
-            for i, (n, g) in enumerate([(40, 0.05), (120, 0.55), (120, 0.95), (5000, 1.0)])]
+    rows = [qa(f"l{i}", "local", f"Question {i} about the garden?", "x" * n, groundedness=g, question_set=qs)
+            for i, (n, g, qs) in enumerate([(40, 0.05, "main"), (120, 0.55, "main"), (120, 0.95, "hard_global"), (5000, 1.0, None)])]
     rows += [qa("u", "unanswerable", "Who is Zorbly?", "I have no notes about Zorbly.", split="test")]
-    run = make_run(tmp_path, journal, rows)
-    # A column the qa schema may not declare yet: the report groups on it when a shard has it.
-    path = run.table_files("qa", "train")[0]
-    table = pq.read_table(path)
-    pq.write_table(table.append_column("question_set", pa.array(["main", "main", "hard_global", None])), path)
-    q = quality_report(run)
+    q = quality_report(make_run(tmp_path, journal, rows))  # a null question set counts as main
     assert q["rows"]["total"] == 5
     assert q["rows"]["by_kind"] == {"local": {"train": 4, "test": 0}, "unanswerable": {"train": 0, "test": 1}}
     assert q["rows"]["by_question_set"] == {"hard_global": {"local": {"train": 1, "test": 0}},

@@ -69,6 +69,8 @@ CITATIONS = {
 # One search finds whether a text has any of them; only then is each looked for.
 _ANY_CITATION = re.compile("|".join(f"(?:{p.pattern})" for p in CITATIONS.values()), re.IGNORECASE)
 _ID_TOKEN = re.compile(r"[\w.-]{8,}")
+# "Tell me about X": the asker addressing the assistant, not the corpus owner's voice.
+_ADDRESSEE = re.compile(r"\b(?:tell|show|give|remind|help|explain to)\s+me\b", re.IGNORECASE)
 _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
 
@@ -264,7 +266,7 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
                 cited_by_kind[kind] += 1
                 cited_by_pattern.update(found)
                 example("citations", qa_id)
-            if first_person_rate([question]) > 0:
+            if first_person_rate([_ADDRESSEE.sub("", question)]) > 0:
                 personal += 1
                 personal_by_kind[kind] += 1
             ids.append(qa_id)
