@@ -256,7 +256,10 @@ def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict],
     asked = ray.data.from_items([{"id": q["id"], "question": q["question"]} for q in questions])
     out = answer_global(run, rec, asked, reports, engine, level=cfg.synth.global_level,
                         batch_tokens=cfg.synth.map_batch_tokens)
-    return {r["id"]: {"generated_text": r["answer"], "error": r["error"]}
+    calls = rec.stats.get("llm", {}).get("global_map", {})
+    why = {"no_key_points": f"no_key_points: the map step over the community reports found no key points "
+                            f"({calls.get('errors', 0)} of {calls.get('rows', 0)} map calls failed)"}
+    return {r["id"]: {"generated_text": r["answer"], "error": why.get(r["error"], r["error"])}
             for r in out.select_columns(["id", "answer", "error"]).take_all()}
 
 
