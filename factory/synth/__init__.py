@@ -88,7 +88,8 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
 
-    scored = quality.score_rows(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], quality.Limits.of(s)).materialize()
+    limits = quality.Limits.of(s, judged=llm_enabled(cfg.judge))
+    scored = quality.score_rows(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], limits).materialize()
     rows = quality.compact(scored)
     clock.lap("answers_and_scores")
     judged = {}

@@ -7,7 +7,7 @@ row's first failing check in `drop`:
     question/answer length bounds, groundedness (share of the answer's content words found in its
     evidence: for a local row its source chunk alone) below `min_groundedness`, and relevance (share
     of the answer's sentences that mention what the question asks about, text.relevance) below
-    `min_relevance`. It also adds MinHash signatures of answer and question (near.py).
+    `min_relevance` (when no judge is configured: then the judge decides). It also adds MinHash signatures of answer and question (near.py).
 
 `judge_rows` (when a judge engine is configured) asks it to rate support and whether the answer
 answers the question, 0-10 each; either below `min_judge_score` drops the row.
@@ -60,12 +60,13 @@ class Limits:
     min_answer_chars: int
     max_answer_chars: int
     min_groundedness: float
-    min_relevance: float
+    # None: the judge decides whether an answer answers its question (judge_rows), not the lexical score.
+    min_relevance: float | None
 
     @classmethod
-    def of(cls, s) -> "Limits":
+    def of(cls, s, judged: bool = False) -> "Limits":
         return cls(s.min_question_chars, s.max_question_chars, s.min_answer_chars, s.max_answer_chars,
-                   s.min_groundedness, s.min_relevance)
+                   s.min_groundedness, None if judged else s.min_relevance)
 
 
 def conform(batch: pa.Table) -> pa.Table:
@@ -113,7 +114,7 @@ def _check(r: dict, lim: Limits) -> str | None:
     if r["groundedness"] < lim.min_groundedness:
         return "ungrounded"
     r["relevance"] = relevance(question_terms(r["question"], r["cues"]), r["answer"])
-    if r["relevance"] is not None and r["relevance"] < lim.min_relevance:
+    if r["relevance"] is not None and lim.min_relevance is not None and r["relevance"] < lim.min_relevance:
         return "off_topic"
     return None
 

@@ -5,7 +5,10 @@ two runs of the same corpus get the same answers: a crashed-and-resumed run
 can be compared with an uninterrupted one. Structured tasks are recognised by
 the schema name the openai engine sends (`response_format.json_schema.name`);
 a task without a schema gets prose taken from its evidence. Strings are copied
-from the evidence in the prompt, so answers pass the groundedness filters.
+from the evidence in the prompt, so answers pass the groundedness filters, and
+only from the part of the prompt that should hold the answer: a local answer
+comes from the "Source passage" section alone, so a prompt that does not show
+the source chunk gets a refusal (answerable: false), as a real model would.
 """
 
 from __future__ import annotations
@@ -103,26 +106,76 @@ def fill(schema: dict, defs: dict, sentences: list[str], path: str = "") -> Any:
     return None
 
 
+def section(user: str, start: str, end: str | None = None) -> str | None:
+    """The text of the prompt between the line starting `start` and the line starting `end`, or None
+    when the prompt does not show that section."""
+    if start not in user:
+        return None
+    text = user.split(start, 1)[1]
+    text = text.split("\n", 1)[1] if "\n" in text else ""
+    return text.split(f"\n{end}", 1)[0].strip() if end else text.strip()
+
+
+def line_after(user: str, marker: str) -> str:
+    return user.split(marker, 1)[1].strip().split("\n", 1)[0].strip() if marker in user else ""
+
+
+def naming(text: str, focus: str) -> list[str]:
+    """The sentences of `text` that name every part of `focus` ("A and B" names both)."""
+    parts = [p.strip().lower() for p in focus.split(" and ") if p.strip()]
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("#", "Passage"))]
+    sents = [x.strip() for line in lines for x in _SENTENCE.split(line) if x.strip()]
+    return [x for x in sents if all(p in x.lower() for p in parts)]
+
+
 def reply(request: dict) -> str:
-    """The teacher's reply content for one chat-completions request."""
+    """The teacher's reply content for one chat-completions request: built only from what the
+    prompt shows, so a prompt that hides the evidence gets a refusal or a wrong answer, never the
+    right one by accident."""
     name = schema_name(request)
+    user = request["messages"][-1]["content"]
     sentences = evidence(request)
     if name == "Extraction":
         return json.dumps(extraction(request))
     if name == "LocalQuestionOut":
-        focus = request["messages"][-1]["content"].split("Focus:", 1)[-1].strip().split("\n", 1)[0].split(" (")[0]
-        return json.dumps({"declined": False, "question": f"What do my notes say about {focus}?",
-                           "reasoning": sentences[0]})
-    if name == "GlobalQuestionsOut":
-        user = request["messages"][-1]["content"]
-        persona = user.split("Persona:", 1)[-1].strip().split("\n", 1)[0] if "Persona:" in user else "me"
-        topics = names(" ".join(sentences))[:4] or ["my life"]
+        where = line_after(user, "Passage (").rsplit("):", 1)[0]
+        focus = line_after(user, "Focus:")
+        found = naming(section(user, "Passage (", "Focus:") or "", focus)
+        if not found:
+            return json.dumps({"declined": True, "question": "", "reasoning": f"The passage does not name {focus}."})
+        return json.dumps({"declined": False, "question": f"What happened with {focus} {where}?", "reasoning": found[0]})
+    if name == "LocalAnswerOut":
+        focus = user.split("\nAbout ", 1)[1].split(": ", 1)[0] if "\nAbout " in user else ""
+        source = section(user, "Source passage", "About ")
+        found = naming(source or "", focus)
+        if not found:  # the source passage is not in the prompt, or does not answer: say so
+            return json.dumps({"answerable": False, "reasoning": "The source does not say.", "answer": ""})
+        return json.dumps({"answerable": True, "reasoning": f"The source passage says: {' '.join(found)}",
+                           "answer": " ".join(found[:2])})
+    if name == "SubjectQAOut":
+        subject = line_after(user, "Subjects:" if "Subjects:" in user else "Subject:").rsplit(" (", 1)[0]
+        description = line_after(user, "description:" if "Relationship description:" in user else "Description:")
+        quoted = naming(section(user, "Source passages:") or "", subject)
+        return json.dumps({"question": f"What is known about {subject}?", "reasoning": " ".join([description] + quoted[:3]),
+                           "answer": " ".join([description] + quoted[:1])})
+    if name == "QuestionsOut":
+        persona = line_after(user, "Persona:") or "a reader"
+        if "held-out" in request["messages"][0]["content"]:  # the hard set: no entity names
+            return json.dumps({"questions": [f"As {persona}, what changed most over the whole period?",
+                                             f"As {persona}, which patterns recur across everything?"]})
+        topics = names(section(user, "Summary of the corpus", "Persona:") or "")[:4] or ["the corpus"]
         return json.dumps({"questions": [f"As {persona}, how did things around {t} change over the whole period?"
                                          for t in topics]})
-    if name == "AnswerOut":
-        return json.dumps({"reasoning": " ".join(sentences[:3]), "answer": " ".join(sentences[:2])})
+    if name == "MapOut":
+        reports = re.findall(r"^Report (\d+): [^\n]*\n([^\n]+)", user, re.MULTILINE)
+        return json.dumps({"points": [{"description": summary, "score": 60, "reports": [int(n)]}
+                                      for n, summary in reports if summary.strip()]})
+    if name == "AnswerOut":  # the reduce: the key points it was shown
+        points = re.findall(r"^- \(importance \d+\) (.+)$", user, re.MULTILINE)
+        return json.dumps({"reasoning": " ".join(points[:3]) or " ".join(sentences[:3]),
+                           "answer": " ".join(points[:2]) or " ".join(sentences[:2])})
     if name == "JudgeOut":
-        return json.dumps({"score": 9, "reason": "The answer restates the evidence."})
+        return json.dumps({"support": 9, "answers_question": 9, "reason": "The answer restates the evidence."})
     fmt = (request.get("response_format") or {}).get("json_schema")
     if fmt and fmt.get("schema"):
         schema = fmt["schema"]
