@@ -188,7 +188,7 @@ def test_build_communities_table_fields_and_every_entity_in_a_community():
     g.add_node("Alone", id="e10", text_unit_ids=["c99"])  # shares no chunk with anyone
     table, stats = build_communities(g, max_cluster_size=3, seed=3)
     rows = table.to_pylist()
-    assert stats["oversized"] == 0 and stats["linked_by_shared_chunks"] == 1 and stats["residual_entities"] == 1
+    assert stats["oversized"] == 0 and stats["joined_nearest"] == 1 and stats["residual_entities"] == 1
     top = [r for r in rows if r["level"] == 0]
     assert all(r["parent"] == -1 for r in top)
     assert sorted(e for r in top for e in r["entity_ids"]) == sorted(d["id"] for _, d in g.nodes(data=True))

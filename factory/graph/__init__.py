@@ -58,7 +58,7 @@ def build_graph(run: Run, rec: StageRecord) -> None:
         return
     summaries = _summarize(run, rec, merged) if merged.long_descriptions else {}
     entities, relationships = finalize(merged.graph, summaries)
-    communities, cstats = build_communities(merged.graph, cfg.max_cluster_size, cfg.seed, cfg.keep_all_components)
+    communities, cstats = build_communities(merged.graph, cfg.max_cluster_size, cfg.seed, cfg.keep_all_components, order)
     rec.stats.update(merge=merged.stats, communities=cstats)
     if cstats["oversized"]:
         log(f"[{rec.name}] {cstats['oversized']} communities stay larger than max_cluster_size={cfg.max_cluster_size} "

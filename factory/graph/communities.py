@@ -10,14 +10,15 @@ as oversized. igraph's Leiden iterated to convergence clusters a
 bench/graph.py). Leiden communities never span components, so every component is
 kept; `keep_all_components: false` keeps only the largest one.
 
-Every entity belongs to a community, so some report covers it. An entity with
-no relationship (its co-occurrences were too weak to keep as edges) is
-clustered by the chunks it shares: Leiden sees a link, weighted by shared
-chunks, to each entity named in the same chunks, so it lands in the community
-it is named with most. What is still outside every community (alone in all its
-chunks, or in a component `keep_all_components: false` left out) goes into
-residual communities of at most `max_cluster_size` entities, with reports of
-their own.
+Every entity belongs to a community, so some report covers it. An entity that
+Leiden did not place (no relationship: its co-occurrences were too weak to keep
+as edges; or a component `keep_all_components: false` left out) joins the leaf
+community whose members are named with it in the most chunks, and that leaf's
+ancestors; such members can take a leaf past `max_cluster_size` (they have no
+edges for Leiden to split on, and a popular name with none would otherwise be a
+star that only shatters into single entities). What shares no chunk with any
+clustered entity goes into residual communities of at most `max_cluster_size`
+entities in corpus order, with reports of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import igraph as ig
 import networkx as nx
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -98,46 +100,77 @@ def _split(g: ig.Graph, vertices: list[int], seed: int, force: bool) -> list[lis
     return None
 
 
-def shared_chunk_links(units: list[list[str]], loners: list[int]) -> tuple[list[tuple[int, int]], list[float]]:
-    """Links from each of `loners` to every entity named in a chunk with it, weighted by the chunks they share.
+def nearest_leaves(units: list[list[str]], outside: list[int], leaf_of: np.ndarray) -> dict[int, int]:
+    """For each vertex in `outside`, the leaf community whose members are named with it in the most chunks.
 
-    `units[v]` are entity v's chunks. A hash join in Arrow, not a Python loop over chunk members.
+    `units[v]` are entity v's chunks; `leaf_of[v]` is v's leaf community or -1. A vertex that shares
+    no chunk with any clustered entity is left out. A hash join in Arrow, not a Python loop over chunk members.
     """
-    if not loners:
-        return [], []
-    sizes = [len(u) for u in units]
-    member = pa.table({"v": pa.array([v for v, n in enumerate(sizes) for _ in range(n)], pa.int64()),
-                       "chunk": pa.array([c for u in units for c in u], pa.string())})
-    lone = pa.array(loners, pa.int64())
-    left = member.filter(pc.is_in(member["v"], value_set=lone)).rename_columns(["u", "chunk"])
-    u, v = pc.field("u"), pc.field("v")
-    # Two loners meet twice, as (u, v) and (v, u): keep one.
-    pairs = left.join(member, keys="chunk").filter((u != v) & (~v.isin(lone) | (u < v)))
-    counts = pairs.group_by(["u", "v"]).aggregate([("chunk", "count")]).sort_by([("u", "ascending"), ("v", "ascending")])
-    edges = list(zip(counts["u"].to_pylist(), counts["v"].to_pylist()))
-    return edges, [float(w) for w in counts["chunk_count"].to_pylist()]
+    inside = np.flatnonzero(leaf_of >= 0)
+    if not outside or not len(inside):
+        return {}
+
+    def mentions(vertices) -> tuple[np.ndarray, pa.Array]:
+        return (np.repeat(np.asarray(vertices, dtype=np.int64), [len(units[v]) for v in vertices]),
+                pa.array([c for v in vertices for c in units[v]], pa.string()))
+
+    u, u_chunks = mentions(outside)
+    v, v_chunks = mentions(inside)
+    pairs = pa.table({"u": u, "chunk": u_chunks}).join(pa.table({"leaf": leaf_of[v], "chunk": v_chunks}), keys="chunk",
+                                                           join_type="inner")
+    counts = pairs.group_by(["u", "leaf"]).aggregate([("chunk", "count")])
+    u, leaf, n = (counts[c].to_numpy() for c in ("u", "leaf", "chunk_count"))
+    # Shared mentions over the root of the leaf's own mentions: a name in a passage with a popular entity
+    # and with that passage's own subject joins the subject's community, not the popular one's.
+    score = n / np.sqrt(np.bincount(leaf_of[v], minlength=int(leaf_of.max()) + 1)[leaf])
+    order = np.lexsort((leaf, -score, u))  # per vertex: best score first, then the lower community number
+    u, leaf = u[order], leaf[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    return dict(zip(u[first].tolist(), leaf[first].tolist()))
 
 
-def _residual(vertices: list[int], size: int, first: int) -> list[Cluster]:
-    """Level-0 communities of at most `size` of the entities no Leiden community took, numbered from `first`."""
-    return [Cluster(0, vertices[i:i + size], community=first + k) for k, i in enumerate(range(0, len(vertices), size))]
+def _cover(clusters: list[Cluster], units: list[list[str]], n_nodes: int, max_cluster_size: int,
+           chunk_rank: dict[str, int]) -> dict:
+    """Put every vertex outside all clusters into the nearest leaf (and its ancestors) or a residual community."""
+    leaf_of = np.full(n_nodes, -1, dtype=np.int64)
+    for c in clusters:
+        if not c.children:
+            leaf_of[c.nodes] = c.community
+    outside = np.flatnonzero(leaf_of < 0).tolist()
+    nearest = nearest_leaves(units, outside, leaf_of)
+    for v, leaf in nearest.items():
+        k = leaf
+        while k >= 0:
+            clusters[k].nodes.append(v)
+            k = clusters[k].parent
+    end = len(chunk_rank)
+
+    def first_seen(v: int) -> tuple[int, int]:
+        return chunk_rank.get(units[v][0], end) if units[v] else end, v
+
+    # Alone in all their chunks: residual communities, in corpus order, so entities of one passage stay together.
+    rest = sorted((v for v in outside if v not in nearest), key=first_seen)
+    for i in range(0, len(rest), max_cluster_size):
+        clusters.append(Cluster(0, rest[i:i + max_cluster_size], community=len(clusters)))
+    return {"joined_nearest": len(nearest), "residual_entities": len(rest)}
 
 
-def build_communities(graph: nx.Graph, max_cluster_size: int, seed: int, keep_all_components: bool = True) -> tuple[pa.Table, dict]:
-    """The `communities` table of a merged graph (nodes carry id, text_unit_ids; edges carry id)."""
+def build_communities(graph: nx.Graph, max_cluster_size: int, seed: int, keep_all_components: bool = True,
+                      chunk_rank: dict[str, int] | None = None) -> tuple[pa.Table, dict]:
+    """The `communities` table of a merged graph (nodes carry id, text_unit_ids; edges carry id).
+
+    `chunk_rank` orders chunks (corpus order) for the residual communities; by default, by id.
+    """
     titles = list(graph.nodes)
     index = {t: i for i, t in enumerate(titles)}
     edge_list = list(graph.edges(data=True))
-    loners = [index[t] for t, d in graph.degree() if d == 0]
-    links, link_weights = shared_chunk_links([graph.nodes[t]["text_unit_ids"] or [] for t in titles], loners)
     clusters, oversized = hierarchical_leiden(
-        len(titles), [(index[u], index[v]) for u, v, _ in edge_list] + links,
-        [d.get("weight", 1.0) for _, _, d in edge_list] + link_weights,
+        len(titles), [(index[u], index[v]) for u, v, _ in edge_list], [d.get("weight", 1.0) for _, _, d in edge_list],
         max_cluster_size, seed, largest_component_only=not keep_all_components,
     )
-    clustered = {v for c in clusters if c.level == 0 for v in c.nodes}
-    left_out = [v for v in range(len(titles)) if v not in clustered]
-    clusters += _residual(left_out, max_cluster_size, len(clusters))
+    units = [graph.nodes[t]["text_unit_ids"] or [] for t in titles]
+    covered = _cover(clusters, units, len(titles), max_cluster_size,
+                     chunk_rank or {c: i for i, c in enumerate(sorted({c for u in units for c in u}))})
     # Per level: vertex -> community, to find each community's internal relationships in one pass over edges.
     member: dict[int, dict[int, int]] = {}
     for c in clusters:
@@ -173,8 +206,7 @@ def build_communities(graph: nx.Graph, max_cluster_size: int, seed: int, keep_al
         "levels": 1 + max((r["level"] for r in rows), default=-1),
         "oversized": oversized,
         "largest_leaf": biggest,
-        # Entities without relationships, clustered by the chunks they share, and those left to residual communities.
-        "linked_by_shared_chunks": len({u for u, _ in links}),
-        "residual_entities": len(left_out),
+        # Entities outside every Leiden community: joined to the nearest leaf, or left to residual communities.
+        **covered,
     }
     return pa.Table.from_pylist(rows, schema=schemas.schema_of("communities")), stats
