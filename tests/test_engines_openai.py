@@ -169,13 +169,46 @@ def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
     assert cached.num_rows == 10 and pc.all(pc.is_null(cached.column("error"))).as_py()
 
 
-def test_one_block_input_is_cached_batch_by_batch(ray_session, tmp_path):
+def test_a_call_is_cached_when_it_finishes_not_when_its_batch_does(ray_session, tmp_path):
     run = make_run(tmp_path)
+    cache = CallCache(run, "durable")
+    release = threading.Event()
+
+    def responder(req):
+        if row_of(req) == 0:  # one slow call holds its batch (and, in one block, the rest)
+            release.wait(120)
+        return f"a{row_of(req)}"
+
+    out: dict = {}
+    with FakeOpenAIServer(responder) as server:
+        worker = threading.Thread(target=lambda: out.update(by_id(run_llm(
+            run, StageRecord("t"), prompts(ray_session, 8).repartition(1), engine(server, batch_size=4), "durable"))))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while cache.load().num_rows < 7:
+                assert worker.is_alive() and time.monotonic() < deadline, "finished calls never reached the cache"
+                time.sleep(0.05)
+            # Seven calls are in the cache while the eighth, from the same batch, still waits for its reply.
+            early = sorted(cache.load().column("generated_text").to_pylist())
+        finally:
+            release.set()
+            worker.join(120)
+    assert early == [f"a{i}" for i in range(1, 8)]
+    assert len(out) == 8 and cache.load().num_rows == 8
+
+
+def test_calls_cached_in_an_s3_run_folder_are_not_sent_again(ray_session, s3_bucket, tmp_path):
+    endpoint, bucket = s3_bucket
+    run = Run(validate_config({"output": {"path": f"s3://{bucket}/run"}, "s3": {"endpoint_url": endpoint}}))
     with FakeOpenAIServer() as server:
-        out = run_llm(run, StageRecord("t"), prompts(ray_session, 12).repartition(1), engine(server, batch_size=4), "blocks")
-        assert len(out.take_all()) == 12
-    # Each batch reached the cache on its own (a crash would have kept the finished ones).
-    assert len(CallCache(run, "blocks").files()) == 3
+        first = by_id(run_llm(run, StageRecord("t"), prompts(ray_session, 10), engine(server, batch_size=3), "s3"))
+        rec = StageRecord("t")
+        again = by_id(run_llm(run, rec, prompts(ray_session, 10), engine(server, batch_size=3), "s3"))
+        sent = len(server.requests)
+    # The workers wrote every call to the bucket; the rerun found them all there.
+    assert sent == 10 and again == first and rec.stats["llm"]["s3"]["cache_hits"] == 10
+    assert CallCache(run, "s3").load().num_rows == 10
 
 
 def test_sampling_overrides_and_prompt_hash_are_per_row(ray_session, tmp_path):
@@ -207,13 +240,16 @@ def test_budget_stops_cleanly_and_keeps_what_finished(ray_session, tmp_path):
         assert len(done) == rec.tokens["openai:m"]["calls"] and 4 <= len(done) < 20
         assert all(r["error"].startswith("budget_exhausted: token budget of 30") for r in skipped)
         assert rec.drops == {"budget_exhausted": len(skipped)} and rec.stats["budget_exhausted"] is True
-        # The next call in the same stage sends nothing; a new stage record (rerun) finishes the rest.
+        # The next call in the same stage sends nothing, and answers from the cache what finished, also
+        # the calls that were in flight when the budget stopped the stream; a new stage record (rerun)
+        # finishes the rest.
         before = len(server.requests)
         again = by_id(run_llm(run, rec, prompts(ray_session, 20), cfg, "budget"))
-        assert len(server.requests) == before and sum(r["error"] is None for r in again.values()) == len(done)
+        cached = CallCache(run, "budget").load().num_rows
+        assert len(server.requests) == before and sum(r["error"] is None for r in again.values()) == cached >= len(done)
         rest = by_id(run_llm(run, StageRecord("t"), prompts(ray_session, 20), cfg.model_copy(update={"budget_tokens": None}), "budget"))
         assert all(r["error"] is None for r in rest.values())
-        assert len(server.requests) - before == 20 - len(done)
+        assert len(server.requests) - before == 20 - cached
 
 
 def test_qps_limit_spaces_requests(ray_session, tmp_path):

@@ -4,9 +4,11 @@ Flow of one call:
 1. key every row: hash(engine, model, messages, sampling, output schema);
 2. anti-join on the run's call cache (`_cache/llm/<task>/`): only missing keys are sent,
    each once (rows with identical prompts share one call);
-3. the backend (openai | hf | vllm) turns request rows into result rows;
-4. the driver streams result blocks as they finish, appends each to the cache,
-   counts tokens and stops cleanly at the stage's token budget;
+3. the backend (openai | hf | vllm) turns request rows into result rows; its workers append
+   each finished call to the cache when it finishes (CallJournal), so a crash repeats only
+   the calls in flight;
+4. the driver streams result blocks as they finish, counts tokens, compacts the cache's
+   parts now and then, and stops cleanly at the stage's token budget;
 5. results are attached back to the original rows by key (never by order).
 
 Every row comes back: with text, or with `error` = "<kind>: <reason>" where
@@ -16,7 +18,9 @@ did not parse or validate; the text is kept) or budget_exhausted.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +28,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from factory.config import EngineConfig, S3Config
-from factory.engines.cache import CallCache, call_key
+from factory.engines.cache import CallCache, CallJournal, call_key
 from factory.engines.calls import CallResult
 from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
 from factory.errors import UserError, find_user_error
@@ -36,6 +40,8 @@ TEMPERATURE = "_llm_temperature"
 INTERNAL = (KEY, ROW, MAX_TOKENS, TEMPERATURE)
 # Past this many batches, blocks hold several: Ray Data's per-block overhead would dominate.
 MAX_BLOCKS = 4096
+# Seconds between the driver's merges of the parts workers wrote (a long run writes thousands).
+COMPACT_EVERY_S = 30.0
 
 # What a backend receives (one row per call) and must return (one row per call).
 REQUEST_COLUMNS = ("key", "messages", "max_tokens", "temperature")
@@ -153,7 +159,8 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
             # one block would cache nothing until every call is done (a crash loses them all) and would
             # keep only one batch in flight.
             pending = pending.repartition(min(-(-len(todo) // role_cfg.batch_size), MAX_BLOCKS))
-            stopped = _stream(be.generate(pending, role_cfg, output_model), cache, rec, tag, role_cfg, task, engine, model, parts)
+            journal = functools.partial(CallJournal, cache, engine, model)
+            stopped = _stream(be.generate(pending, role_cfg, output_model, journal), cache, rec, tag, role_cfg, parts)
     if stopped:
         log(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
             f"kept every finished call, the rest are marked {BUDGET} (raise budget_tokens and rerun to continue)")
@@ -172,18 +179,18 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
     )
 
 
-def _stream(out: Any, cache: CallCache, rec: Any, tag: str, cfg: EngineConfig, task: str,
-            engine: str, model: str, parts: list[pa.Table]) -> bool:
-    """Drain the backend block by block; True when the token budget stopped it."""
+def _stream(out: Any, cache: CallCache, rec: Any, tag: str, cfg: EngineConfig, parts: list[pa.Table]) -> bool:
+    """Drain the backend block by block (its workers already cached the calls); True when the
+    token budget stopped it."""
+    compacted = time.monotonic()
     try:
         for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):
             block = block.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
             parts.append(block)
-            done = block.filter(pc.is_valid(block.column("generated_text")))
             n = len(block)
-            cache.append(done.append_column("task", pa.array([task] * len(done), pa.string()))
-                         .append_column("engine", pa.array([engine] * len(done), pa.string()))
-                         .append_column("model", pa.array([model] * len(done), pa.string())))
+            if time.monotonic() - compacted > COMPACT_EVERY_S:
+                cache.compact(journal_only=True)
+                compacted = time.monotonic()
             rec.add_tokens(tag, pc.sum(block.column("input_tokens")).as_py() or 0,
                            pc.sum(block.column("output_tokens")).as_py() or 0, n)
             if _over_budget(rec, tag, cfg.budget_tokens):

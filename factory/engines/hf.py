@@ -19,7 +19,7 @@ GPU), pad_to_multiple_of (default 8, fewer distinct shapes), dtype
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from factory.engines.calls import LLM_ERROR, CallResult
 from factory.errors import UserError
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from factory.config import EngineConfig
+    from factory.engines.cache import CallJournal
+
+# Told which rows of a chat() call are done (their indices and results), after each micro-batch.
+OnDone = Callable[[list[int], list[CallResult]], None]
 
 DEFAULT_BATCH_TOKENS = 32768
 
@@ -98,7 +102,8 @@ class HFGenerator:
         # transformers 5 returns a BatchEncoding here; 4.x returned the ids.
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
-    def chat(self, messages: list[list[dict]], max_tokens: list[int], temperature: list[float]) -> list[CallResult]:
+    def chat(self, messages: list[list[dict]], max_tokens: list[int], temperature: list[float],
+             on_done: OnDone | None = None) -> list[CallResult]:
         prompts: list[list[int] | None] = []
         results: list[CallResult | None] = []
         for msgs, mt in zip(messages, max_tokens):
@@ -116,7 +121,8 @@ class HFGenerator:
             prompts.append(ids)
             results.append(None)
         todo = [i for i, p in enumerate(prompts) if p is not None]
-        done = self.generate([prompts[i] for i in todo], [max_tokens[i] for i in todo], [temperature[i] for i in todo])
+        done = self.generate([prompts[i] for i in todo], [max_tokens[i] for i in todo], [temperature[i] for i in todo],
+                             on_done and (lambda idx, res: on_done([todo[i] for i in idx], res)))
         for i, r in zip(todo, done):
             results[i] = r
         return results  # type: ignore[return-value]
@@ -138,7 +144,8 @@ class HFGenerator:
             batches.append(cur)
         return batches
 
-    def generate(self, prompts: list[list[int]], max_tokens: list[int], temperature: list[float]) -> list[CallResult]:
+    def generate(self, prompts: list[list[int]], max_tokens: list[int], temperature: list[float],
+                 on_done: OnDone | None = None) -> list[CallResult]:
         results: list[CallResult | None] = [None] * len(prompts)
         for batch in self.micro_batches([len(p) for p in prompts], max_tokens, temperature):
             try:
@@ -149,6 +156,8 @@ class HFGenerator:
                 out = [CallResult(error=f"{LLM_ERROR}: generation failed: {type(exc).__name__}: {exc}")] * len(batch)
             for i, r in zip(batch, out):
                 results[i] = r
+            if on_done:
+                on_done(batch, out)
         return results  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], max_tokens: list[int], temperature: float) -> list[CallResult]:
@@ -181,7 +190,7 @@ class HFGenerator:
         return results
 
 
-def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
+def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None, journal: Callable[[], CallJournal]):
     import ray
     import ray.data
 
@@ -192,7 +201,7 @@ def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
         resources["accelerator_type"] = cfg.accelerator_type
     return ds.map_batches(
         _Worker,
-        fn_constructor_kwargs={"cfg": cfg, "output_model": output_model},
+        fn_constructor_kwargs={"cfg": cfg, "output_model": output_model, "journal": journal},
         batch_size=kw.get("max_batch_size", cfg.batch_size) * kw.get("length_window", 4),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
@@ -201,17 +210,25 @@ def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
 
 
 class _Worker:
-    def __init__(self, cfg: EngineConfig, output_model: type[BaseModel] | None):
+    def __init__(self, cfg: EngineConfig, output_model: type[BaseModel] | None, journal: Callable[[], CallJournal]):
         try:
             self.gen = HFGenerator.from_config(cfg)
         except (OSError, ValueError) as exc:  # missing model / bad id: the user's to fix
             raise UserError(f"hf engine: cannot load model '{cfg.model}': {type(exc).__name__}: {exc}") from None
         self.output_model = output_model
+        self.journal = journal()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from factory.engines.base import result_table
 
         rows = batch.to_pylist()
+        keys = [r["key"] for r in rows]
+
+        def cache(idx: list[int], results: list[CallResult]) -> None:
+            # Each micro-batch's calls are cached as it finishes, not when the whole Ray batch does.
+            self.journal.add(result_table([keys[i] for i in idx], results, self.output_model))
+
         results = self.gen.chat([r["messages"] for r in rows], [r["max_tokens"] for r in rows],
-                                [r["temperature"] for r in rows])
-        return result_table([r["key"] for r in rows], results, self.output_model)
+                                [r["temperature"] for r in rows], on_done=cache)
+        self.journal.flush()
+        return result_table(keys, results, self.output_model)

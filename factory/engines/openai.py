@@ -3,7 +3,8 @@
 One Ray Data actor (more past MAX_THREADS) holds a `requests` session and a
 thread pool of `concurrency` workers shared by every batch it is given;
 several batches run at once in the actor, so one slow call never idles the
-rest. The qps limit is split evenly between actors. Retries: 408/409/425/429,
+rest. Each call goes to the run's call cache when it finishes (CallJournal),
+not when its batch does. The qps limit is split evenly between actors. Retries: 408/409/425/429,
 every 5xx, timeouts, dropped connections and unparseable 200 bodies, with
 exponential backoff and full jitter (Retry-After wins when the server sends
 one). Other 4xx fail the row at once. The API key goes only into the
@@ -23,12 +24,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import pyarrow as pa
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
-from factory.engines.base import result_table
+from factory.engines.base import RESULT_SCHEMA, result_table
+from factory.engines.cache import CallJournal
 from factory.engines.calls import CallResult
 from factory.engines.structured import LLM_ERROR, json_schema
 from factory.errors import UserError
@@ -62,7 +65,7 @@ def preflight(cfg: EngineConfig) -> None:
         raise UserError(f"openai engine: {cfg.base_url} rejected the API key (HTTP {resp.status_code}); check api_key")
 
 
-def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
+def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None, journal: Callable[[], CallJournal]):
     import ray.data
 
     actors = max(1, math.ceil(cfg.concurrency / MAX_THREADS))
@@ -74,6 +77,7 @@ def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
         fn_constructor_kwargs={
             "cfg": cfg,
             "output_model": output_model,
+            "journal": journal,
             "threads": threads,
             "qps": cfg.qps / actors if cfg.qps else None,
         },
@@ -209,18 +213,25 @@ def _root(exc: BaseException) -> str:
 
 
 class _Worker:
-    def __init__(self, cfg: EngineConfig, output_model: type[BaseModel] | None, threads: int, qps: float | None):
+    def __init__(self, cfg: EngineConfig, output_model: type[BaseModel] | None, journal: Callable[[], CallJournal],
+                 threads: int, qps: float | None):
         self.client = OpenAIClient(cfg, output_model, qps=qps, pool=threads)
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.output_model = output_model
+        self.journal = journal()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        futures = [self.pool.submit(self._one, r) for r in rows]
-        return result_table([r["key"] for r in rows], [f.result() for f in futures], self.output_model)
+        futures = [self.pool.submit(self._one, r) for r in batch.to_pylist()]
+        rows = [f.result() for f in futures]
+        self.journal.flush()
+        return pa.concat_tables(rows) if rows else RESULT_SCHEMA.empty_table()
 
-    def _one(self, row: dict) -> CallResult:
+    def _one(self, row: dict) -> pa.Table:
+        """One call's result row, handed to the journal the moment it exists."""
         try:
-            return self.client.complete(row["messages"], row["max_tokens"], row["temperature"])
+            result = self.client.complete(row["messages"], row["max_tokens"], row["temperature"])
         except Exception as exc:  # a row must end with an error, never kill the batch
-            return CallResult(error=f"{LLM_ERROR}: {type(exc).__name__}: {exc}")
+            result = CallResult(error=f"{LLM_ERROR}: {type(exc).__name__}: {exc}")
+        out = result_table([row["key"]], [result], self.output_model)
+        self.journal.add(out)
+        return out

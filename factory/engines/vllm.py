@@ -12,7 +12,9 @@ engine_kwargs go to the vLLM engine (tensor_parallel_size, max_model_len,
 enable_prefix_caching, ...), except `processor`: a dict of extra
 vLLMEngineProcessorConfig fields (max_concurrent_batches, runtime_env,
 placement_group_config, chat_template_stage, ...). `concurrency` is the
-number of vLLM replicas, `batch_size` the rows per engine call.
+number of vLLM replicas, `batch_size` the rows per engine call. The engine
+stage hands back `batch_size` rows at once; a task right after it appends
+them to the run's call cache, before the block travels to the driver.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import functools
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import pyarrow as pa
 
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
 from factory.engines.base import RESULT_SCHEMA
+from factory.engines.cache import CallJournal
 from factory.engines.structured import LLM_ERROR, finish, json_schema
 from factory.errors import UserError
 
@@ -84,8 +89,17 @@ def build(cfg: EngineConfig, output_model: type[BaseModel] | None):
     )
 
 
-def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None):
-    return build(cfg, output_model)(ds).map(normalize_row)
+def generate(ds, cfg: EngineConfig, output_model: type[BaseModel] | None, journal: Callable[..., CallJournal]):
+    out = build(cfg, output_model)(ds).map(normalize_row)
+    return out.map_batches(cache_block, fn_kwargs={"journal": journal}, batch_format="pyarrow", batch_size=None)
+
+
+def cache_block(batch: pa.Table, journal: Callable[..., CallJournal]) -> pa.Table:
+    """Append a finished block's calls to the cache where the block is, not on the driver."""
+    j = journal(background=False)
+    j.add(batch)
+    j.flush()
+    return batch
 
 
 def preprocess_row(row: dict, *, top_p: float, seed: int, schema: str | None, lora: str | None) -> dict:
