@@ -80,3 +80,54 @@ def test_cache_appends_dedupes_ignores_partial_files_and_compacts(tmp_path):
         cache.append(part([f"k{i}"], "x"))
     cache.compact()
     assert len(cache.files()) == 1 and cache.load().num_rows == 3 + COMPACT_AT
+
+
+def test_journal_writes_finished_calls_and_merges_only_new_parts(tmp_path):
+    from factory.engines.base import result_table
+    from factory.engines.cache import CallJournal
+    from factory.engines.calls import CallResult
+
+    cache = CallCache(make_run(tmp_path), "t")
+    journal = CallJournal(cache, "openai", "m", background=False)
+    # Transport errors are not journaled: a rerun retries them.
+    journal.add(result_table(["a", "b"], [CallResult(text="ok"), CallResult(error="llm_error: HTTP 500")], None))
+    journal.add(result_table(["c"], [CallResult(text="ok")], None))
+    assert cache.load().num_rows == 0  # queued until a write
+    journal.flush()
+    got = cache.load()
+    assert sorted(got.column("key").to_pylist()) == ["a", "c"] and set(got.column("engine").to_pylist()) == {"openai"}
+    assert len(cache.files()) == 1
+
+    cache.compact()  # below COMPACT_AT parts: nothing to do
+    for i in range(COMPACT_AT):
+        journal.add(result_table([f"k{i}"], [CallResult(text="x")], None))
+        journal.flush()
+    cache.compact(journal_only=True)
+    merged = cache.files()
+    assert len(merged) == 1 and cache.load().num_rows == 2 + COMPACT_AT
+    for i in range(COMPACT_AT - 1):
+        journal.add(result_table([f"n{i}"], [CallResult(text="x")], None))
+        journal.flush()
+    cache.compact(journal_only=True)  # 31 new parts (the merged one does not count): left alone
+    assert len(cache.files()) == COMPACT_AT and merged[0] in cache.files()
+    journal.add(result_table(["last"], [CallResult(text="x")], None))
+    journal.flush()
+    cache.compact(journal_only=True)  # now 32 new parts: merged into a second file, the first untouched
+    assert len(cache.files()) == 2 and merged[0] in cache.files()
+    assert cache.load().num_rows == 2 + 2 * COMPACT_AT
+
+
+def test_background_journal_writes_without_a_flush(tmp_path):
+    import time
+
+    from factory.engines.base import result_table
+    from factory.engines.cache import CallJournal
+    from factory.engines.calls import CallResult
+
+    cache = CallCache(make_run(tmp_path), "t")
+    journal = CallJournal(cache, "openai", "m")
+    journal.add(result_table(["a"], [CallResult(text="ok")], None))
+    deadline = time.monotonic() + 30
+    while cache.load().num_rows == 0:
+        assert time.monotonic() < deadline, "the journal thread never wrote"
+        time.sleep(0.01)
