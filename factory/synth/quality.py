@@ -154,7 +154,7 @@ def judge_rows(run: Run, rec: StageRecord, scored, min_score: float) -> dict[str
 
 # ---- corpus-wide decisions on the driver ---------------------------------------------------------
 COMPACT = ["id", "kind", "question_set", "drop", "groundedness", "judge_score", "answer_sig", "question_sig",
-           "source_chunk_id", "entity_ids", "community_ids"]
+           "source_chunk_id", "retrieved_source", "entity_ids", "community_ids"]
 
 
 def rank_key(r: dict) -> tuple:
