@@ -19,13 +19,16 @@ JOURNAL = ROOT / "examples" / "journal"
 
 
 @contextlib.contextmanager
-def teacher_process(log: Path, delay_s: float = 0.0, faults: bool = False, api_key: str | None = None):
+def teacher_process(log: Path, delay_s: float = 0.0, faults: bool = False, api_key: str | None = None,
+                    hold: Path | None = None):
     """`tests.support.serve_openai` in its own process; yields its base URL."""
     args = [sys.executable, "-m", "tests.support.serve_openai", "--log", str(log), "--delay", str(delay_s)]
     if faults:
         args.append("--faults")
     if api_key:
         args += ["--api-key", api_key]
+    if hold:
+        args += ["--hold", str(hold)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()

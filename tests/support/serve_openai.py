@@ -1,18 +1,20 @@
 """The scripted teacher as its own process, so it outlives a client killed with SIGKILL.
 
-    python -m tests.support.serve_openai --delay 0.2 --log requests.jsonl [--faults] [--api-key K]
+    python -m tests.support.serve_openai --delay 0.2 --log requests.jsonl [--faults] [--api-key K] [--hold FILE]
 
 Listens on a free loopback port and prints `READY <base_url>` on stdout. Every request appends two
 JSON lines to --log (flushed at once): {"event": "arrive", "digest", "t"} when
 it comes in and {"event": "done", "digest", "t", "kind"} after the reply was
 written, so a test can tell which calls finished before a crash and which were
-sent again after it. --faults answers through `FaultyTeacher`.
+sent again after it. --faults answers through `FaultyTeacher`. While the --hold file exists,
+requests that arrive wait (in flight) until it is removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -76,8 +78,8 @@ class FaultyTeacher:
 class Logged:
     """Wraps a responder: appends arrive/done lines to a JSONL log."""
 
-    def __init__(self, responder, path: str | None, delay_s: float = 0.0):
-        self.responder, self.delay_s = responder, delay_s
+    def __init__(self, responder, path: str | None, delay_s: float = 0.0, hold: str | None = None):
+        self.responder, self.delay_s, self.hold = responder, delay_s, hold
         # Open for the server's lifetime; line-buffered so a reader sees each event at once.
         self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115
         self.lock = threading.Lock()
@@ -91,6 +93,8 @@ class Logged:
     def __call__(self, request: dict):
         d = teacher.digest(request)
         self._log(event="arrive", digest=d, t=time.time())
+        while self.hold and os.path.exists(self.hold):
+            time.sleep(0.02)
         reply = self.responder(request)
         if isinstance(reply, Fault):
             if reply.delay_s:  # the server would sleep after we return: account for it here
@@ -111,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", help="JSONL file of arrive/done events")
     p.add_argument("--faults", action="store_true", help="answer through FaultyTeacher")
     p.add_argument("--api-key", help="require this bearer key")
+    p.add_argument("--hold", help="while this file exists, hold arriving requests")
     args = p.parse_args(argv)
     inner = FaultyTeacher(args.delay) if args.faults else teacher.reply
-    server = FakeOpenAIServer(Logged(inner, args.log, 0.0 if args.faults else args.delay), api_key=args.api_key)
+    server = FakeOpenAIServer(Logged(inner, args.log, 0.0 if args.faults else args.delay, args.hold), api_key=args.api_key)
     with server:
         print(f"READY {server.base_url}", flush=True)
         try:
