@@ -14,6 +14,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -295,11 +296,13 @@ def _columns(rows: list[dict]) -> pa.Table:
 def dedup_keys(ids: list[str], sources: list[str], signatures: np.ndarray, cfg: Config) -> tuple[set[str], int, int]:
     """Keys (`id@source`) to keep after exact (same content hash) and near-duplicate (MinHash LSH) removal.
 
-    The first document in source order is kept, so reruns keep the same ones.
+    The first document in source order is kept, so reruns keep the same ones. A document is a near
+    duplicate when one band of its signature equals that band of a kept document's: datasketch's
+    MinHashLSH query with its bands for the threshold, done on the signature array directly (the
+    per-document index objects cost more than the whole comparison).
     """
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=cfg.dedup.threshold, num_perm=cfg.dedup.num_perm) if cfg.dedup.near else None
+    bands = _lsh_bands(cfg.dedup.threshold, cfg.dedup.num_perm) if cfg.dedup.near else []
+    kept_bands: list[set[bytes]] = [set() for _ in bands]
     keep: set[str] = set()
     seen: set[str] = set()
     exact = near = 0
@@ -308,15 +311,23 @@ def dedup_keys(ids: list[str], sources: list[str], signatures: np.ndarray, cfg: 
         if doc in seen and cfg.dedup.exact:
             exact += 1
             continue
-        if lsh is not None:
-            mh = LeanMinHash(MinHash(num_perm=cfg.dedup.num_perm, seed=1, hashvalues=signatures[i], scheme=MINHASH_SCHEME))
-            if lsh.query(mh):
+        if bands:
+            hashed = [signatures[i, lo:hi].tobytes() for lo, hi in bands]
+            if any(h in kept for h, kept in zip(hashed, kept_bands)):
                 near += 1
                 continue
-            lsh.insert(key, mh)
+            for h, kept in zip(hashed, kept_bands):
+                kept.add(h)
         seen.add(doc)
         keep.add(key)
     return keep, exact, near
+
+
+@cache
+def _lsh_bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
 
 
 # ---- the stage ---------------------------------------------------------------------------
@@ -416,18 +427,56 @@ def ingest(run: Run, rec: StageRecord) -> None:
 
 def add_signatures(batch: pa.Table, num_perm: int, shingle: int) -> pa.Table:
     """MinHash signature of each good row's text (null for error rows)."""
-    from datasketch import MinHash
-
-    sigs = []
-    for text in batch["text"].to_pylist():
-        if text is None:
-            sigs.append(None)
-            continue
-        words = text.lower().split()
-        grams = {" ".join(words[i:i + shingle]) for i in range(max(1, len(words) - shingle + 1))}
-        mh = MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME)
-        mh.update_batch([g.encode() for g in grams])
-        sigs.append(mh.hashvalues.astype(np.uint64).tolist())
+    texts = batch["text"].to_pylist()
+    good = [t for t in texts if t is not None]
+    rows = iter(minhash_signatures(good, num_perm, shingle))
+    sigs = [None if t is None else next(rows) for t in texts]
     return batch.append_column("signature", pa.array(sigs, pa.list_(pa.uint64())))
 
 
+# MurmurHash3's 64-bit finalizer, which datasketch's affine64 scheme applies to each input hash.
+_FMIX64 = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+# Rows of the (shingles x num_perm) matrix computed at once: bounds the memory of a batch.
+_SIGNATURE_CELLS = 1 << 18
+
+
+def minhash_signatures(texts: list[str], num_perm: int, shingle: int) -> np.ndarray:
+    """Signatures of `texts`' word shingles, equal to datasketch's `MinHash(num_perm, seed=1,
+    scheme="affine64")` updated with them (a test holds the two equal), for a whole batch in a few
+    numpy operations: a MinHash object per document cost more than its hashing, and importing
+    datasketch (scipy) cost each worker a second."""
+    grams = [_shingles(t, shingle) for t in texts]
+    counts = np.fromiter(map(len, grams), np.int64, len(grams))
+    digests = b"".join(hashlib.sha1(g).digest()[:8] for gs in grams for g in gs)
+    shift, m1, m2 = _FMIX64
+    h = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    h ^= h >> shift
+    h *= m1
+    h ^= h >> shift
+    h *= m2
+    h ^= h >> shift
+    a, b = _permutations(num_perm)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    out = np.empty((len(texts), num_perm), np.uint64)
+    lo = 0
+    while lo < len(texts):
+        # Documents lo..hi-1 whose shingles fit the cell budget (at least one document).
+        hi = max(lo + 1, int(np.searchsorted(starts, starts[lo] + _SIGNATURE_CELLS // num_perm, "right")) - 1)
+        first, last = starts[lo], starts[hi]
+        permuted = h[first:last, None] * a + b  # wraps modulo 2^64, as the scheme defines
+        out[lo:hi] = np.minimum.reduceat(permuted, starts[lo:hi] - first, axis=0)
+        lo = hi
+    return out
+
+
+@cache
+def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine64 permutation parameters for seed 1: odd multipliers and offsets."""
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    return a, gen.randint(0, 1 << 64, num_perm, dtype=np.uint64)
+
+
+def _shingles(text: str, shingle: int) -> set[bytes]:
+    words = text.lower().split()
+    return {" ".join(words[i:i + shingle]).encode() for i in range(max(1, len(words) - shingle + 1))}

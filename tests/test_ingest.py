@@ -90,6 +90,51 @@ def test_near_duplicates_removed(ray_session, tmp_path):
     assert len(read(tmp_path / "run2", "documents")) == 3
 
 
+def test_signatures_and_near_duplicates_match_datasketch():
+    """The batch MinHash and the banding on the signature array decide what datasketch's MinHash and
+    MinHashLSH decide (a datasketch release that changes its scheme fails here, not silently)."""
+    import random
+
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    from factory.ingest import dedup_keys, minhash_signatures
+
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 120))) for _ in range(150)] + ["", "one two"]
+    for i in range(60):  # near copies: a word or two changed
+        w = texts[i].split()
+        w[rng.randrange(len(w))] = "changed"
+        texts.append(" ".join(w))
+    cfg = load_config(None, [])
+    n, k = cfg.dedup.num_perm, cfg.dedup.shingle_words
+    sigs = minhash_signatures(texts, n, k)
+    for text, sig in zip(texts, sigs):
+        words_ = text.lower().split()
+        mh = MinHash(num_perm=n, seed=1, scheme="affine64")
+        mh.update_batch([" ".join(words_[i:i + k]).encode() for i in range(max(1, len(words_) - k + 1))])
+        assert np.array_equal(mh.hashvalues, sig)
+
+    ids = [f"d{i % 200}" for i in range(len(texts))]  # some exact duplicates too
+    sources = [f"s{i:04d}" for i in range(len(texts))]
+    lsh, keep, exact, near = MinHashLSH(threshold=cfg.dedup.threshold, num_perm=n), set(), 0, 0
+    seen = set()
+    for i in range(len(texts)):
+        if ids[i] in seen:
+            exact += 1
+            continue
+        mh = MinHash(num_perm=n, seed=1, hashvalues=sigs[i], scheme="affine64")
+        if lsh.query(mh):
+            near += 1
+            continue
+        lsh.insert(sources[i], mh)
+        seen.add(ids[i])
+        keep.add(f"{ids[i]}@{sources[i]}")
+    assert near > 10 and exact > 0
+    assert dedup_keys(ids, sources, sigs, cfg) == (keep, exact, near)
+
+
 def test_resume_skips_and_changes_rerun(ray_session, journal, tmp_path, capsys):
     corpus = tmp_path / "journal"
     shutil.copytree(journal, corpus)
