@@ -1,117 +1,237 @@
-"""The whole no-LLM `generate` on generated corpora of growing size: seconds per stage, peak memory, growth.
+"""The whole no-LLM `generate` on both corpus shapes: seconds, rows and peak memory per stage, the work's own floor, growth.
 
-    python bench/pipeline.py                       # 0.5M, 1M, 2M WordPiece tokens
-    python bench/pipeline.py --tokens 1000000      # one size
+    python bench/pipeline.py                              # both shapes, each at its size and at twice it
+    python bench/pipeline.py --shape short --no-double    # 10,786 short entries (≈1.3M tokens) only
+    python bench/pipeline.py --shape long --size 400000   # 400k words of long journal entries, and 800k
 
-Each size runs `python -m jobs.generate` as a fresh process that starts its own
-local Ray, exactly as a user would, so "total" includes interpreter and Ray
-start-up. Peak memory is the largest sum of RSS over that process and every
-Ray process it started (sampled every 0.25 s). Goals (issue 9): 1M tokens end
-to end <= 60 s; 2x the corpus <= 2.2x the time.
+Each run is a fresh `python -m jobs.generate` process that starts its own local
+Ray, exactly as a user would. Its stderr says when each stage starts, so every
+RSS sample (driver plus all its descendants: Ray's GCS, raylet and workers;
+every 0.25 s) and the CPU seconds they used since the last sample are booked to the stage
+running then; "start-up" is everything
+before the first stage (interpreter, imports, preflight, Ray's start), "rest"
+everything else outside the stages (markers, manifest, card, Ray's shutdown).
+RSS sums count pages shared between processes (the object store) once per
+process, so they are an upper bound.
+
+The floor is the work itself, done afterwards in this process as one plain
+loop over the same corpus (no Ray, no files written): reading and parsing it,
+WordPiece-tokenizing every document with the chunker's tokenizer, building
+the bm25s index over the run's chunks and answering as many queries as the
+synthesis stage retrieved for. "stage / floor" says how far a stage is from
+the work it does. Goals (issue 15): ≈1.3M tokens of short entries ≤ 60 s
+end to end; twice the corpus ≤ 2.2x the time.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.corpus import write_corpus
+from bench.corpus import write_shape  # noqa: E402
 
-WORDS_PER_TOKEN = 0.8  # WordPiece splits ~1.25 tokens per English word on this corpus
 STAGES = ("ingest", "chunk", "graph", "reports", "synthesis")
+SIZES = {"short": 10_786, "long": 800_000}  # entries; words (≈1.1M WordPiece tokens)
+UNITS = {"short": "entries", "long": "words"}
+GiB = 2**30
 
 
-def tree_rss(marker: str, root_pid: int) -> int:
-    """RSS of the driver and of every process whose command line names this run's Ray temp dir."""
+def tree_usage(pid: int, cpu_seen: dict[int, float]) -> tuple[int, float]:
+    """RSS of a process and all its descendants (a local Ray's processes are the driver's), and the
+    CPU seconds they used since the last call (`cpu_seen` remembers each process's total)."""
     import psutil
 
-    total = 0
-    for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0.0
+    rss, cpu = 0, 0.0
+    for p in procs:
         try:
-            if p.info["pid"] == root_pid or marker in " ".join(p.info["cmdline"] or []):
-                total += p.info["memory_info"].rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
-            pass
-    return total
+            with p.oneshot():
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+        except psutil.Error:
+            continue
+        used = t.user + t.system
+        cpu += used - cpu_seen.get(p.pid, 0.0)
+        cpu_seen[p.pid] = used
+    return rss, cpu
 
 
 def kill_leftovers(marker: str) -> None:
+    """Ray processes of this run that outlived the driver (found by their private temp dir), by pid."""
     import psutil
 
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             if marker in " ".join(p.info["cmdline"] or []):
                 p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.Error:
             pass
 
 
-def run_size(tokens: int, work: Path, extra: list[str]) -> dict:
-    corpus, out = work / f"corpus-{tokens}", work / f"run-{tokens}"
-    docs = write_corpus(corpus, int(tokens * WORDS_PER_TOKEN))
+class Phases:
+    """Which part of the job runs now, from the driver's stderr: 'start-up', a stage, or 'rest'."""
+
+    def __init__(self, stream):
+        self.now, self.lines = "start-up", []
+        self.started: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+            for stage in STAGES:
+                if line.startswith(f"ragtune: [{stage}] started"):
+                    self.now = stage
+                    self.started[stage] = time.perf_counter()
+                elif line.startswith(f"ragtune: [{stage}] ") and " rows out" in line:
+                    self.now = "rest"
+
+    def join(self) -> None:
+        self._thread.join()
+
+
+def run_generate(corpus: Path, out: Path, extra: list[str]) -> dict:
     ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "jobs.generate", "--set", f"corpus.path={corpus}", "--set", f"output.path={out}", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    phases = Phases(proc.stderr)
+    peak: dict[str, int] = {}
+    cpu: dict[str, float] = {}
+    cpu_seen: dict[int, float] = {}
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ray_tmp, proc.pid))
+        now = phases.now
+        rss, used = tree_usage(proc.pid, cpu_seen)
+        peak[now] = max(peak.get(now, 0), rss)
+        cpu[now] = cpu.get(now, 0.0) + used
         time.sleep(0.25)
     total = time.perf_counter() - start
-    err = proc.stderr.read()
+    phases.join()
     kill_leftovers(ray_tmp)
     if proc.returncode != 0:
-        raise SystemExit(f"generate failed on {tokens} tokens:\n{err[-3000:]}")
+        raise SystemExit(f"generate failed on {corpus}:\n{''.join(phases.lines)[-3000:]}")
     markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in STAGES}
-    stages = {s: m["seconds"] for s, m in markers.items()}
-    chunk = markers["chunk"]
-    return {"target": tokens, "tokens": chunk["stats"].get("tokens"), "docs": docs, "chunks": chunk["rows_out"],
-            "qa": markers["synthesis"]["rows_out"], "stages": stages, "overhead": total - sum(stages.values()),
-            "total": total, "peak_gb": peak / 2**30}
+    startup = min(phases.started.values()) - start
+    return {"markers": markers, "peak": peak, "cpu": cpu, "total": total, "startup": startup,
+            "rest": total - startup - sum(m["seconds"] for m in markers.values())}
+
+
+def floor(corpus: Path, shape: str, out: Path, queries: int) -> dict[str, float]:
+    """Seconds of the work itself, as plain single-process loops over the same corpus."""
+    import pyarrow.parquet as pq
+
+    from factory.chunking import load_tokenizer
+    from factory.config import load_config
+    from factory.synth.retrieval import Retriever
+
+    cfg = load_config(None, [])
+    t0 = time.perf_counter()
+    if shape == "short":
+        texts = [json.loads(line)["text"] for line in (corpus / "entries.jsonl").read_text(encoding="utf-8").splitlines()]
+    else:
+        texts = [p.read_text(encoding="utf-8") for p in sorted(corpus.glob("*.md"))]
+    t1 = time.perf_counter()
+    tok = load_tokenizer(cfg.chunking.tokenizer)
+    t2 = time.perf_counter()
+    for text in texts:
+        tok.encode(text, add_special_tokens=False)
+    t3 = time.perf_counter()
+    chunks = pq.read_table(out / "chunks", columns=["id", "text", "title"])
+    t4 = time.perf_counter()
+    retriever = Retriever.build(chunks, "bm25")
+    t5 = time.perf_counter()
+    titles = [t or "" for t in chunks.column("title").to_pylist()]
+    asked = [f"What do the sources say about {titles[i % len(titles)]}?" for i in range(queries)]
+    retriever.search(asked, k=cfg.synth.top_k)
+    t6 = time.perf_counter()
+    return {"read": t1 - t0, "tokenize": t3 - t2, "bm25 index": t5 - t4, "bm25 queries": t6 - t5, "queries": queries}
+
+
+def measure(shape: str, size: int, work: Path, extra: list[str]) -> dict:
+    corpus, out = work / f"{shape}-{size}", work / f"run-{shape}-{size}"
+    docs = write_shape(corpus, shape, size)
+    r = run_generate(corpus, out, extra)
+    synth = r["markers"]["synthesis"]["stats"]
+    r["floor"] = floor(corpus, shape, out, synth.get("retrieval", {}).get("questions") or r["markers"]["chunk"]["rows_out"])
+    r.update(shape=shape, size=size, docs=docs, tokens=r["markers"]["chunk"]["stats"].get("tokens", 0))
+    return r
+
+
+def report(r: dict) -> None:
+    m, peak, cpu, fl = r["markers"], r["peak"], r["cpu"], r["floor"]
+    g = m["graph"]["stats"]
+    print(f"\n### {r['shape']}: {r['size']:,} {UNITS[r['shape']]}, {r['docs']:,} documents, {r['tokens']:,} chunk tokens, "
+          f"{g.get('merge', {}).get('entities', '?'):,} entities, {g.get('communities', {}).get('communities', '?'):,} "
+          f"communities\n")
+    print("| part | rows in | rows out | wall s | CPU s | peak RSS GiB | floor: the same work in one plain loop | floor s "
+          "| stage / floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    floors = {"ingest": ("read + parse the corpus", fl["read"]),
+              "chunk": ("WordPiece-tokenize every document", fl["tokenize"]),
+              "synthesis": (f"bm25s index + {fl['queries']:,} queries", fl["bm25 index"] + fl["bm25 queries"])}
+
+    def row(name: str, rows_in: str, rows_out: str, seconds: float, key: str) -> None:
+        what, f = floors.get(key, ("", None))
+        ratio = f"{seconds / f:.1f}x" if f else ""
+        print(f"| {name} | {rows_in} | {rows_out} | {seconds:.1f} | {cpu.get(key, 0):.1f} | {peak.get(key, 0) / GiB:.2f} | {what} | "
+              f"{'' if f is None else f'{f:.2f}'} | {ratio} |")
+
+    row("start-up (interpreter, imports, preflight, Ray start)", "", "", r["startup"], "start-up")
+    for s in STAGES:
+        row(s, f"{m[s]['rows_in']:,}", f"{m[s]['rows_out']:,}", m[s]["seconds"], s)
+    row("rest (markers, manifest, card, Ray shutdown)", "", "", r["rest"], "rest")
+    print(f"| **total** | | | **{r['total']:.1f}** | **{sum(cpu.values()):.1f}** | **{max(peak.values()) / GiB:.2f}** | "
+          "all of the above | "
+          f"{fl['read'] + fl['tokenize'] + fl['bm25 index'] + fl['bm25 queries']:.2f} | |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tokens", type=int, action="append", help="corpus size in tokens (repeatable)")
+    p.add_argument("--shape", choices=("short", "long", "both"), default="both")
+    p.add_argument("--size", type=int, help="entries (short) or words (long); default: " +
+                   ", ".join(f"{k} {v:,}" for k, v in SIZES.items()))
+    p.add_argument("--no-double", action="store_true", help="skip the run at twice the size")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override for generate")
     p.add_argument("--work", help="folder for corpora and runs (default: a temp folder)")
     args = p.parse_args()
-    sizes = args.tokens or [500_000, 1_000_000, 2_000_000]
     extra = [a for o in args.overrides for a in ("--set", o)]
     work = Path(args.work or tempfile.mkdtemp(prefix="ragtune-bench-"))
-    load = os.getloadavg()[0]
-    results = [run_size(t, work, extra) for t in sizes]
-
-    head = "| tokens | docs | chunks | qa | " + " | ".join(STAGES) + " | start-up + other | total s | peak RSS GiB | time ratio |"
-    print(head)
-    print("|" + " --- |" * (head.count("|") - 1))
-    prev = None
+    shapes = ("short", "long") if args.shape == "both" else (args.shape,)
+    load = os.getloadavg()
+    results = []
+    for shape in shapes:
+        size = args.size or SIZES[shape]
+        for n in (size,) if args.no_double else (size, 2 * size):
+            results.append(measure(shape, n, work, extra))
+            report(results[-1])
+    print(f"\nload average at start: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min); at end: {os.getloadavg()[0]:.1f}; "
+          f"{os.cpu_count()} CPUs")
     for r in results:
-        ratio = f"{r['total'] / prev['total']:.2f}x for {r['target'] / prev['target']:.1f}x" if prev else "-"
-        print(f"| {r['tokens']:,} | {r['docs']:,} | {r['chunks']:,} | {r['qa']:,} | "
-              + " | ".join(f"{r['stages'][s]:.1f}" for s in STAGES)
-              + f" | {r['overhead']:.1f} | {r['total']:.1f} | {r['peak_gb']:.2f} | {ratio} |")
-        prev = r
-    print(f"\nload average at start: {load:.1f} on {os.cpu_count()} CPUs")
-    one = next((r for r in results if r["target"] == 1_000_000), None)
-    if one:
-        print(f"goal 1M tokens <= 60 s: {'met' if one['total'] <= 60 else 'NOT met'} ({one['total']:.1f} s)")
-    for a, b in itertools.pairwise(results):
-        if b["target"] == 2 * a["target"]:
+        if r["shape"] == "short" and r["size"] == SIZES["short"]:
+            print(f"goal ≈1.3M tokens of short entries <= 60 s: {'met' if r['total'] <= 60 else 'NOT met'} ({r['total']:.1f} s)")
+    for a, b in zip(results, results[1:]):
+        if a["shape"] == b["shape"] and b["size"] == 2 * a["size"]:
             g = b["total"] / a["total"]
-            print(f"goal 2x corpus <= 2.2x time ({a['target']:,} -> {b['target']:,}): {'met' if g <= 2.2 else 'NOT met'} ({g:.2f}x)")
+            print(f"goal 2x corpus <= 2.2x time ({a['shape']}, {a['tokens']:,} -> {b['tokens']:,} tokens): "
+                  f"{'met' if g <= 2.2 else 'NOT met'} ({g:.2f}x)")
 
 
 if __name__ == "__main__":
