@@ -249,6 +249,26 @@ def test_engine_for_strips_the_adapter_for_baselines(tmp_path):
                       "student").adapter == "me/lora"
 
 
+def test_answer_files_are_a_system_and_what_they_lack_fails(tmp_path):
+    from factory.evaluate import systems
+    from factory.pipeline import StageRecord
+
+    pq.write_table(pa.table({"id": ["q1", "q3"], "answer": ["One.", "<think>hm</think> "]}), tmp_path / "mine.parquet")
+    cfg = validate_config({"evaluate": {"systems": [], "answer_files": {"mine": str(tmp_path / "mine.parquet")}}})
+    questions = [{"id": f"q{i}", "kind": "local", "question": "Q?", "answer": "ref"} for i in (1, 2, 3)]
+    rows = {r["question_id"]: r for r in systems.answer(None, StageRecord("answer"), None, cfg, ["mine"], questions)}
+    assert rows["q1"]["answer"] == "One." and rows["q1"]["error"] is None
+    assert rows["q2"]["error"] == "missing_answer: not in the answer file"
+    assert rows["q3"]["error"].startswith("empty_answer")  # reasoning only: nothing a user would read
+
+
+def test_each_stage_depends_on_its_own_evaluate_settings():
+    from factory.evaluate import ANSWER_FIELDS, BENCHMARK_FIELDS, JUDGE_FIELDS
+
+    # a new setting must be placed: a stage that ignores a setting it reads would not rerun
+    assert set(EvaluateConfig.model_fields) == {*ANSWER_FIELDS, *JUDGE_FIELDS, *BENCHMARK_FIELDS, "bootstrap", "output"}
+
+
 def test_student_adapter_auto_is_the_finetune_export(tmp_path):
     cfg = validate_config({"student": {"engine": "hf", "model": "m", "adapter": "auto"},
                            "train": {"output": str(tmp_path), "name": "s"}})

@@ -1,7 +1,7 @@
 """The README walkthrough as a new user runs it: generate -> publish -> finetune -> evaluate on the
 bundled journal with the tiny local student, each command taken from README.md and run as its own
 process in a folder that holds only the repository's configs and examples; then the same evaluate
-with a judge on loopback HTTP (and a user's answer file and benchmark), then a rerun."""
+with a judge on loopback HTTP (and a benchmark file), then a rerun; then what fails at job start."""
 
 from __future__ import annotations
 
@@ -114,39 +114,34 @@ def prefers_longer(request: dict) -> str:
     return json.dumps({c: {"winner": winner, "reason": "More detail."} for c in criteria})
 
 
-def test_with_a_judge_an_answer_file_and_a_benchmark_then_a_rerun(walked, tmp_path):
-    """The README's last command without `judge.engine=none`, JUDGE_BASE_URL pointing at a loopback judge."""
-    import pyarrow as pa
-
+def test_with_a_judge_and_a_benchmark_then_a_rerun(walked, tmp_path):
+    """The README's last command without `judge.engine=none`, JUDGE_BASE_URL pointing at a loopback judge,
+    plus a benchmark file: the answers are reused, the judge and the benchmark run."""
     work, env, command, _ = walked
-    args = without_override(shlex.split(command)[1:], "judge.engine=none")
-    qids = sorted({r["question_id"] for r in pq.read_table(work / "runs/eval/eval_answers").to_pylist()})
-    mine = tmp_path / "mine.parquet"
-    pq.write_table(pa.table({"id": qids[:3], "answer": ["One.", "Two.", "Three."]}), mine)
     bench = tmp_path / "mini_mmlu.jsonl"
     bench.write_text('{"question": "2+2?", "choices": ["3", "4"], "answer": "B"}\n{"question": "6*7?", "answer": "42"}\n')
-    args += ["--set", f"evaluate.answer_files={{mine: {mine}}}", "--set", f"evaluate.benchmark_file={bench}",
-             "--set", "evaluate.output=runs/eval-judged"]
+    args = [*without_override(shlex.split(command)[1:], "judge.engine=none"),
+            "--set", f"evaluate.benchmark_file={bench}"]
     with FakeOpenAIServer(prefers_longer) as server:
-        run([sys.executable, *args], work, {**env, "JUDGE_BASE_URL": server.base_url})
-        judge_calls = list(server.requests)
-    out = work / "runs/eval-judged"
+        judged = run([sys.executable, *args], work, {**env, "JUDGE_BASE_URL": server.base_url})
+        shown = [r["messages"][-1]["content"] for r in server.requests]
+    assert "[answer] up to date, skipped" in judged.stderr  # a judge or a benchmark does not re-answer
+    assert shown and all("Reference answer" in t for t in shown) and any("Evidence from the corpus" in t for t in shown)
+    out = work / "runs/eval"
     answers = pq.read_table(out / "eval_answers").to_pylist()
     test = [r for r in answers if not (r["kind"] or "").startswith("benchmark")]
     by = {(r["system"], r["question_id"]): r for r in test}
-    assert by[("mine", qids[0])]["answer"] == "One." and by[("mine", qids[4])]["error"].startswith("missing_answer")
     # the finetuned adapter is applied: the student does not say what base says
-    assert any(by[("student", q)]["answer"] != by[("base", q)]["answer"] for q in qids)
+    assert any(by[("student", q)]["answer"] != by[("base", q)]["answer"] for q in {r["question_id"] for r in test})
     bench_rows = [r for r in answers if (r["kind"] or "").startswith("benchmark")]
     assert len(bench_rows) == 4 and {r["system"] for r in bench_rows} == {"base", "student"}
-    shown = judge_calls[0]["messages"][-1]["content"]
-    assert "Reference answer" in shown and "Evidence from the corpus" in shown
 
     results = pq.read_table(out / "results.parquet").to_pylist()
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     win = next(r for r in results if r["metric"] == "win_rate" and r["kind"] == "all" and r["system_b"] == "base")
     for text in (md, page):
         assert f"{win['value']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]" in text
+    assert "No judge was used" not in md and "the reference answer and the corpus evidence" in md
     assert {"win_rate", "judge_agreement", "token_f1", "benchmark", "benchmark_change"} <= {r["metric"] for r in results}
     assert "data:image/png;base64," in page and (out / "plots/win_rates_by_kind.png").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["evaluate"]["max_questions"] == 12

@@ -75,6 +75,12 @@ def _write(run: Run, name: str, rows: list[dict], split: str) -> int:
     return run.write_table(name, pa.Table.from_pylist(rows, schema=schemas.schema_of(name)), split)
 
 
+# The evaluate settings each stage depends on (the report depends on all of them).
+ANSWER_FIELDS = ("run", "systems", "answer_files", "engines", "max_questions", "long_context_tokens",
+                 "context_window", "estimate_margin", "naive_rag", "graph_local")
+JUDGE_FIELDS = ("systems", "answer_files", "criteria", "graphrag_criteria", "anchor", "all_pairs",
+                "judge_reference", "judge_evidence", "judge_evidence_tokens")
+BENCHMARK_FIELDS = ("benchmark_file", "benchmark_max_items")
 JUDGE_HINT = " (start the judge or point judge.base_url at it; --set judge.engine=none evaluates without a judge)"
 
 
@@ -102,11 +108,19 @@ class Evaluation:
 
     def stages(self) -> list[Stage]:
         return [
-            Stage("answer", self.answer, sections=("evaluate", "student", "synth"), fingerprint_extra=self._inputs),
-            Stage("judge", self.judge, sections=("evaluate", "judge"), inputs=("answer",)),
-            Stage("benchmark", self.benchmark, sections=("evaluate", "student"), fingerprint_extra=self._bench_input),
+            Stage("answer", self.answer, sections=("student", "synth"),
+                  fingerprint_extra=lambda run: self._fields(ANSWER_FIELDS) + self._inputs(run)),
+            Stage("judge", self.judge, sections=("judge",), inputs=("answer",),
+                  fingerprint_extra=lambda run: self._fields(JUDGE_FIELDS)),
+            Stage("benchmark", self.benchmark, sections=("student",),
+                  fingerprint_extra=lambda run: self._fields(BENCHMARK_FIELDS) + self._bench_input(run)),
             Stage("report", self.report, sections=("evaluate", "judge"), inputs=("answer", "judge", "benchmark")),
         ]
+
+    def _fields(self, names: tuple[str, ...]) -> str:
+        """The evaluate settings a stage depends on: a changed criterion or benchmark file must not re-answer."""
+        ev = self.cfg.public_dict()["evaluate"]
+        return json.dumps({k: ev[k] for k in names}, sort_keys=True, default=str)
 
     def preflight(self, run: Run, force: bool) -> None:
         """Every engine the stages about to run will call, checked before Ray starts, as generate does."""
