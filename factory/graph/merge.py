@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -54,9 +55,11 @@ class _Node:
     initial_only: bool = True
     mid_chunks: int = 0  # chunks where it was capitalized away from a sentence start
     etype: str = ""  # the decided type
+    absorbed: bool = False  # took in an alias's mentions (its chunks are no longer in corpus order)
 
     def absorb(self, other: "_Node") -> None:
         """Take in an alias's mentions; the titles and type stay this node's (the full name reads better)."""
+        self.absorbed = True
         self.types.update(other.types)
         self.descriptions.update(other.descriptions)
         self.chunks.update(other.chunks)
@@ -91,27 +94,38 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, entity_types: li
     """Merge EXTRACTION rows; `rules` turns on the corpus-level cleanup of rule extractions."""
     order = chunk_order or {}
     types_order = {t: i for i, t in enumerate(entity_types)}
+    ids = extractions.column("chunk_id").to_pylist()
+    # Rows in corpus order (chunks the order does not know last, by id): mentions, and so text_unit_ids, follow it.
+    by_rank = sorted(range(len(ids)), key=lambda i: (order.get(ids[i], len(order)), ids[i]))
+    extractions = extractions.take(by_rank)
+    chunk_ids = [ids[i] for i in by_rank]
+    rank_of = {c: i for i, c in enumerate(dict.fromkeys(chunk_ids))}
+    key_of: dict[str, str] = {}  # title -> merge key; titles repeat, so each is normalized once
 
-    def rank(chunk_id: str) -> tuple:
-        return order.get(chunk_id, len(order)), chunk_id
+    def key(title: str) -> str:
+        k = key_of.get(title)
+        if k is None:
+            k = key_of[title] = norm_key(title)
+        return k
 
-    rows = sorted(extractions.select(["chunk_id", "entities", "relationships"]).to_pylist(), key=lambda r: rank(r["chunk_id"]))
     nodes: dict[str, _Node] = {}
     stats: Counter = Counter()
-    for r in rows:
-        for e in r["entities"] or []:
-            key = norm_key(e["title"])
-            if not key:
-                continue
-            n = nodes.setdefault(key, _Node(key))
-            n.titles[e["title"]] += 1
-            if e["type"]:
-                n.types[e["type"]] += 1
-            if e["description"]:
-                n.descriptions[e["description"]] = None
-            n.chunks[r["chunk_id"]] = None
-            n.initial_only &= bool(e["initial_only"])
-            n.mid_chunks += not e["initial_only"]
+    rows, (titles, types, descriptions, initial) = _flatten(extractions, "entities", ("title", "type", "description", "initial_only"))
+    for r, title, etype, description, initial_only in zip(rows, titles, types, descriptions, initial):
+        k = key(title)
+        if not k:
+            continue
+        n = nodes.get(k)
+        if n is None:
+            n = nodes[k] = _Node(k)
+        n.titles[title] += 1
+        if etype:
+            n.types[etype] += 1
+        if description:
+            n.descriptions[description] = None
+        n.chunks[chunk_ids[r]] = None
+        n.initial_only &= bool(initial_only)
+        n.mid_chunks += not initial_only
     for n in nodes.values():
         n.etype = _top_type(n.types, types_order)
         if rules and n.etype == "person" and n.types["person"] < _person_evidence(len(n.chunks)):
@@ -119,57 +133,85 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, entity_types: li
             n.etype = _top_type(n.types, types_order)
     alias = _clean_rules(nodes, extractions, cfg, entity_types, stats) if rules else {}
 
+    rows, (sources, targets, descriptions, weights) = _flatten(extractions, "relationships", ("source", "target", "description", "weight"))
+    merged_key = {t: alias.get(k, k) for t, k in key_of.items()}
+    ends = []  # per relationship: its merged pair, or None when it is dropped
+    for source, target in zip(sources, targets):
+        a = merged_key.get(source)
+        if a is None:  # a title only the LLM's relationships use
+            a = merged_key[source] = alias.get(key(source), key(source))
+        b = merged_key.get(target)
+        if b is None:
+            b = merged_key[target] = alias.get(key(target), key(target))
+        ends.append((a, b) if a and b and a != b and (not rules or (a in nodes and b in nodes)) else None)
+    if rules:
+        # A pair whose chunks together hold fewer evidence sentences than min_edge_weight can never be kept:
+        # skip it before pooling sentences (most co-occurrences of a corpus are single).
+        bound: Counter = Counter()
+        for pair, w in zip(ends, weights):
+            if pair:
+                bound[pair if pair[0] < pair[1] else pair[::-1]] += w or 0
+        weak = {p for p, w in bound.items() if w < cfg.min_edge_weight}
+        stats["weak_edges_pruned"] += len(weak)
     edges: dict[tuple[str, str], _Edge] = {}
     evidence: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for r in rows:
-        for rel in r["relationships"] or []:
-            a, b = (alias.get(k, k) for k in (norm_key(rel["source"]), norm_key(rel["target"])))
-            if not a or not b or a == b:
-                continue
-            missing = [(k, t) for k, t in ((a, rel["source"]), (b, rel["target"])) if k not in nodes]
-            if missing and rules:  # an endpoint was pruned as rare or noise
-                continue
-            for k, t in missing:
+    for r, ab, source, target, description, weight in zip(rows, ends, sources, targets, descriptions, weights):
+        if ab is None:
+            continue
+        a, b = ab
+        pair = (a, b) if a < b else (b, a)
+        if rules and pair in weak:
+            continue
+        for k, t in ((a, source), (b, target)):
+            if k not in nodes:
                 # The LLM related something it did not list as an entity: keep it as an untyped node.
-                nodes[k] = _Node(k, Counter({t: 1}), chunks={r["chunk_id"]: None}, initial_only=False)
+                nodes[k] = _Node(k, Counter({t: 1}), chunks={chunk_ids[r]: None}, initial_only=False)
                 stats["entities_from_relationships"] += 1
-            pair = (a, b) if a < b else (b, a)
-            edge = edges.setdefault(pair, _Edge(a, b))
-            edge.chunks[r["chunk_id"]] = None
-            if rel["description"]:
-                edge.descriptions[rel["description"]] = None
-            if rules:
-                evidence[pair].update(line for line in (rel["description"] or "").split("\n") if line)
-            else:
-                edge.weight += float(rel["weight"] or 1.0)
+        edge = edges.get(pair) or edges.setdefault(pair, _Edge(a, b))
+        edge.chunks[chunk_ids[r]] = None
+        if description:
+            edge.descriptions[description] = None
+        if rules:
+            evidence[pair].update(line for line in (description or "").split("\n") if line)
+        else:
+            edge.weight += float(weight or 1.0)
     if rules:
         # Overlapping chunks repeat sentences: count each evidence sentence once.
         for pair, edge in edges.items():
             edge.weight = float(len(evidence[pair]))
-        weak = [p for p, e in edges.items() if e.weight < cfg.min_edge_weight]
-        for p in weak:
+        repeated = [p for p, e in edges.items() if e.weight < cfg.min_edge_weight]
+        for p in repeated:
             del edges[p]
-        stats["weak_edges_pruned"] += len(weak)
+        stats["weak_edges_pruned"] += len(repeated)
 
     graph = nx.Graph()
     for key in sorted(nodes, key=lambda k: (-len(nodes[k].chunks), k)):
         n = nodes[key]
         # Most used surface form; ties go to the better capitalized (not shouting), then the first seen.
-        title = max(enumerate(n.titles.items()),
-                    key=lambda it: (it[1][1], not it[1][0].isupper(), sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
+        title = next(iter(n.titles)) if len(n.titles) == 1 else max(
+            enumerate(n.titles.items()),
+            key=lambda it: (it[1][1], not it[1][0].isupper(), sum(c.isupper() for c in it[1][0]), -it[0]))[1][0]
         graph.add_node(
             title, key=key, id=stable_id("entity", key), type=n.etype, descriptions=list(n.descriptions),
-            text_unit_ids=sorted(n.chunks, key=rank), frequency=len(n.chunks),
+            # Mentions came in corpus order; only an alias's, taken in later, need sorting in.
+            text_unit_ids=sorted(n.chunks, key=rank_of.__getitem__) if n.absorbed else list(n.chunks), frequency=len(n.chunks),
         )
     title_of = {d["key"]: t for t, d in graph.nodes(data=True)}
     for (a, b), e in sorted(edges.items(), key=lambda kv: (-kv[1].weight, kv[0])):
         graph.add_edge(
             title_of[e.source], title_of[e.target], id=stable_id("relationship", a, b), weight=e.weight,
-            descriptions=list(e.descriptions), text_unit_ids=sorted(e.chunks, key=rank), src=title_of[e.source], tgt=title_of[e.target],
+            descriptions=list(e.descriptions), text_unit_ids=list(e.chunks), src=title_of[e.source], tgt=title_of[e.target],
         )
     long = _pool_descriptions(graph, cfg, cut=rules)
     stats.update(entities=graph.number_of_nodes(), relationships=graph.number_of_edges())
     return Merged(graph, long, dict(stats))
+
+
+def _flatten(table: pa.Table, column: str, fields: tuple[str, ...]) -> tuple[list[int], list[list]]:
+    """A list-of-struct column as its items' row numbers and one Python list per field (no dict per item)."""
+    lists = table.column(column).combine_chunks()
+    items = pc.list_flatten(lists)
+    return pc.list_parent_indices(lists).to_pylist(), [items.field(f).to_pylist() for f in fields]
 
 
 def _person_evidence(chunks: int) -> int:
@@ -346,21 +388,26 @@ def _prune_nodes(nodes: dict[str, _Node], cfg: GraphConfig, stats: Counter) -> N
             del nodes[key]
 
 
+def _lines(descriptions: list[str]) -> list[str]:
+    """Distinct non-empty description lines, in order."""
+    return list(dict.fromkeys(filter(None, map(str.strip, "\n".join(descriptions).split("\n")))))
+
+
 def rank_and_cut(descriptions: list[str], budget_tokens: int, related: list[str] = ()) -> str:
     """Keep the most informative description lines within the budget, in their original order.
 
     A line ranks higher when it names more related entities (it says how things
     connect), then when it is closer to a typical sentence length.
     """
-    lines = list(dict.fromkeys(line.strip() for d in descriptions for line in d.split("\n") if line.strip()))
     low_related = [r.lower() for r in related]
+    return _cut(_lines(descriptions), budget_tokens, lambda line: sum(r in line.lower() for r in low_related))
 
-    def score(i: int) -> tuple:
-        low = lines[i].lower()
-        return (-sum(r in low for r in low_related), abs(len(lines[i].split()) - 20), i)
 
+def _cut(lines: list[str], budget_tokens: int, named: Callable[[str], int]) -> str:
+    """The lines that fit `budget_tokens`, best first by `named` then closeness to 20 words; in their order."""
+    ranked = sorted(range(len(lines)), key=lambda i: (-named(lines[i]), abs(len(lines[i].split()) - 20), i))
     keep, used = set(), 0
-    for i in sorted(range(len(lines)), key=score):
+    for i in ranked:
         cost = approx_tokens(lines[i]) + 1
         if used + cost <= budget_tokens:
             keep.add(i)
@@ -369,17 +416,24 @@ def rank_and_cut(descriptions: list[str], budget_tokens: int, related: list[str]
 
 
 def _pool_descriptions(graph: nx.Graph, cfg: GraphConfig, cut: bool) -> dict[str, tuple[str, str, list[str]]]:
-    """Set `description` on nodes and edges; return the over-long ones when the caller will summarize."""
+    """Set `description` on nodes and edges; return the over-long ones when the caller will summarize.
+
+    Rule descriptions are evidence sentences, and an edge's are the sentences
+    naming both its ends: the related entities a node's line names are the
+    edges whose evidence holds that line, counted without searching any text.
+    """
     long = {}
-    items = [(t, d, list(graph.neighbors(t)), d["type"] or "entity") for t, d in graph.nodes(data=True)]
-    items += [(f"{d['src']} -- {d['tgt']}", d, [d["src"], d["tgt"]], "relationship") for _, _, d in graph.edges(data=True)]
-    for title, data, related, kind in items:
-        pooled = "\n".join(dict.fromkeys(line for d in data["descriptions"] for line in d.split("\n") if line.strip()))
+    items = [(t, d, True) for t, d in graph.nodes(data=True)]
+    items += [(f"{d['src']} -- {d['tgt']}", d, False) for _, _, d in graph.edges(data=True)]
+    for title, data, is_node in items:
+        lines = _lines(data["descriptions"])
+        pooled = "\n".join(lines)
         if approx_tokens(pooled) > cfg.max_description_tokens:
             if cut:
-                pooled = rank_and_cut(data["descriptions"], cfg.max_description_tokens, related)
+                counts = Counter(line for edge in graph[title].values() for line in _lines(edge["descriptions"])) if is_node else {}
+                pooled = _cut(lines, cfg.max_description_tokens, lambda line: counts.get(line, 0))
             else:
-                long[data["id"]] = (title, kind, data["descriptions"])
+                long[data["id"]] = (title, (data["type"] or "entity") if is_node else "relationship", data["descriptions"])
         data["description"] = pooled
     return long
 

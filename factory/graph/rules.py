@@ -19,7 +19,10 @@ lower-case words, so merge can tell common words from names corpus-wide.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
+from itertools import compress
+from operator import itemgetter
+from typing import NamedTuple
 
 from factory.graph.text import norm_key, sentences
 
@@ -116,6 +119,9 @@ PHRASE_TYPES = {"activity": ("activity", "concept", "event"), "object": ("object
 _TOKEN = re.compile(r"[^\W\d_][\w'’\-]*\.?|\d[\w.,:/\-]*|&|[^\w\s'’]")
 
 
+_SUFFIX_TYPE = {w: etype for etype, words in SUFFIX_TYPES.items() for w in words}
+
+
 def _strip_possessive(tok: str) -> str:
     for s in ("'s", "’s"):
         if tok.endswith(s):
@@ -123,52 +129,46 @@ def _strip_possessive(tok: str) -> str:
     return tok.rstrip("'’")
 
 
-def _is_cap(tok: str) -> bool:
-    word = tok.rstrip(".")
-    return tok[0].isupper() and tok.lower() not in STOP and len(word) > 1 and word.replace("-", "").replace("'", "").isalpha()
-
-
-def _cue_votes(words: list[str], i: int, j: int) -> Counter:
-    """Type cues of the span words[i:j] from the span and its neighbours (no cue: no vote)."""
-    votes: Counter = Counter()
-    low = [w.lower() for w in words[i:j]]
+def _cue_votes(votes: dict[str, int], low: tuple[str, ...], i: int, j: int) -> None:
+    """Add the type cues of the span low[i:j] (lower-cased words of its sentence) to `votes` (no cue: no vote)."""
+    span = low[i:j]
     # "in the United States": the preposition before an article counts.
-    k = i - 2 if i >= 2 and words[i - 1].lower() == "the" else i - 1
-    before = words[k].lower() if k >= 0 else ""
-    after, after2 = (words[k].lower() if k < len(words) else "" for k in (j, j + 1))
-    if low[0] in HONORIFICS or (len(low) == 1 and low[0] in KIN):
+    k = i - 2 if i >= 2 and low[i - 1] == "the" else i - 1
+    before = low[k] if k >= 0 else ""
+    after = low[j] if j < len(low) else ""
+    after2 = low[j + 1] if j + 1 < len(low) else ""
+    if span[0] in HONORIFICS or (len(span) == 1 and span[0] in KIN):
         votes["person"] += 3
-    if "&" in low:
+    if "&" in span:
         votes["organization"] += 3
-    for etype, suffixes in SUFFIX_TYPES.items():
-        # The head noun ends the name or comes before "of" ("University of Edinburgh").
-        if any(w in suffixes and (n == len(low) - 1 or low[n + 1] in CONNECTORS) for n, w in enumerate(low)):
-            votes[etype] += 3
+    # The head noun ends the name or comes before "of" ("University of Edinburgh").
+    for etype in {_SUFFIX_TYPE[w] for n, w in enumerate(span)
+                  if w in _SUFFIX_TYPE and (n == len(span) - 1 or span[n + 1] in CONNECTORS)}:
+        votes[etype] += 3
     if after in PERSON_VERBS or (after, after2) in (("and", "i"), (",", "who"), (",", "whose")):
         votes["person"] += 1
-    if before == "by" and len(low) == 2:  # "a study by Ada Stone"
+    if before == "by" and len(span) == 2:  # "a study by Ada Stone"
         votes["person"] += 1
     if before in GEO_PREPOSITIONS:
         votes["geo"] += 1
-    return votes
 
 
-def _spans(words: list[str], ends: list[bool]) -> list[tuple[int, int]]:
+def _spans(low: tuple[str, ...], caps: tuple[bool, ...], ends: tuple[bool, ...]) -> list[tuple[int, int]]:
     """[start, end) of maximal capitalized runs, connectors allowed between capitalized words.
 
     `ends[k]` marks a possessive ("Tomas's"): the span stops after it, so
     "Priya's Greenline Studio" is two names, not one.
     """
-    out, i, n = [], 0, len(words)
+    out, i, n = [], 0, len(low)
     while i < n:
-        if not (_is_cap(words[i]) or words[i].lower() in HONORIFICS and words[i][0].isupper()):
+        if not caps[i]:
             i += 1
             continue
         j = i + 1
         while j < n and not ends[j - 1]:
-            if _is_cap(words[j]):
+            if caps[j]:
                 j += 1
-            elif words[j].lower() in CONNECTORS and j + 1 < n and _is_cap(words[j + 1]) and j > i:
+            elif low[j] in CONNECTORS and j + 1 < n and caps[j + 1] and j > i:
                 j += 2
             else:
                 break
@@ -184,14 +184,11 @@ def _title(words: list[str]) -> str:
     return " ".join(words).replace(" .", ".")
 
 
-def _phrases(words: list[str]) -> list[tuple[str, str]]:
+def _phrases(words: tuple[str, ...], content: tuple[bool, ...]) -> list[tuple[str, str]]:
     """Runs of 2-3 lower-case content words, as (phrase, activity | object)."""
     out = []
     run: list[str] = []
-    for w in words + ["."]:
-        ok = w.isalpha() and w.islower() and len(w) > 2 and w not in STOP and w not in PHRASE_VERBS and not w.endswith("ly")
-        # Past tenses and participles ("walked home", "the engine designed by") are not nouns; "bed", "speed" are.
-        ok = ok and not (w.endswith("ed") and len(w) > 4 and not w.endswith("eed"))
+    for w, ok in zip((*words, "."), (*content, False)):
         if ok and len(run) < 3:
             run.append(w)
             continue
@@ -202,29 +199,68 @@ def _phrases(words: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _pronoun_vote(words: list[str]) -> int:
-    """+1 when these words refer back with he/she, -1 with it/its, else 0."""
-    low = {w.lower() for w in words}
-    return 1 if low & PRONOUNS else -1 if low & THING_PRONOUNS else 0
+def _pronoun_vote(low: tuple[str, ...]) -> int:
+    """+1 when these (lower-case) words refer back with he/she, -1 with it/its, else 0."""
+    return 1 if not PRONOUNS.isdisjoint(low) else -1 if not THING_PRONOUNS.isdisjoint(low) else 0
 
 
-def _title_cased(words: list[str], sent: str) -> bool:
+class _Token(NamedTuple):
+    word: str  # without a trailing period (honorifics keep theirs) or a possessive
+    low: str
+    possessive: bool
+    name_part: bool  # capitalized and not a stop word, or an honorific: can be part of a name
+    lower_word: bool  # a lower-case word worth counting corpus-wide
+    content: bool  # can be part of a lower-case noun phrase
+    long: bool  # a word of four letters or more (title-case headings are judged on these)
+
+
+# Token strings repeat (names, function words): each is analysed once per worker process.
+_TOKENS: dict[str, _Token | None] = {}
+
+
+def _analyse(w: str) -> _Token | None:
+    lw = w.lower()
+    if w[-1] == "." and lw not in HONORIFICS:
+        w, lw = w.rstrip("."), lw.rstrip(".")
+    base = _strip_possessive(w) if "'" in w or "’" in w else w
+    if not base:
+        return None
+    if base != w:
+        lw = base.lower()
+    name_part = base[0].isupper() and (lw in HONORIFICS or lw not in STOP and len(base.rstrip(".")) > 1
+                                       and base.rstrip(".").replace("-", "").replace("'", "").isalpha())
+    plain = base.isalpha() and base.islower() and len(base) > 2 and base not in STOP
+    # Past tenses and participles ("walked home", "the engine designed by") are not nouns; "bed", "speed" are.
+    content = (plain and base not in PHRASE_VERBS and not base.endswith("ly")
+               and not (base.endswith("ed") and len(base) > 4 and not base.endswith("eed")))
+    return _Token(base, lw, base != w, name_part, plain, content, len(base) > 3 and base.isalpha())
+
+
+def _tokens(sent: str) -> list[_Token]:
+    out = []
+    for w in _TOKEN.findall(sent):
+        t = _TOKENS.get(w)
+        if t is None:
+            if len(_TOKENS) > 500_000:
+                _TOKENS.clear()
+            t = _TOKENS[w] = _analyse(w) or _NONE
+        if t is not _NONE:
+            out.append(t)
+    return out
+
+
+_NONE = _Token("", "", False, False, False, False, False)
+
+
+def _title_cased(toks: list[_Token], sent: str) -> bool:
     """A heading in title case ("Water Quality and the Filter Cartridge"): its capitals are style, not names."""
-    long = [w for w in words if len(w) > 3 and w.isalpha()]
+    long = [t.word for t in toks if t.long]
     return len(long) >= 2 and not sent.endswith((".", "!", "?")) and sum(w[0].isupper() for w in long) >= 0.75 * len(long)
 
 
-def _tokens(sent: str) -> tuple[list[str], list[bool]]:
-    """Words of a sentence without trailing periods (honorifics keep theirs) or possessives, and where a possessive was."""
-    words, ends = [], []
-    for w in _TOKEN.findall(sent):
-        if w.endswith(".") and w.lower() not in HONORIFICS:
-            w = w.rstrip(".")
-        base = _strip_possessive(w)
-        if base:
-            words.append(base)
-            ends.append(base != w)
-    return words, ends
+def _mention(initial_only: bool) -> dict:
+    """What one chunk says about one entity: title and type-cue counts, evidence sentences."""
+    return {"titles": defaultdict(int), "votes": defaultdict(int), "sents": [], "initial_only": initial_only}
 
 
 def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True) -> tuple[list[dict], list[dict], list[str]]:
@@ -241,40 +277,40 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
     lower_words: set[str] = set()
     subject = None  # the key of the previous sentence's opening name
     for sent in sentences(text):
-        words, ends = _tokens(sent)
-        if not words:
+        toks = _tokens(sent)
+        if not toks:
             continue
-        lower_words.update(w for w in words if w.islower() and w.isalpha() and len(w) > 2 and w not in STOP)
+        words, low, ends, caps, lower, content, _ = zip(*toks)
+        lower_words.update(compress(words, lower))
         if subject:
-            found[subject]["votes"]["person"] += _pronoun_vote(words[:1])
+            found[subject]["votes"]["person"] += _pronoun_vote(low[:1])
         subject = None
         keys_here: set[str] = set()
-        heading = _title_cased(words, sent)
-        for i, j in _spans(words, ends):
+        heading = _title_cased(toks, sent)
+        for i, j in _spans(low, caps, ends):
             span = words[i:j]
-            if len(span) == 1 and (span[0].lower() in HONORIFICS and span[0].lower() not in KIN
-                                   or j < len(words) and words[j][0].isdigit()):
+            if j - i == 1 and (low[i] in HONORIFICS and low[i] not in KIN or j < len(words) and words[j][0].isdigit()):
                 continue
             title = _title(span)
             key = norm_key(title)
             if not key:
                 continue
-            e = found.setdefault(key, {"titles": Counter(), "votes": Counter(), "sents": [], "initial_only": True})
+            e = found.get(key) or found.setdefault(key, _mention(True))
             e["titles"][title] += 1
-            e["votes"].update(_cue_votes(words, i, j))
+            _cue_votes(e["votes"], low, i, j)
             e["initial_only"] &= i == 0 or heading
             if sent not in e["sents"]:
                 e["sents"].append(sent)
             if not keys_here and i <= 2:
                 subject = key
-                e["votes"]["person"] += _pronoun_vote(words[j:])
+                e["votes"]["person"] += _pronoun_vote(low[j:])
             keys_here.add(key)
         if noun_phrases:
-            for phrase, kind in _phrases(words):
+            for phrase, kind in _phrases(words, content):
                 etype = next((t for t in PHRASE_TYPES[kind] if t in entity_types), None)
                 if etype is None:
                     continue
-                e = found.setdefault(phrase, {"titles": Counter(), "votes": Counter(), "sents": [], "initial_only": False})
+                e = found.get(phrase) or found.setdefault(phrase, _mention(False))
                 e["titles"][phrase] += 1
                 e["votes"][etype] += 1
                 if sent not in e["sents"]:
@@ -289,7 +325,7 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
     for key, e in found.items():
         allowed = [(v, t) for t, v in e["votes"].items() if t in rank and v > 0]
         entities.append({
-            "title": e["titles"].most_common(1)[0][0],
+            "title": max(e["titles"].items(), key=itemgetter(1))[0],  # the most used; ties: the first seen
             "type": max(allowed, key=lambda vt: (vt[0], -rank[vt[1]]))[1] if allowed else "",
             "description": "\n".join(e["sents"]),
             "initial_only": e["initial_only"],
