@@ -160,6 +160,9 @@ class SynthConfig(Section):
     system_prompt: str | None = None
     # Local questions per chunk: every entity/relationship it names (None, as the method does), or at most this many.
     local_per_chunk: int | None = Field(None, ge=1)
+    # Without a teacher a local answer comes from its source chunk alone, and retrieval only measures whether RAG
+    # would have found that chunk (stats retrieval.recall_at_k): on a seeded sample of this many questions.
+    recall_sample: int = Field(2000, ge=0)
     # Template questions for the most important communities at global_level, each scoped to its report.
     community_questions: int = Field(50, ge=0)
     # Who asks the teacher-written global questions (as in GraphRAG's evaluation); None: the voice's personas.

@@ -88,7 +88,7 @@ def _reports():
 
 def test_global_points_differ_by_question_and_carry_no_type_labels():
     types = {"flour & ember": "organization"}
-    findings = [f for r in _reports() for f in X.report_findings(r, types)]
+    findings = [f for r in _reports() for f in X.report_findings(r, X.TitleTypes(types))]
     assert findings[1].summary == "Bread"
     baking = [X.finding_point(f, X.question_terms("How did my baking change?", None), frozenset()) for f in findings]
     proud = [X.finding_point(f, X.question_terms("What were the high points?", ["proud"]), frozenset()) for f in findings]

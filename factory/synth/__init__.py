@@ -20,12 +20,16 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
+import ray.data
 
+from factory.cluster import cpu_actors
 from factory.errors import UserError
-from factory.pipeline import Run, StageRecord, log
+from factory.pipeline import Run, StageRecord
 from factory.synth import questions as Q
 from factory.synth import quality
-from factory.synth.answers import answer_from_chunks, answer_global
+from factory.synth.answers import answer_from_chunks, answer_global, describe_rows
+from factory.synth.local import FocusIndex, LocalRows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
 from factory.synth.rows import from_table, llm_enabled
@@ -50,14 +54,26 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     retriever = Retriever.build(chunks, s.retriever)
     clock.lap("retriever_index")
 
-    chunk_questions = Q.subject_questions(entities, relationships, t, cfg.seed, llm_enabled(cfg.teacher), s.max_source_chunks)
-    focuses = Q.local_focuses(chunks, entities, relationships, s.local_per_chunk, cfg.seed)
-    chunk_questions += Q.local_questions(run, rec, focuses, t)
+    llm = llm_enabled(cfg.teacher)
+    subjects = pa.Table.from_pylist(Q.subject_questions(entities, relationships, t, cfg.seed, llm, s.max_source_chunks),
+                                    schema=Q.QUESTION_SCHEMA)
+    is_template = pc.equal(subjects.column("task"), Q.DESCRIBE)
+    parts = [describe_rows(from_table(subjects.filter(is_template)), voice)]
+    local = from_table(chunks).map_batches(
+        LocalRows, fn_constructor_kwargs={
+            "index": FocusIndex(entities, relationships), "voice": voice, "seed": cfg.seed, "per_chunk": s.local_per_chunk,
+            "teacher": llm, "teacher_questions": s.llm_local_questions, "retriever": None if llm else retriever,
+            "k": s.top_k, "recall_sample": s.recall_sample},
+        compute=ray.data.ActorPoolStrategy(size=cpu_actors(cfg)), batch_format="pyarrow", batch_size=128)
+    if llm:
+        if s.llm_local_questions:
+            local = written_questions(run, rec, local, cfg.teacher)
+        teach = subjects.filter(pc.invert(is_template))
+        parts.append(answer_from_chunks(run, rec, local.union(from_table(teach)) if teach.num_rows else local,
+                                        retriever, cfg.teacher, voice, k=s.top_k))
+    else:
+        parts.append(local)
     clock.lap("questions_from_chunks")
-    parts = []
-    if chunk_questions:
-        table = pa.Table.from_pylist(chunk_questions, schema=Q.QUESTION_SCHEMA)
-        parts.append(answer_from_chunks(run, rec, from_table(table), retriever, cfg.teacher, voice, k=s.top_k))
 
     top = Q.level_reports(reports, s.global_level)
     if not top:
@@ -71,27 +87,25 @@ def synthesize(run: Run, rec: StageRecord) -> None:
                                    voice=voice, title_types=title_types))
     clock.lap("global")
 
-    asked = len(chunk_questions) + len(global_questions)
-    unanswerable = Q.unanswerable_questions(Q.unanswerable_count(asked, s.unanswerable_fraction),
+    limits = quality.Limits.of(s, judged=llm_enabled(cfg.judge))
+    scored = quality.score_rows(parts[0].union(*parts[1:]), limits).materialize()
+    rows = quality.compact(scored)
+    clock.lap("answers_and_scores")
+    # Unanswerable rows make up their share of the answerable ones; they are written and checked here.
+    answerable = sum(r["drop"] is None for r in rows)
+    unanswerable = Q.unanswerable_questions(Q.unanswerable_count(answerable, s.unanswerable_fraction),
                                             entities, relationships, retriever, t, cfg.seed)
     if unanswerable:
-        parts.append(from_table(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable])))
+        refusals = quality.score_batch(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable]), limits)
+        scored = scored.union(ray.data.from_arrow(refusals))
+        rows += quality.compact_table(refusals)
     clock.lap("unanswerable")
-    rec.stats["questions"] = {
-        **{k: sum(q["kind"] == k for q in chunk_questions) for k in ("entity", "relationship", "local")},
-        "global": sum(q["question_set"] == "main" for q in global_questions),
-        "hard_global": sum(q["question_set"] == "hard_global" for q in global_questions),
-        "unanswerable": len(unanswerable),
-    }
-    rec.rows_in = asked + len(unanswerable)
+    rec.stats["questions"] = {k: sum(r["kind"] == k and r["question_set"] != "hard_global" for r in rows) for k in KINDS}
+    rec.stats["questions"]["hard_global"] = sum(r["question_set"] == "hard_global" for r in rows)
+    rec.rows_in = len(rows)
     if not rec.rows_in:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
-
-    limits = quality.Limits.of(s, judged=llm_enabled(cfg.judge))
-    scored = quality.score_rows(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], limits).materialize()
-    rows = quality.compact(scored)
-    clock.lap("answers_and_scores")
     judged = {}
     if llm_enabled(cfg.judge):
         judged = quality.judge_rows(run, rec, scored, s.min_judge_score)
@@ -105,8 +119,6 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     kept = quality.keep_top(rec, kept, s.keep_top_fraction)
     decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     clock.lap("filters_and_split")
-
-    import ray
 
     shared = ray.put({i: (split, group, judged.get(i, (None, None))[0]) for i, (split, group) in decisions.items()})
     system_prompt = s.system_prompt or t.system_prompt
@@ -184,7 +196,3 @@ def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, syste
         ]
         out.append(row)
     return schemas.validate("qa", pa.Table.from_pylist(out, schema=schemas.schema_of("qa")))
-
-
-def log_voice(rec: StageRecord, voice: str) -> None:
-    log(f"[{rec.name}] voice: {voice}")

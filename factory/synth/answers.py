@@ -42,7 +42,7 @@ from factory.prompts import load as load_prompt
 from factory.synth import extractive as X
 from factory.synth.questions import DESCRIBE, ENTITY_QA, LOCAL, RELATIONSHIP_QA
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import MESSAGES, apply_rows, collect, from_table, llm_enabled, map_rows, to_dataset
+from factory.synth.rows import MESSAGES, apply_rows, collect, llm_enabled, map_rows, to_dataset
 from factory.synth.templates import load_templates
 from factory.synth.text import estimate_tokens
 from schemas import STRS
@@ -94,61 +94,78 @@ class MapOut(BaseModel):
 
 
 # ---- local, entity, relationship: answers from chunks --------------------------------------------
-def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig | None,
-                       voice: str, *, k: int = 5):
-    """See the module docstring. One actor pool for every task: starting a pool and shipping it the
-    retriever costs seconds, more than answering a few thousand questions."""
+def describe_rows(questions, voice: str):
+    """Template questions answered by the subject's description (the authors' short pair): a plain map."""
+    fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **ANSWER_FIELDS}
+
+    def describe(row: dict) -> dict:
+        description = row.get("description") or ""
+        answer = X.voiced(X.describe(description), voice) if description.strip() else None
+        return {"evidence_chunk_ids": row.get("text_unit_ids") or [], "retrieved_source": None, "evidence": description,
+                **extracted(answer, None, "no_description")}
+
+    return map_rows(questions, describe, fields)
+
+
+def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriever, engine: EngineConfig, voice: str, *,
+                       k: int = 5):
+    """The teacher's answers to local rows and its questions + chains of thought about subjects (see the
+    module docstring). One actor pool holds the retriever for every task; rows that already failed
+    (a declined question) pass through unanswered."""
     import ray.data
 
     from factory.cluster import cpu_actors
 
-    llm = llm_enabled(engine)
-    ds = questions.map_batches(
-        _Answerer,
-        fn_constructor_kwargs={"retriever": retriever, "llm": llm, "k": k, "voice": voice},
+    prompted = questions.map_batches(
+        _Prompter,
+        fn_constructor_kwargs={"retriever": retriever, "k": k, "voice": voice},
         compute=ray.data.ActorPoolStrategy(size=cpu_actors(run.cfg)),
         batch_format="pyarrow",
         batch_size=512,
-    )
-    if not llm:
-        return ds
+    ).materialize()
     # Each task has its own prompt, so its own call-cache folder and stats in the engine layer.
-    prompted = collect(ds)
-    tasks = prompted.column("task")
-    done = prompted.filter(pc.equal(tasks, DESCRIBE)).drop_columns(["messages"])
-    parts = [from_table(done)] if done.num_rows else []
+    asked = collect(prompted.select_columns(["task", "error"]))
+    parts = [prompted.map_batches(_where_task, fn_kwargs={"task": None}, batch_format="pyarrow")]
     for task, teacher_task in TEACHER_TASKS.items():
-        rows = prompted.filter(pc.equal(tasks, task))
-        if rows.num_rows:
+        if asked.num_rows and pc.sum(pc.and_kleene(pc.equal(asked.column("task"), task), pc.is_null(asked.column("error")))).as_py():
+            rows = prompted.map_batches(_where_task, fn_kwargs={"task": task}, batch_format="pyarrow")
             out = LocalAnswerOut if task == LOCAL else SubjectQAOut
-            parts.append(_llm_answers(run, rec, from_table(rows), engine, teacher_task, out))
+            parts.append(_llm_answers(run, rec, rows, engine, teacher_task, out))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-class _Answerer:
-    """Per row: the evidence (source chunk, description, sources) and the extractive answer or the prompt."""
+def _where_task(batch: pa.Table, task: str | None) -> pa.Table:
+    """The rows to send for `task`, or (None) the rows that failed before they could be asked."""
+    failed = pc.is_valid(batch.column("error"))
+    keep = failed if task is None else pc.and_(pc.invert(failed), pc.equal(batch.column("task"), task))
+    out = batch.filter(keep)
+    return out.drop_columns(["messages"]) if task is None else out
 
-    def __init__(self, retriever: Retriever, llm: bool, k: int, voice: str):
-        self.retriever, self.llm, self.k, self.voice = retriever, llm, k, voice
+
+class _Prompter:
+    """Per row, the teacher's prompt and the evidence its answer must be supported by."""
+
+    def __init__(self, retriever: Retriever, k: int, voice: str):
+        self.retriever, self.k = retriever, k
         self.t = load_templates(voice)
-        self.prompts = {task: load_prompt(name) for task, name in TEACHER_TASKS.items()} if llm else {}
-        # With a teacher, describe rows are answered here and the others carry their prompt in `messages`.
-        self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **ANSWER_FIELDS,
-                       **({"messages": MESSAGES} if llm else {})}
+        self.prompts = {task: load_prompt(name) for task, name in TEACHER_TASKS.items()}
+        self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **ANSWER_FIELDS, "messages": MESSAGES}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tasks = batch.column("task").to_pylist()
-        local = [q for q, task in zip(batch.column("question").to_pylist(), tasks) if task == LOCAL]
+        if "error" not in batch.column_names:
+            batch = batch.append_column("error", pa.nulls(batch.num_rows, pa.string()))
+        tasks, errors = batch.column("task").to_pylist(), batch.column("error").to_pylist()
+        local = [q for q, task, e in zip(batch.column("question").to_pylist(), tasks, errors) if task == LOCAL and not e]
         hits = iter(self.retriever.search(local, self.k))
 
-        def answer(row: dict) -> dict:
+        def prompt(row: dict) -> dict:
+            if row["error"]:
+                return {"error": row["error"], "evidence_chunk_ids": row.get("text_unit_ids") or []}
             if row["task"] == LOCAL:
                 return self._local(row, [cid for cid, _ in next(hits)])
-            if row["task"] == DESCRIBE:
-                return self._describe(row)
             return self._subject_qa(row)
 
-        return apply_rows(batch, answer, self.fields)
+        return apply_rows(batch, prompt, self.fields)
 
     def _passage(self, chunk_id: str, n: int | None = None) -> str:
         """A passage as a prompt shows it: its document's title and date, never its id."""
@@ -156,31 +173,15 @@ class _Answerer:
         head = f"Passage {n}" if n is not None else "Passage"
         return f"{head}{f' ({label})' if label else ''}:\n{self.retriever.text(chunk_id)}"
 
-    def _describe(self, row: dict) -> dict:
-        description = row.get("description") or ""
-        out = {"evidence_chunk_ids": row.get("text_unit_ids") or [], "retrieved_source": None, "evidence": description}
-        answer = X.voiced(X.describe(description), self.voice) if description.strip() else None
-        return {**out, **extracted(answer, None, "no_description")}
-
     def _local(self, row: dict, ids: list[str]) -> dict:
         source = row["source_chunk_id"]
-        text = self.retriever.text(source) if self.retriever.has(source) else ""
         others = [c for c in ids if c != source]
-        out = {"retrieved_source": source in ids, "evidence": text}
-        if self.llm:
-            context = "\n\n".join(self._passage(c, i + 1) for i, c in enumerate(others)) or "(none)"
-            return {**out, "evidence_chunk_ids": [source] + others, "messages": self.prompts[LOCAL].messages(
-                question=row["question"], question_reasoning=row.get("question_reasoning") or "(none)",
-                source=self._passage(source), focus=" and ".join(row["names"]),
-                description=row.get("description") or "(none)", context=context, answer_style=self.t.answer_style,
-            )}
-        quoted = X.source_sentences(row["names"], text)
-        if not quoted:
-            return {**out, "evidence_chunk_ids": [source], **extracted(None, None)}
-        answer = " ".join(X.voiced(s, self.voice) for s in quoted)
-        reasoning = self.t.phrases.local_reasoning.format(
-            focus=" and ".join(row["names"]), where_answer=row.get("where") or "", quotes=" ".join(f'"{s}"' for s in quoted))
-        return {**out, "evidence_chunk_ids": [source], **extracted(answer, reasoning)}
+        context = "\n\n".join(self._passage(c, i + 1) for i, c in enumerate(others)) or "(none)"
+        return {"retrieved_source": source in ids, "evidence": self.retriever.text(source) if self.retriever.has(source) else "",
+                "evidence_chunk_ids": [source] + others, "messages": self.prompts[LOCAL].messages(
+                    question=row["question"], question_reasoning=row.get("question_reasoning") or "(none)",
+                    source=self._passage(source), focus=" and ".join(row["names"]),
+                    description=row.get("description") or "(none)", context=context, answer_style=self.t.answer_style)}
 
     def _subject_qa(self, row: dict) -> dict:
         ids = [c for c in row.get("text_unit_ids") or [] if self.retriever.has(c)]
@@ -237,7 +238,8 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     t = load_templates(voice)
     qtable = collect(questions)
     report_rows = [_report(r) for r in reports.to_pylist()]
-    findings = {r["community"]: X.report_findings(r, title_types or {}) for r in report_rows}
+    titles = X.TitleTypes(title_types or {})
+    findings = {r["community"]: X.report_findings(r, titles) for r in report_rows}
 
     def pool_of(q: dict) -> list[dict]:
         scope = set(q.get("scope") or [])

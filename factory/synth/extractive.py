@@ -21,6 +21,7 @@ MAX_POINTS = 8
 _MD_LEAD = re.compile(r"^\s*(?:#{1,6}\s+|[-*+>]\s+|\d+[.)]\s+)")
 _MD_MARK = re.compile(r"\*\*|__|`")
 _TABLE_RULE = re.compile(r"^[\s|:\-]+$")
+_EDGE = ".,;:!?\"'“”‘’()[]"
 _PRONOUNS = frozenset("he she it they his her its their this these those him them".split())
 # A rule report names an entity's finding "Felix (person)": the type is for the graph, not for an answer.
 _TYPED = re.compile(r"\s*\((?:person|organization|geo|event|concept|activity|object)\)$", re.IGNORECASE)
@@ -84,7 +85,24 @@ class Finding:
     rank: float
 
 
-def report_findings(report: dict, title_types: dict[str, str]) -> list[Finding]:
+class TitleTypes:
+    """Entity types named in a text, found by looking its word n-grams up (not every title in every text)."""
+
+    def __init__(self, title_types: dict[str, str]):
+        self.types = {_words(t): k for t, k in title_types.items() if t.strip()}
+        self.longest = max((t.count(" ") + 1 for t in self.types), default=0)
+
+    def named(self, text: str) -> frozenset[str]:
+        w = _words(text).split()
+        return frozenset(self.types[g] for n in range(1, self.longest + 1) for i in range(len(w) - n + 1)
+                         if (g := " ".join(w[i : i + n])) in self.types)
+
+
+def _words(text: str) -> str:
+    return " ".join(w.strip(_EDGE) for w in text.lower().split() if w.strip(_EDGE))
+
+
+def report_findings(report: dict, titles: TitleTypes) -> list[Finding]:
     """A report's findings as points to rank (its summary when it has none)."""
     items = [f for f in (report.get("findings") or []) if f and (f.get("summary") or f.get("explanation"))]
     if not items:
@@ -93,8 +111,7 @@ def report_findings(report: dict, title_types: dict[str, str]) -> list[Finding]:
     for f in items:
         sents = []
         for sent, ws in sentence_words((f.get("explanation") or "").strip() or (f.get("summary") or "")):
-            lowered = sent.lower()
-            sents.append((sent, frozenset(map(stem, ws)), frozenset(k for t, k in title_types.items() if t in lowered)))
+            sents.append((sent, frozenset(map(stem, ws)), titles.named(sent)))
         summary = _TYPED.sub("", (f.get("summary") or "").strip())
         rank = report.get("rank")
         out.append(Finding(summary, tuple(sents), int(report["community"]), 5.0 if rank is None else float(rank)))

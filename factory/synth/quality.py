@@ -218,8 +218,11 @@ def _sig(blob: bytes) -> np.ndarray:
 
 def compact(scored) -> list[dict]:
     """What the driver decides on: ids, kinds, scores, signatures and group keys, never the texts."""
-    table = collect(scored.select_columns(COMPACT))
-    return table.to_pylist() if table.num_rows else []
+    return compact_table(collect(scored.select_columns(COMPACT)))
+
+
+def compact_table(table: pa.Table) -> list[dict]:
+    return table.select(COMPACT).to_pylist() if table.num_rows else []
 
 
 def groundedness_quantiles(rows: list[dict]) -> dict[str, dict[str, float]]:

@@ -3,8 +3,7 @@
     entity        per entity: a template question answered by its description (the authors' short
                   pair), and with a teacher a question + chain-of-thought answer over its sources
     relationship  the same per relationship
-    local         per chunk x each entity/relationship it names: the teacher writes a question with
-                  its reasoning, or declines; without one, a template naming the chunk's entry
+    local         per chunk x each entity/relationship it names (local.py, on Ray)
     global        corpus-wide questions (the voice's templates with the cues that answer them, or
                   teacher-written per persona) and one question per important community, scoped to
                   its report; plus the separately written hard test set (question_set hard_global)
@@ -49,12 +48,6 @@ GLOBAL_SCHEMA = pa.schema([
     ("id", pa.string()), ("kind", pa.string()), ("question", pa.string()), ("question_source", pa.string()),
     ("question_set", pa.string()), ("scope", STRS), ("level", pa.int64()), ("cues", STRS), ("types", STRS),
 ])
-
-
-class LocalQuestionOut(BaseModel):
-    declined: bool = False
-    question: str = ""
-    reasoning: str = ""
 
 
 class QuestionsOut(BaseModel):
@@ -104,87 +97,6 @@ def subject_questions(entities: pa.Table, relationships: pa.Table, t: Templates,
         if llm:
             rows.append(_row(id=question_id("relationship", None, r["id"]), task=RELATIONSHIP_QA, question_source="llm", **common))
     return rows
-
-
-# ---- local ----------------------------------------------------------------------------------
-def local_focuses(chunks: pa.Table, entities: pa.Table, relationships: pa.Table, per_chunk: int | None, seed: int) -> list[dict]:
-    """Per chunk, the entities and relationships it names (all of them, or a seeded `per_chunk` of them)."""
-    # One focus per entity/relationship, shared by every chunk it cites (an entity can cite thousands).
-    by_chunk: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
-
-    def add(focus: dict, chunk_ids: list[str] | None) -> None:
-        lowered = tuple(n.lower() for n in focus["names"])
-        for c in chunk_ids or []:
-            by_chunk.setdefault(c, []).append((lowered, focus))
-
-    ids = entity_ids_by_title(entities)
-    for e in entities.select(["id", "title", "description", "text_unit_ids"]).to_pylist():
-        add({"names": [e["title"]], "entity_ids": [e["id"]], "relationship_ids": [], "description": e["description"]},
-            e["text_unit_ids"])
-    for r in relationships.select(["id", "source", "target", "description", "text_unit_ids"]).to_pylist():
-        add({"names": [r["source"], r["target"]], "entity_ids": [ids[n] for n in (r["source"], r["target"]) if n in ids],
-             "relationship_ids": [r["id"]], "description": r["description"]}, r["text_unit_ids"])
-    out = []
-    for c in chunks.select(["id", "text", "title", "date"]).to_pylist():
-        cands = by_chunk.get(c["id"])
-        if not cands:
-            continue
-        text = c["text"].lower()
-        # Only focuses the chunk really names: a question about it must be answerable from it.
-        cands = [f for names, f in cands if all(n in text for n in names)]
-        if per_chunk is not None and len(cands) > per_chunk:
-            cands = rng_for(seed, "local", c["id"]).sample(cands, per_chunk)
-        out += [{**f, "chunk": c} for f in cands]
-    return out
-
-
-def _local_row(focus: dict, t: Templates, question: str | None, source: str, reasoning: str | None = None,
-               with_description: bool = False) -> dict:
-    chunk = focus["chunk"]
-    return _row(id=question_id("local", question, chunk["id"], focus["entity_ids"], focus["relationship_ids"]),
-                kind="local", task=LOCAL, question=question, question_source=source, question_reasoning=reasoning,
-                names=focus["names"], description=focus["description"] if with_description else None,
-                entity_ids=focus["entity_ids"], relationship_ids=focus["relationship_ids"], text_unit_ids=[chunk["id"]],
-                source_chunk_id=chunk["id"], where=t.phrases.where_answer.of(chunk.get("title"), chunk.get("date")))
-
-
-def template_local_question(focus: dict, t: Templates, seed: int) -> str:
-    chunk, names = focus["chunk"], focus["names"]
-    where = t.where.of(chunk.get("title"), chunk.get("date"))
-    rng = rng_for(seed, "local-q", chunk["id"], names)
-    if len(names) == 2:
-        return rng.choice(t.local["relationship"]).format(a=names[0], b=names[1], where=where)
-    return rng.choice(t.local["entity"]).format(name=names[0], where=where)
-
-
-def local_questions(run: Run, rec: StageRecord, focuses: list[dict], t: Templates) -> list[dict]:
-    cfg = run.cfg
-    if not (llm_enabled(cfg.teacher) and cfg.synth.llm_local_questions):
-        return [_local_row(f, t, template_local_question(f, t, cfg.seed), "template") for f in focuses]
-    from factory.engines import run_llm
-
-    prompt = load_prompt("local_question")
-    rows = [{
-        "id": f"{f['chunk']['id']}:{i}", "i": i,
-        "messages": prompt.messages(
-            where=t.where.of(f["chunk"].get("title"), f["chunk"].get("date")), text=f["chunk"]["text"],
-            focus=" and ".join(f["names"]), description=(f["description"] or "(none)")[:600],
-            question_style=t.question_style,
-        ),
-    } for i, f in enumerate(focuses)]
-    schema = pa.schema([("id", pa.string()), ("i", pa.int64()), ("messages", MESSAGES)])
-    out = collect(run_llm(run, rec, to_dataset(rows, schema), cfg.teacher, "local_question", output_model=LocalQuestionOut))
-    result = []
-    for r in out.to_pylist():
-        if r.get("error") or not r.get("parsed"):
-            continue  # run_llm counted it by error kind
-        parsed = LocalQuestionOut.model_validate_json(r["parsed"])
-        if parsed.declined or not parsed.question.strip():
-            rec.drop("question_declined")
-            continue
-        result.append(_local_row(focuses[r["i"]], t, parsed.question.strip(), "llm", parsed.reasoning.strip() or None,
-                                 with_description=True))
-    return result
 
 
 # ---- global -----------------------------------------------------------------------------------
@@ -339,22 +251,22 @@ def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, 
         q = rng.choice(t.unanswerable_templates(kind)).format(name=who)
         return q, [who], _sentence(rng.choice(t.refusals["name"]).format(name=who)), who
 
-    rows, seen = [], set()
-    for attempt in range(20 * n + 20):
-        if len(rows) >= n:
+    made, seen = [], set()
+    for attempt in range(4 * n + 20):
+        if len(made) >= 2 * n:
             break
-        made = (pair if attempt % 2 == 0 else name)()
-        if made is None or made[0] in seen:
-            continue
-        q, subject_names, answer, subject = made
-        # The refusal must be right: no retrieved chunk may hold every name the question asks about.
-        hits = retriever.search([q], 10)[0]
-        if any(all(x.lower() in retriever.text(c).lower() for x in subject_names) for c, _ in hits):
-            continue
-        seen.add(q)
-        rows.append({"id": question_id("unanswerable", q), "kind": "unanswerable", "question": q, "question_source": "template",
-                     "answer": answer, "reasoning": t.phrases.unanswerable_reasoning.format(subject=subject),
-                     "entity_ids": [ids[x] for x in subject_names if x in ids and x in types]})
+        candidate = (pair if attempt % 2 == 0 else name)()
+        if candidate is not None and candidate[0] not in seen:
+            seen.add(candidate[0])
+            made.append(candidate)
+    rows = []
+    # The refusal must be right: no chunk retrieved for the question may hold every name it asks about.
+    for (q, subject_names, answer, subject), hits in zip(made, retriever.search([m[0] for m in made], 10)):
+        if len(rows) < n and not any(all(x.lower() in retriever.text(c).lower() for x in subject_names) for c, _ in hits):
+            rows.append({"id": question_id("unanswerable", q), "kind": "unanswerable", "question": q,
+                         "question_source": "template", "answer": answer,
+                         "reasoning": t.phrases.unanswerable_reasoning.format(subject=subject),
+                         "entity_ids": [ids[x] for x in subject_names if x in ids and x in types]})
     return rows
 
 

@@ -1,0 +1,172 @@
+"""Local rows: per chunk, a question about each entity and relationship it names, answered from that chunk.
+
+One Ray map over the chunks table (the driver never holds the local rows):
+
+    FocusIndex(entities, relationships)   per chunk, the entities and relationships citing it
+    LocalRows(index, ...)                 a chunk batch -> its local rows
+
+Without a teacher a row's question is a template naming the chunk's entry and its answer is
+the chunk's sentences naming the focus (extractive.source_sentences). Two focuses of one chunk
+that would get the same sentences make one row, not two with the same answer. Retrieval is
+not part of such an answer; it only measures whether RAG would have found the source, on a
+seeded sample of `recall_sample` questions. With a teacher, a row carries the prompt of the
+`local_question` task; the teacher writes the question and its reasoning (or declines) and
+answers.py answers it from the source chunk and what retrieval finds.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from factory.prompts import load as load_prompt
+from factory.synth import extractive as X
+from factory.synth.questions import LOCAL, QUESTION_SCHEMA, entity_ids_by_title, question_id, rng_for
+from factory.synth.rows import MESSAGES, map_rows
+from factory.synth.templates import load_templates
+from schemas import STRS
+
+# Columns of an answered local row beside QUESTION_SCHEMA's (answers.ANSWER_FIELDS and lineage).
+ANSWERED = pa.schema(list(QUESTION_SCHEMA) + [
+    ("answer", pa.string()), ("reasoning", pa.string()), ("evidence", pa.string()), ("engine", pa.string()),
+    ("model", pa.string()), ("prompt_hash", pa.string()), ("error", pa.string()),
+    ("evidence_chunk_ids", STRS), ("retrieved_source", pa.bool_()),
+])
+ASKING = pa.schema(list(QUESTION_SCHEMA) + [("error", pa.string()), ("messages", MESSAGES)])
+
+
+class LocalQuestionOut(BaseModel):
+    declined: bool = False
+    question: str = ""
+    reasoning: str = ""
+
+
+class FocusIndex:
+    """Entities and relationships by the chunks they cite (GraphRAG's text_unit_ids): one focus per
+    entity or relationship, shared by every chunk it cites (an entity can cite thousands)."""
+
+    def __init__(self, entities: pa.Table, relationships: pa.Table):
+        self.focuses: list[dict] = []
+        self.by_chunk: dict[str, list[int]] = {}
+        ids = entity_ids_by_title(entities)
+        for e in entities.select(["id", "title", "description", "text_unit_ids"]).to_pylist():
+            self._add([e["title"]], [e["id"]], [], e["description"], e["text_unit_ids"])
+        for r in relationships.select(["id", "source", "target", "description", "text_unit_ids"]).to_pylist():
+            names = [r["source"], r["target"]]
+            self._add(names, [ids[n] for n in names if n in ids], [r["id"]], r["description"], r["text_unit_ids"])
+
+    def _add(self, names: list[str], entity_ids: list[str], relationship_ids: list[str], description: str | None,
+             chunk_ids: list[str] | None) -> None:
+        i = len(self.focuses)
+        self.focuses.append({"names": names, "lowered": [n.lower() for n in names], "entity_ids": entity_ids,
+                             "relationship_ids": relationship_ids, "description": description})
+        for c in chunk_ids or ():
+            self.by_chunk.setdefault(c, []).append(i)
+
+    def pairs(self) -> int:
+        return sum(map(len, self.by_chunk.values()))
+
+    def of(self, chunk: dict, per_chunk: int | None, seed: int) -> list[dict]:
+        """The focuses a chunk really names (a question about it must be answerable from it), entities
+        first; all of them, or a seeded `per_chunk`."""
+        text = chunk["text"].lower()
+        found = [self.focuses[i] for i in self.by_chunk.get(chunk["id"], ())
+                 if all(n in text for n in self.focuses[i]["lowered"])]
+        if per_chunk is not None and len(found) > per_chunk:
+            found = rng_for(seed, "local", chunk["id"]).sample(found, per_chunk)
+        return found
+
+
+class LocalRows:
+    """A batch of chunks -> its local rows (see the module docstring). A Ray map_batches class: the
+    index (and the retriever, without a teacher) load once per worker.
+
+    teacher=False: template questions with extractive answers (ANSWERED rows). teacher=True: rows to
+    ask (ASKING), with the `local_question` prompt when `teacher_questions`, else a template question.
+    """
+
+    def __init__(self, index: FocusIndex, voice: str, seed: int, per_chunk: int | None, teacher: bool,
+                 teacher_questions: bool = True, retriever=None, k: int = 5, recall_sample: int = 0):
+        self.index, self.voice, self.seed, self.per_chunk, self.teacher = index, voice, seed, per_chunk, teacher
+        self.t = load_templates(voice)
+        self.retriever, self.k = retriever, k
+        # Share of questions whose retrieval is measured: a seeded sample by row id.
+        self.recall_rate = min(1.0, recall_sample / max(1, index.pairs()))
+        self.prompt = load_prompt("local_question") if teacher and teacher_questions else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for chunk in batch.select(["id", "text", "title", "date"]).to_pylist():
+            focuses = self.index.of(chunk, self.per_chunk, self.seed)
+            rows += self._asks(chunk, focuses) if self.teacher else self._answered(chunk, focuses)
+        if self.teacher:
+            return pa.Table.from_pylist(rows, schema=ASKING)
+        self._measure_retrieval(rows)
+        return pa.Table.from_pylist(rows, schema=ANSWERED)
+
+    def _base(self, chunk: dict, focus: dict, question: str | None, source: str) -> dict:
+        return {"id": question_id("local", question, chunk["id"], focus["entity_ids"], focus["relationship_ids"]),
+                "kind": "local", "task": LOCAL, "question": question, "question_source": source,
+                "names": focus["names"], "description": focus["description"] if self.teacher else None,
+                "entity_ids": focus["entity_ids"], "relationship_ids": focus["relationship_ids"],
+                "text_unit_ids": [chunk["id"]], "source_chunk_id": chunk["id"],
+                "where": self.t.phrases.where_answer.of(chunk.get("title"), chunk.get("date"))}
+
+    def template_question(self, chunk: dict, names: list[str]) -> str:
+        where = self.t.where.of(chunk.get("title"), chunk.get("date"))
+        rng = rng_for(self.seed, "local-q", chunk["id"], names)
+        if len(names) == 2:
+            return rng.choice(self.t.local["relationship"]).format(a=names[0], b=names[1], where=where)
+        return rng.choice(self.t.local["entity"]).format(name=names[0], where=where)
+
+    def _asks(self, chunk: dict, focuses: list[dict]) -> list[dict]:
+        if self.prompt is None:
+            return [self._base(chunk, f, self.template_question(chunk, f["names"]), "template") for f in focuses]
+        where = self.t.where.of(chunk.get("title"), chunk.get("date"))
+        return [{**self._base(chunk, f, None, "llm"), "messages": self.prompt.messages(
+            where=where, text=chunk["text"], focus=" and ".join(f["names"]),
+            description=(f["description"] or "(none)")[:600], question_style=self.t.question_style)} for f in focuses]
+
+    def _answered(self, chunk: dict, focuses: list[dict]) -> list[dict]:
+        rows, seen = [], set()
+        for f in focuses:
+            quoted = tuple(X.source_sentences(f["names"], chunk["text"]))
+            if quoted in seen:
+                continue  # another focus of this chunk gets these very sentences: one row says them
+            seen.add(quoted)
+            row = self._base(chunk, f, self.template_question(chunk, f["names"]), "template")
+            answer = " ".join(X.voiced(s, self.voice) for s in quoted) or None
+            reasoning = self.t.phrases.local_reasoning.format(
+                focus=" and ".join(f["names"]), where_answer=row["where"], quotes=" ".join(f'"{s}"' for s in quoted))
+            rows.append({**row, "answer": answer, "reasoning": reasoning if answer else None, "evidence": chunk["text"],
+                         "engine": "none", "error": None if answer else "no_evidence",
+                         "evidence_chunk_ids": [chunk["id"]], "retrieved_source": None})
+        return rows
+
+    def _measure_retrieval(self, rows: list[dict]) -> None:
+        sample = [r for r in rows if int(r["id"][:8], 16) < self.recall_rate * 0x100000000]
+        if not sample or self.retriever is None:
+            return
+        for r, hits in zip(sample, self.retriever.search([r["question"] for r in sample], self.k)):
+            r["retrieved_source"] = r["source_chunk_id"] in {c for c, _ in hits}
+
+
+def written_questions(run, rec, asks, teacher):
+    """The teacher's local questions for rows of `LocalRows(teacher=True)`; a declined or failed call
+    leaves the row with `error` set ("question_declined", or the engine's kind), counted later."""
+    from factory.engines import run_llm
+
+    def parse(row: dict) -> dict:
+        out = {"question": None, "question_reasoning": None, "error": row.get("error")}
+        if not out["error"] and row.get("parsed"):
+            parsed = LocalQuestionOut.model_validate_json(row["parsed"])
+            if parsed.declined or not parsed.question.strip():
+                out["error"] = "question_declined"
+            else:
+                out.update(question=parsed.question.strip(), question_reasoning=parsed.reasoning.strip() or None)
+        return out
+
+    asked = run_llm(run, rec, asks, teacher, "local_question", output_model=LocalQuestionOut)
+    fields = {"question": pa.string(), "question_reasoning": pa.string(), "error": pa.string()}
+    return map_rows(asked, parse, fields, drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens",
+                                                "engine", "model", "prompt_hash"))
