@@ -160,14 +160,16 @@ def test_with_a_judge_and_a_benchmark_then_a_rerun(walked, tmp_path):
     (["--set", "judge.engine=openai"], r"evaluate: judge: openai engine: cannot reach http://127.0.0.1:\d+/v1 .*"
                                        r"--set judge.engine=none"),
 ])
-def test_what_is_missing_is_one_line_at_job_start(walked, extra, message):
-    """A missing adapter or an unreachable judge: one line and exit 2 within seconds, before Ray starts."""
-    work, env, command, _ = walked
-    args = [*shlex.split(command)[1:], "--set", "evaluate.output=runs/eval-never", *extra]
-    closed = f"http://127.0.0.1:{free_port()}/v1"
-    done = subprocess.run([sys.executable, *args], cwd=work, env={**env, "JUDGE_BASE_URL": closed},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and re.search(message, done.stderr), done.stderr[-3000:]
-    assert "Traceback" not in done.stderr and "[answer]" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+def test_what_is_missing_is_one_line_at_job_start(walked, extra, message, monkeypatch, capsys):
+    """A missing adapter or an unreachable judge: one line and exit 2 before Ray starts (the job's own
+    entry point, in this process: the same code path as the command, without a second interpreter)."""
+    from jobs.evaluate import main as evaluate_main
+
+    work, _, command, _ = walked
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("JUDGE_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    assert evaluate_main([*shlex.split(command)[3:], "--set", "evaluate.output=runs/eval-never", *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and "[answer]" not in err, err[-3000:]
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert not (work / "runs/eval-never").exists()
