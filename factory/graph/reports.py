@@ -26,6 +26,9 @@ similarity graph), findings from the strongest relationships.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import json
 import math
 import re
@@ -78,6 +81,15 @@ class _Index:
         self.rel = {r["id"]: r for r in relationships.to_pylist()}
         self.text = dict(zip(chunks.column("id").to_pylist(), chunks.column("text").to_pylist()))
         self.n_units = len(self.text)
+        # Record lines without their numbers, built once per worker: every context numbers its own.
+        self.body = {**{i: _entity_body(e) for i, e in self.ent.items()}, **{i: _rel_body(r) for i, r in self.rel.items()}}
+        self._passages: dict[str, str] = {}
+
+    def passage(self, unit: str) -> str:
+        """A chunk's text as contexts quote it (cut to _SOURCE_TOKENS); many communities quote the same chunk."""
+        if unit not in self._passages:
+            self._passages[unit] = _cut(self.text[unit], _SOURCE_TOKENS)
+        return self._passages[unit]
 
 
 _INDEX: dict[str, _Index] = {}
@@ -94,12 +106,20 @@ def _index(ref: list) -> _Index:
 
 
 # ---- context packing ----------------------------------------------------------------------
+def _entity_body(e: dict) -> str:
+    return f"{e['title']}|{e['type'] or ''}|{_flat(e['description'])}|{e['degree']}"
+
+
+def _rel_body(r: dict) -> str:
+    return f"{r['source']}|{r['target']}|{_flat(r['description'])}|{r['weight']:g}"
+
+
 def _entity_line(n: int, e: dict) -> str:
-    return f"{n}|{e['title']}|{e['type'] or ''}|{_flat(e['description'])}|{e['degree']}"
+    return f"{n}|{_entity_body(e)}"
 
 
 def _rel_line(n: int, r: dict) -> str:
-    return f"{n}|{r['source']}|{r['target']}|{_flat(r['description'])}|{r['weight']:g}"
+    return f"{n}|{_rel_body(r)}"
 
 
 def _report_line(n: int, c: dict) -> str:
@@ -115,20 +135,21 @@ def _flat(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def _fill(lines: list[str], budget: int) -> tuple[list[str], int]:
-    out, used = [], 0
-    for line in lines:
-        cost = approx_tokens(line) + 1
+def _fit(costs: list[int], budget: int) -> tuple[int, int]:
+    """How many of the leading lines of these costs fit `budget`, and the tokens they take."""
+    used = 0
+    for k, cost in enumerate(costs):
         if used + cost > budget:
-            break
-        out.append(line)
+            return k, used
         used += cost
-    return out, used
+    return len(costs), used
 
 
-def _records_cost(ents: list[dict], rels: list[dict]) -> int:
-    """Tokens the entity and relationship lines take, as `_fill` counts them."""
-    return sum(approx_tokens(line) + 1 for line in _numbered(_entity_line, ents) + _numbered(_rel_line, rels))
+def _line_costs(lengths: np.ndarray) -> np.ndarray:
+    """Tokens (approx_tokens + 1) of the numbered lines f"{n}|{body}" (n = 1, 2, ...) for bodies of these lengths."""
+    n = np.arange(1, len(lengths) + 1)
+    digits = 1 + sum((n >= 10 ** k).astype(np.int64) for k in range(1, 7))
+    return (digits + lengths + 4) // 4 + 1
 
 
 def pack_context(community: dict, idx: _Index, budget: int) -> dict:
@@ -141,22 +162,31 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
     # A child's `id` hashes its level and members: stable where its community number is not.
     children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["id"]))
     used_reports: list[dict] = []
-    local_cost = _records_cost(ents, rels)
+    # Records still in the context (masks over ents and rels) and their lines' lengths without numbers.
+    kept = [np.ones(len(xs), dtype=bool) for xs in (ents, rels)]
+    lengths = [np.array([len(idx.body[x["id"]]) for x in xs], dtype=np.int64) for xs in (ents, rels)]
+    position = [{x["id"]: k for k, x in enumerate(xs)} for xs in (ents, rels)]
+
+    def local_cost() -> int:
+        return int(sum(_line_costs(length[mask]).sum() for length, mask in zip(lengths, kept)))
+
+    cost_now = local_cost()
     for child in children:
-        if local_cost <= budget:
+        if cost_now <= budget:
             break
         # The child's report replaces its members and the relationships inside it.
-        members, inner = set(child["entity_ids"]), set(child["relationship_ids"])
-        ents = [e for e in ents if e["id"] not in members]
-        rels = [r for r in rels if r["id"] not in inner]
+        for ids, where, mask in zip((child["entity_ids"], child["relationship_ids"]), position, kept):
+            mask[[where[i] for i in ids if i in where]] = False
         used_reports.append(child)
-        local_cost = _records_cost(ents, rels)
-    report_lines, cost = _fill(_numbered(_report_line, used_reports), budget)
-    used_reports = used_reports[: len(report_lines)]
+        cost_now = local_cost()
+    ents = [e for e, k in zip(ents, kept[0]) if k]
+    rels = [r for r, k in zip(rels, kept[1]) if k]
+    n_reports, cost = _fit([approx_tokens(line) + 1 for line in _numbered(_report_line, used_reports)], budget)
+    used_reports = used_reports[:n_reports]
     left = budget - cost
-    ent_lines, cost_e = _fill(_numbered(_entity_line, ents), left // 2 if local_cost > left else left)
-    rel_lines, cost_r = _fill(_numbered(_rel_line, rels), left - cost_e)
-    ents, rels = ents[: len(ent_lines)], rels[: len(rel_lines)]
+    n_ents, cost_e = _fit(_line_costs(lengths[0][kept[0]]).tolist(), left // 2 if cost_now > left else left)
+    n_rels, cost_r = _fit(_line_costs(lengths[1][kept[1]]).tolist(), left - cost_e)
+    ents, rels = ents[:n_ents], rels[:n_rels]
     left -= cost_e + cost_r
     # Passages that mention the most of the kept entities first.
     votes: dict[str, int] = {}
@@ -167,7 +197,7 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
     order = sorted((u for u in votes if u in idx.text), key=lambda u: (-votes[u], position.get(u, 0)))
     sources = []
     for u in order:
-        text = _cut(idx.text[u], _SOURCE_TOKENS)
+        text = idx.passage(u)
         cost = approx_tokens(text) + 8
         if cost > left:
             break
@@ -240,10 +270,10 @@ def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
     else:
         title = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     low_names = [e["title"].lower() for e in ents]
-    pool = [s for _, text in ctx["sources"] for s in sentences(text) if any(n in s.lower() for n in low_names)]
-    pool = list(dict.fromkeys(pool))
+    sents = list(dict.fromkeys(itertools.chain.from_iterable(_passage_sentences(text) for _, text in ctx["sources"])))
+    named = [(s, n) for s, n in zip(sents, _name_counts(sents, low_names)) if n]
     # Cheap pre-ranking keeps TextRank's pairwise cost bounded: sentences naming more members first.
-    pool = sorted(pool, key=lambda s: -sum(n in s.lower() for n in low_names))[:_MAX_POOL]
+    pool = [s for s, _ in sorted(named, key=lambda sn: -sn[1])[:_MAX_POOL]]
     pool += [s for c in ctx["reports"] for s in sentences(c["summary"])]
     summary = " ".join(textrank(pool, _SUMMARY_SENTENCES)) if pool else (
         "; ".join(f"{e['title']}: {_first_line(e['description'])}" for e in ents[:3]))
@@ -276,6 +306,32 @@ def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
                               f"entities and {len(community['relationship_ids'])} relationships.",
         "findings": findings,
     }
+
+
+def _name_counts(texts: list[str], names: list[str]) -> list[int]:
+    """For each text, how many of `names` (lower case) occur in it, case-insensitively (as substrings).
+
+    One str.find scan per name over the texts joined, not every name tested against every text.
+    """
+    if not texts:
+        return []
+    joined = "\n".join(texts).lower()
+    if len(joined) != sum(map(len, texts)) + len(texts) - 1:  # a letter whose lower case is longer ("İ")
+        texts = [t.lower() for t in texts]
+        joined = "\n".join(texts)
+    starts = list(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0))
+    counts = [0] * len(texts)
+    for name in {n for n in names if "\n" not in n}:  # texts are single lines: such a name is in none
+        at = joined.find(name)
+        while at != -1:
+            k = bisect.bisect_right(starts, at) - 1
+            counts[k] += 1
+            at = joined.find(name, starts[k + 1]) if k + 1 < len(texts) else -1  # once per text
+    return counts
+
+
+# A passage's sentences, split once: the same chunks are quoted by many communities.
+_passage_sentences = functools.lru_cache(maxsize=65536)(sentences)
 
 
 def _first_line(text: str | None, n: int = 1) -> str:
