@@ -1,7 +1,8 @@
 """The bad-input matrix of docs/bad_input.md: each row runs a job's CLI as a separate process.
 
 Each must print exactly one `ragtune: error: ...` line naming the problem, no
-traceback, exit 2, and leave nothing that looks finished or published. A key
+traceback and hardly anything else (no Ray output), exit 2, and leave nothing
+that looks finished or published, and no empty output folder. A key
 planted in the environment and the config must appear in no output, no run
 folder and no Ray session log. Rows that fail after Ray starts use one Ray
 head started for this module (RAY_ADDRESS), so no row pays for a Ray start.
@@ -22,7 +23,7 @@ import pytest
 import schemas
 from tests.conftest import free_port
 from tests.support.ray_cluster import RayCluster
-from tests.support.runs import job, journal_corpus, sets, user_error_lines
+from tests.support.runs import JOURNAL, job, journal_corpus, sets, user_error_lines
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,9 @@ class Row:
     expect: str  # a fragment of the one error line
     env: dict[str, str] = field(default_factory=dict)
     drop_env: tuple[str, ...] = ()
-    # Paths (relative to the row's folder) that must not exist afterwards.
-    absent: tuple[str, ...] = ("run/_stages/ingest.json", "run/qa", "run/README.md")
+    # Paths (relative to the row's folder) that must not exist afterwards: by default the run
+    # folder itself (a job that fails before writing anything leaves no empty folder).
+    absent: tuple[str, ...] = ("run",)
 
 
 def base_config(d: Path, **sections: dict) -> str:
@@ -103,6 +105,11 @@ def jsonl(d: Path) -> Path:
     return folder(d, {"notes.jsonl": b'{"text": "A fine note about the garden and the river path today."}\n{"text": "unclosed\n'})
 
 
+def other_fields(d: Path) -> Path:
+    return folder(d, {"notes.jsonl": b'{"body": "A fine note about the garden and the river path today.", "when": "2024-05-01"}\n'
+                                     b'{"body": "Another note, about the harbour and the mill at night.", "when": "2024-05-02"}\n'})
+
+
 ROWS: dict[str, Callable[[Path, str], Row]] = {
     "missing path": lambda d, s3: Row("generate", generate_on(d / "nope", d), "no such file or folder"),
     "empty folder": lambda d, s3: Row("generate", generate_on(folder(d, {}), d), "no files found"),
@@ -132,7 +139,16 @@ ROWS: dict[str, Callable[[Path, str], Row]] = {
     "missing model path": lambda d, s3: Row(
         "finetune", ["--config", base_config(d), *sets(f"train.dataset={dataset_with_qa(d)}", f"train.model={d / 'no-model'}",
                                                        f"train.output={d / 'student'}")],
-        "no-model", absent=("student/student/export",)),
+        "no-model", absent=("student",)),
+    "records without the text field": lambda d, s3: Row(
+        "generate", generate_on(other_fields(d), d),
+        "no usable documents (missing_text 2); corpus.text_field is 'text', the records have: body, when"),
+    "an override out of range": lambda d, s3: Row(
+        "generate", generate_on(JOURNAL, d, "chunking.size=-5"), "--set chunking.size=-5: chunking.size: Input should be greater than 0"),
+    "GPUs the cluster lacks": lambda d, s3: Row(
+        "finetune", ["--config", base_config(d), *sets(f"train.dataset={dataset_with_qa(d)}", "train.model=owner/student",
+                                                       "train.use_gpu=true", f"train.output={d / 'student'}")],
+        "train.use_gpu is true but the Ray cluster has no GPU", absent=("student",)),
     "publishing an unfinished run": lambda d, s3: Row(
         "publish", unfinished_run(d), "incomplete run: stage 'chunk' has not finished", absent=("published", "run/README.md")),
     # The graph stage finishes (an empty graph is its true result); synthesis refuses to make an empty dataset.
@@ -155,7 +171,8 @@ def outputs():
 
 
 @pytest.mark.parametrize("name", list(ROWS))
-def test_bad_input_row(name, cluster, s3_server, tmp_path, outputs):
+def test_bad_input_row(name, cluster, s3_server, tmp_path, outputs, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # a row's set-up job (unfinished_run) uses the module's Ray too
     row = ROWS[name](tmp_path, s3_server)
     env = {**cluster.env, "RAGTUNE_PLANTED_KEY": PLANTED, "OPENAI_API_KEY": PLANTED, **row.env}
     for var in row.drop_env:
@@ -166,6 +183,8 @@ def test_bad_input_row(name, cluster, s3_server, tmp_path, outputs):
     assert r.returncode == 2, f"exit {r.returncode}: {r.stderr[-3000:]}"
     assert len(errors) == 1 and row.expect in errors[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr
+    # Before the error only ragtune's own lines (stages started, counts, progress): no Ray output.
+    assert all(line.startswith("ragtune: ") for line in r.stderr.splitlines()), r.stderr[-3000:]
     for rel in row.absent:
         assert not (tmp_path / rel).exists(), f"{rel} was left behind"
 

@@ -73,8 +73,11 @@ def scaling(cfg: Config) -> ray.train.ScalingConfig:
                         "(GPUs when there are any, else CPU) or false")
     if t.use_gpu == "auto" and not gpus:
         log("[finetune] no GPU in the Ray cluster: training on CPU (train.use_gpu: auto)")
-    need = {"CPU": 1.0, **({"GPU": 1.0} if use_gpu else {}), **t.resources_per_worker}
-    fits = sum(min(int(n.get(r, 0) // amount) for r, amount in need.items() if amount > 0) for n in nodes)
+    # What Ray Train asks per worker: resources_per_worker, else one GPU (use_gpu) or one CPU.
+    need = {r: amount for r, amount in t.resources_per_worker.items() if amount} or ({} if use_gpu else {"CPU": 1.0})
+    if use_gpu:
+        need.setdefault("GPU", 1.0)
+    fits = sum(min(int(n.get(r, 0) // amount) for r, amount in need.items()) for n in nodes)
     if fits < t.num_workers:
         have = ", ".join(f"{r} {sum(n.get(r, 0) for n in nodes):g}" for r in need)
         raise UserError(f"train: {t.num_workers} workers of {_resources(need)} do not fit the Ray cluster "
