@@ -50,6 +50,9 @@ def configure_data(ray_progress: bool = False) -> None:
     ctx.print_on_execution_start = False
     # Same input, same row order in every output file: reruns are byte-comparable.
     ctx.execution_options.preserve_order = True
+    # Ray 2.60's datasource V2 starts FooterReader actors (fresh worker processes) for every
+    # read_parquet and kills them after: 5-10 s per table read on 2 CPUs, 0.4 s with V1.
+    ctx.use_datasource_v2 = False
     # Carried to Ray Train's dataset coordinators too, which then print no progress bars of their own.
     ctx.enable_progress_bars = ray_progress
     _ray_data_console(logging.INFO if ray_progress else logging.WARNING)
