@@ -363,9 +363,9 @@ def write_report(run: Run, cfg: Config, secs: list[Section], results: list[dict]
     """results.parquet, config.yaml, report.md (+ plots/) and report.html into the eval folder."""
     title = "ragtune evaluation"
     table = schemas.validate("eval_results", pa.Table.from_pylist(results, schema=schemas.schema_of("eval_results")))
+    run.fs.makedirs(run.uri("plots"), exist_ok=True)  # and the eval folder: the first file written makes it
     with run.fs.open(run.uri("results.parquet"), "wb") as f:
         pq.write_table(table, f, **PARQUET_ARGS)
-    run.fs.makedirs(run.uri("plots"), exist_ok=True)
     for s in secs:
         if s.figure:
             with run.fs.open(run.uri("plots", s.figure[0]), "wb") as f:
