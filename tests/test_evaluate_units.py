@@ -366,7 +366,8 @@ def test_report_files_contain_the_numbers_and_every_failure(tmp_path):
     assert "it is left out of every comparison" in headline
     assert "**long_context failed on 2 of 5 questions** (most often: empty_answer" in headline
     assert "| naive_rag | 0 | 5 | n/a | n/a | n/a | not judged: no question with answers from both |" in headline
-    assert f"| base | 5 | 0 |" in headline and f"{number} (n=4)" in headline
+    assert "| base | 5 | 0 |" in headline and f"{number} (n=4)" in headline
+    assert "no valid verdict on the 3 questions both answered (judge errors" in headline  # long_context vs student
     assert "the reference answer and the corpus evidence (5 questions)" in md
     assert page.count("data:image/png;base64,") >= 4 and 'src="plots/' not in page
     for png in ("win_rates_by_criterion.png", "win_rates_by_kind.png", "answer_lengths.png"):

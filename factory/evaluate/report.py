@@ -186,13 +186,17 @@ def _headline(cfg: Config, engines: dict[str, dict], answers: list[dict], result
     headers = ["system", "answered", "failed", "token F1", "ROUGE-L", "refusal acc."]
     if judged and criteria:
         headers.append(f"{anchor} win rate vs it ({criteria[0]}, n)")
+    answered = defaultdict(set)
+    for r in answers:
+        if r["error"] is None:
+            answered[r["system"]].add(r["question_id"])
     rows = []
     for s in systems:
         n_failed = sum(failed[s].values())
         row = [s, str(total[s] - n_failed), str(n_failed)] + [
             _fmt_row(cell.get((m, s, "all"))) for m in ("token_f1", "rouge_l", "refusal_accuracy")]
         if judged and criteria:
-            row.append(_win_cell(anchor, s, wins, pairs))
+            row.append(_win_cell(anchor, s, wins, pairs, answered))
         rows.append(row)
     text.append("Answers scored against the dataset's reference answers, over all question kinds, with 95% "
                 "intervals; refusal accuracy = unanswerable questions refused and the others answered.")
@@ -203,14 +207,16 @@ def _fmt_row(r: dict | None) -> str:
     return fmt(r["value"], r["ci_low"], r["ci_high"]) if r else "n/a"
 
 
-def _win_cell(anchor: str, system: str, wins: dict, pairs: list[tuple[str, str]]) -> str:
+def _win_cell(anchor: str, system: str, wins: dict, pairs: list[tuple[str, str]], answered: dict) -> str:
     if system == anchor:
         return "(anchor)"
     if (anchor, system) not in pairs:
         return "not compared"
     r = wins.get((anchor, system))
     if r is None:
-        return "not judged: no question with answers from both"
+        both = len(answered[anchor] & answered[system])
+        return (f"no valid verdict on the {both} questions both answered (judge errors, see Setup)" if both
+                else "not judged: no question with answers from both")
     return f"{_fmt_row(r)} (n={r['n']})"
 
 
