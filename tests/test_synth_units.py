@@ -9,12 +9,11 @@ import pyarrow as pa
 
 from factory.config import validate_config
 from factory.pipeline import StageRecord
-from factory.synth import qa_batch, target
+from factory.synth import DECISIONS, qa_batch, target
 from factory.synth import extractive as X
 from factory.synth import questions as Q
 from factory.synth import quality
 from factory.synth.near import NearIndex, jaccard_estimate, signatures
-from factory.synth.retrieval import Retriever
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.synth.text import clean_target, is_refusal, relevance, topic_terms
@@ -228,7 +227,7 @@ def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
 
 
 # ---- unanswerable -----------------------------------------------------------------------------------
-def test_unanswerable_rows_use_real_entities_and_corpus_like_names_that_retrieval_cannot_support():
+def test_unanswerable_rows_use_real_entities_and_corpus_like_names_that_no_chunk_holds():
     chunks = pa.table({"id": ["c1", "c2", "c3"], "title": ["a", "b", "c"], "date": [None] * 3,
                        "text": ["Tomas Eriksen and Priya Nair met at Quay Road.", "Jonah Webb swims at Portobello Beach.",
                                 "Aunt Rosa lives in Brackley Cross near Old Mill Gardens."]})
@@ -237,8 +236,9 @@ def test_unanswerable_rows_use_real_entities_and_corpus_like_names_that_retrieva
                      "type": ["person", "person", "person", "geo", "geo"],
                      "text_unit_ids": [["c1"], ["c1"], ["c2"], ["c1"], ["c2"]]})
     rels = pa.table({"source": ["Tomas Eriksen"], "target": ["Priya Nair"]})
-    retriever = Retriever.build(chunks, "bm25")
-    rows = Q.unanswerable_questions(6, ents, rels, retriever, load_templates("personal"), 5)
+    rows = Q.unanswerable_questions(6, ents, rels, chunks.column("text").to_pylist(), load_templates("personal"), 5)
+    assert Q.chunks_holding(["Tomas met Priya.", "Priya swam."], [["Tomas", "Priya"], ["Tomas", "swam"], ["Jo"]]) == \
+        [True, False, False]
     assert rows and len({r["question"] for r in rows}) == len(rows)
     corpus = " ".join(chunks.column("text").to_pylist()).lower()
     for r in rows:
@@ -263,7 +263,8 @@ def test_targets_and_qa_rows(ray_session):
 
     rows = [{**_answered(id=i), "evidence_chunk_ids": ["c"], "source_chunk_id": "c", "retrieved_source": True,
              "question_source": "template", "groundedness": 1.0, "relevance": 1.0} for i in ("a", "b", "c")]
-    decisions = ray.put({"a": ("train", "g1", None), "b": ("test", "g2", 7.0)})
+    decisions = ray.put(pa.table({"id": ["a", "b"], "split": ["train", "test"], "group_id": ["g1", "g2"],
+                                  "judge_score": [None, 7.0]}, schema=DECISIONS))
     table = pa.Table.from_pylist(rows)
     train = qa_batch(table, [decisions], "train", "think_tags", "sys").to_pylist()
     test = qa_batch(table, [decisions], "test", "none", "sys").to_pylist()

@@ -94,7 +94,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     # Unanswerable rows make up their share of the answerable ones; they are written and checked here.
     answerable = sum(r["drop"] is None for r in rows)
     unanswerable = Q.unanswerable_questions(Q.unanswerable_count(answerable, s.unanswerable_fraction),
-                                            entities, relationships, retriever, t, cfg.seed)
+                                            entities, relationships, retriever.texts, t, cfg.seed)
     if unanswerable:
         refusals = quality.score_batch(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable]), limits)
         scored = scored.union(ray.data.from_arrow(refusals))
@@ -120,7 +120,8 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     clock.lap("filters_and_split")
 
-    shared = ray.put({i: (split, group, judged.get(i, (None, None))[0]) for i, (split, group) in decisions.items()})
+    shared = ray.put(pa.Table.from_pylist([{"id": i, "split": split, "group_id": group, "judge_score": judged.get(i, (None, None))[0]}
+                                           for i, (split, group) in decisions.items()], schema=DECISIONS))
     system_prompt = s.system_prompt or t.system_prompt
     counts = {}
     for split in ("train", "test"):
@@ -170,29 +171,33 @@ def target(answer: str, reasoning: str | None, mode: str) -> str:
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",
               "entity_ids", "relationship_ids", "community_ids", "level", "question_source", "question_set", "engine",
               "model", "prompt_hash", "groundedness", "relevance")
+DECISIONS = pa.schema([("id", pa.string()), ("split", pa.string()), ("group_id", pa.string()), ("judge_score", pa.float64())])
 
 
 def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, system_prompt: str) -> pa.Table:
-    """The kept rows of one split as qa rows: lineage columns, scores, and the chat messages."""
+    """The kept rows of one split as qa rows: lineage columns, scores, and the chat messages. `decisions`
+    holds the ref of an Arrow table (id, split, group_id, judge_score), read zero-copy in every task."""
     import ray
 
     import schemas
 
     chosen = ray.get(decisions[0])
-    ids = batch.column("id").to_pylist()
-    mask = pa.array([chosen.get(i, ("",))[0] == split for i in ids])
-    out = []
-    for r in batch.filter(mask).to_pylist():
-        row = {c: r.get(c) for c in QA_COLUMNS}
-        for c in ("evidence_chunk_ids", "entity_ids", "relationship_ids", "community_ids"):
-            row[c] = row[c] or []
-        row["question_set"] = row["question_set"] or "main"
-        _, row["group_id"], row["judge_score"] = chosen[r["id"]]
-        row["split"] = split
-        row["messages"] = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": r["question"]},
-            {"role": "assistant", "content": target(r["answer"], r.get("reasoning"), reasoning)},
-        ]
-        out.append(row)
-    return schemas.validate("qa", pa.Table.from_pylist(out, schema=schemas.schema_of("qa")))
+    at = pc.index_in(batch.column("id"), value_set=chosen.column("id"))
+    mask = pc.fill_null(pc.equal(pc.take(chosen.column("split"), at), split), False)
+    rows, at = batch.filter(mask), at.filter(mask)
+    n, qa = rows.num_rows, schemas.schema_of("qa")
+    out = {c: rows.column(c) if c in rows.column_names else pa.nulls(n, qa.field(c).type) for c in QA_COLUMNS}
+    for c in ("evidence_chunk_ids", "entity_ids", "relationship_ids", "community_ids"):
+        out[c] = pc.fill_null(out[c], pa.scalar([], pa.list_(pa.string())))
+    out["question_set"] = pc.fill_null(out["question_set"], "main")
+    out["group_id"], out["judge_score"] = pc.take(chosen.column("group_id"), at), pc.take(chosen.column("judge_score"), at)
+    out["split"] = pa.array([split] * n, pa.string())
+    targets = [target(a, r, reasoning) for a, r in zip(rows.column("answer").to_pylist(), rows.column("reasoning").to_pylist())]
+    # Three turns per row, built as flat struct columns and cut into lists: no Python dict per message.
+    roles = pa.array(["system", "user", "assistant"] * n, pa.string())
+    contents = pa.array([x for q, t in zip(rows.column("question").to_pylist(), targets) for x in (system_prompt, q, t)],
+                        pa.string())
+    messages = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+    out["messages"] = pa.ListArray.from_arrays(pa.array(range(0, 3 * n + 1, 3), pa.int32()), messages)
+    table = pa.table({f.name: out[f.name] for f in qa})
+    return schemas.validate("qa", table)

@@ -47,25 +47,36 @@ def starts_with_pronoun(sentence: str) -> bool:
     return sentence.split(" ", 1)[0].lower().strip("\"“'") in _PRONOUNS
 
 
+class Sentences:
+    """A passage's sentences, lower-cased once, for the many focuses asked of one chunk."""
+
+    def __init__(self, text: str):
+        self.sents = [s for s, _ in sentence_words(text)]
+        self.lowered = [s.lower() for s in self.sents]
+
+    def naming(self, names: list[str], max_sentences: int = MAX_SENTENCES) -> list[str]:
+        """The sentences that name every one of `names` (lower-case; else any of them), in reading order.
+        A heading that names them stands for the sentence under it (a heading alone says nothing), and
+        a sentence opening with a pronoun brings the sentence before it (the one it points back to)."""
+        sents = self.sents
+        for need in (all, any):
+            picked: list[int] = []
+            for i, s in enumerate(self.lowered):
+                if need(n in s for n in names):
+                    j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
+                    if starts_with_pronoun(sents[j]) and j > 0 and not _is_heading(sents[j - 1]) and j - 1 not in picked:
+                        picked.append(j - 1)
+                    if j not in picked:
+                        picked.append(j)
+            out = [p for p in (plain(sents[i]) for i in sorted(picked)) if len(p.split()) >= 3]
+            if out:
+                return out[:max_sentences]
+        return []
+
+
 def source_sentences(names: list[str], text: str, max_sentences: int = MAX_SENTENCES) -> list[str]:
-    """The sentences of `text` that name every one of `names` (else any of them), in reading order.
-    A heading that names them stands for the sentence under it (a heading alone says nothing), and a
-    sentence opening with a pronoun brings the sentence before it (the one it points back to)."""
-    sents = [s for s, _ in sentence_words(text)]
-    lowered = [n.lower() for n in names]
-    for need in (all, any):
-        picked: list[int] = []
-        for i, s in enumerate(sents):
-            if need(n in s.lower() for n in lowered):
-                j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
-                if starts_with_pronoun(sents[j]) and j > 0 and not _is_heading(sents[j - 1]) and j - 1 not in picked:
-                    picked.append(j - 1)
-                if j not in picked:
-                    picked.append(j)
-        out = [p for p in (plain(sents[i]) for i in sorted(picked)) if len(p.split()) >= 3]
-        if out:
-            return out[:max_sentences]
-    return []
+    """Sentences.naming for one focus of one passage."""
+    return Sentences(text).naming([n.lower() for n in names], max_sentences)
 
 
 def describe(description: str) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from factory.prompts import load as load_prompt
 from factory.synth import extractive as X
-from factory.synth.questions import LOCAL, QUESTION_SCHEMA, entity_ids_by_title, question_id, rng_for
+from factory.synth.questions import LOCAL, QUESTION_SCHEMA, entity_ids_by_title, pick, question_id, rng_for
 from factory.synth.rows import MESSAGES, map_rows
 from factory.synth.templates import load_templates
 from schemas import STRS
@@ -98,6 +98,10 @@ class LocalRows:
         rows = []
         for chunk in batch.select(["id", "text", "title", "date"]).to_pylist():
             focuses = self.index.of(chunk, self.per_chunk, self.seed)
+            if not focuses:
+                continue
+            chunk["where"] = self.t.where.of(chunk["title"], chunk["date"])
+            chunk["where_answer"] = self.t.phrases.where_answer.of(chunk["title"], chunk["date"])
             rows += self._asks(chunk, focuses) if self.teacher else self._answered(chunk, focuses)
         if self.teacher:
             return pa.Table.from_pylist(rows, schema=ASKING)
@@ -105,32 +109,30 @@ class LocalRows:
         return pa.Table.from_pylist(rows, schema=ANSWERED)
 
     def _base(self, chunk: dict, focus: dict, question: str | None, source: str) -> dict:
-        return {"id": question_id("local", question, chunk["id"], focus["entity_ids"], focus["relationship_ids"]),
+        return {"id": question_id("local", question, chunk["id"], *focus["entity_ids"], "|", *focus["relationship_ids"]),
                 "kind": "local", "task": LOCAL, "question": question, "question_source": source,
                 "names": focus["names"], "description": focus["description"] if self.teacher else None,
                 "entity_ids": focus["entity_ids"], "relationship_ids": focus["relationship_ids"],
-                "text_unit_ids": [chunk["id"]], "source_chunk_id": chunk["id"],
-                "where": self.t.phrases.where_answer.of(chunk.get("title"), chunk.get("date"))}
+                "text_unit_ids": [chunk["id"]], "source_chunk_id": chunk["id"], "where": chunk["where_answer"]}
 
     def template_question(self, chunk: dict, names: list[str]) -> str:
-        where = self.t.where.of(chunk.get("title"), chunk.get("date"))
-        rng = rng_for(self.seed, "local-q", chunk["id"], names)
         if len(names) == 2:
-            return rng.choice(self.t.local["relationship"]).format(a=names[0], b=names[1], where=where)
-        return rng.choice(self.t.local["entity"]).format(name=names[0], where=where)
+            return pick(self.t.local["relationship"], self.seed, "local-q", chunk["id"], *names).format(
+                a=names[0], b=names[1], where=chunk["where"])
+        return pick(self.t.local["entity"], self.seed, "local-q", chunk["id"], *names).format(name=names[0], where=chunk["where"])
 
     def _asks(self, chunk: dict, focuses: list[dict]) -> list[dict]:
         if self.prompt is None:
             return [self._base(chunk, f, self.template_question(chunk, f["names"]), "template") for f in focuses]
-        where = self.t.where.of(chunk.get("title"), chunk.get("date"))
         return [{**self._base(chunk, f, None, "llm"), "messages": self.prompt.messages(
-            where=where, text=chunk["text"], focus=" and ".join(f["names"]),
+            where=chunk["where"], text=chunk["text"], focus=" and ".join(f["names"]),
             description=(f["description"] or "(none)")[:600], question_style=self.t.question_style)} for f in focuses]
 
     def _answered(self, chunk: dict, focuses: list[dict]) -> list[dict]:
         rows, seen = [], set()
+        sents = X.Sentences(chunk["text"])
         for f in focuses:
-            quoted = tuple(X.source_sentences(f["names"], chunk["text"]))
+            quoted = tuple(sents.naming(f["lowered"]))
             if quoted in seen:
                 continue  # another focus of this chunk gets these very sentences: one row says them
             seen.add(quoted)

@@ -31,7 +31,7 @@ from factory.pipeline import Run, StageRecord
 from factory.prompts import load as load_prompt
 from factory.synth.answers import REFUSED
 from factory.synth.extractive import question_terms
-from factory.synth.near import NUM_PERM, NearIndex, signatures
+from factory.synth.near import NUM_PERM, NearIndex, band_keys, signatures
 from factory.synth.rows import MESSAGES, collect, map_rows
 from factory.synth.text import clean_target, is_refusal, relevance, support
 from schemas import STRS
@@ -179,17 +179,19 @@ def count_drops(rec: StageRecord, rows: list[dict]) -> list[dict]:
 
 def dedup(rec: StageRecord, rows: list[dict], answer_threshold: float, question_threshold: float) -> list[dict]:
     """Near-duplicate answers, then near-duplicate questions; the better-ranked row of a pair stays."""
+    rows = sorted(rows, key=rank_key)
+    answer_sigs, question_sigs = sigs_of(rows, "answer_sig"), sigs_of(rows, "question_sig")
+    answer_bands, question_bands = band_keys(answer_sigs).tolist(), band_keys(question_sigs).tolist()
     answers, questions = NearIndex(answer_threshold), NearIndex(question_threshold)
     kept = []
-    for r in sorted(rows, key=rank_key):
-        a, q = _sig(r["answer_sig"]), _sig(r["question_sig"])
-        if answers.similar(a) is not None:
+    for i, r in enumerate(rows):
+        if answers.similar(answer_sigs[i], answer_bands[i]) is not None:
             rec.drop("duplicate_answer")
-        elif questions.similar(q) is not None:
+        elif questions.similar(question_sigs[i], question_bands[i]) is not None:
             rec.drop("duplicate_question")
         else:
-            answers.add(a)
-            questions.add(q)
+            answers.add(answer_sigs[i], bands=answer_bands[i])
+            questions.add(question_sigs[i], bands=question_bands[i])
             kept.append(r)
     return kept
 
@@ -212,8 +214,9 @@ def keep_top(rec: StageRecord, rows: list[dict], fraction: float) -> list[dict]:
     return kept
 
 
-def _sig(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.uint32)
+def sigs_of(rows: list[dict], column: str) -> np.ndarray:
+    """The rows' signatures in `column` as one (n, NUM_PERM) array."""
+    return np.frombuffer(b"".join(r[column] for r in rows), dtype=np.uint32).reshape(len(rows), NUM_PERM)
 
 
 def compact(scored) -> list[dict]:

@@ -17,7 +17,6 @@ by (config seed, the row's own key), so a row does not depend on which other row
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
@@ -29,7 +28,7 @@ from factory.pipeline import Run, StageRecord, log
 from factory.prompts import load as load_prompt
 from factory.synth.rows import MESSAGES, collect, llm_enabled, to_dataset
 from factory.synth.templates import GlobalTemplate, Templates
-from factory.synth.text import estimate_tokens
+from factory.synth.text import estimate_tokens, words
 from schemas import STRS
 
 # How a chunk-grounded row is answered (answers.py): its description, its source chunk, or the teacher
@@ -54,15 +53,22 @@ class QuestionsOut(BaseModel):
     questions: list[str] = Field(default_factory=list)
 
 
+def _digest(*key: object) -> bytes:
+    return hashlib.blake2b("\x1f".join(map(str, key)).encode(), digest_size=8).digest()
+
+
 def rng_for(seed: int, *key: object) -> random.Random:
-    digest = hashlib.sha256(json.dumps([seed, *key], default=str).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
+    return random.Random(int.from_bytes(_digest(seed, *key), "big"))
+
+
+def pick(options: list[str], seed: int, *key: object) -> str:
+    """A seeded choice by the row's own key (cheaper than a Random per row, which most rows need once)."""
+    return options[int.from_bytes(_digest(seed, *key), "big") % len(options)]
 
 
 def question_id(kind: str, question: str | None, *provenance: object) -> str:
     """Stable content hash of kind + question + provenance."""
-    blob = json.dumps([kind, question, *provenance], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest(kind, question, *provenance).hex()
 
 
 def entity_ids_by_title(entities: pa.Table) -> dict[str, str]:
@@ -80,7 +86,7 @@ def subject_questions(entities: pa.Table, relationships: pa.Table, t: Templates,
     """Per entity and relationship: the template -> description row, and with a teacher a CoT row."""
     rows = []
     for e in entities.to_pylist():
-        q = rng_for(seed, "entity", e["id"]).choice(t.entity_templates(e.get("type"))).format(name=e["title"])
+        q = pick(t.entity_templates(e.get("type")), seed, "entity", e["id"]).format(name=e["title"])
         common = {"kind": "entity", "names": [e["title"]], "entity_type": e.get("type"), "description": e.get("description"),
                   "entity_ids": [e["id"]], "relationship_ids": [], "text_unit_ids": (e.get("text_unit_ids") or [])[:max_sources]}
         rows.append(_row(id=question_id("entity", q, e["id"]), task=DESCRIBE, question=q, question_source="template", **common))
@@ -89,7 +95,7 @@ def subject_questions(entities: pa.Table, relationships: pa.Table, t: Templates,
     ids = entity_ids_by_title(entities)
     for r in relationships.to_pylist():
         a, b = r["source"], r["target"]
-        q = rng_for(seed, "relationship", r["id"]).choice(t.relationship).format(a=a, b=b)
+        q = pick(t.relationship, seed, "relationship", r["id"]).format(a=a, b=b)
         common = {"kind": "relationship", "names": [a, b], "description": r.get("description"),
                   "entity_ids": [ids[n] for n in (a, b) if n in ids], "relationship_ids": [r["id"]],
                   "text_unit_ids": (r.get("text_unit_ids") or [])[:max_sources]}
@@ -115,7 +121,7 @@ def level_reports(reports: pa.Table, level: int) -> list[dict]:
 def global_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templates) -> list[dict]:
     """Training questions: one per important community (scoped to its report), and corpus-wide ones."""
     s, seed = run.cfg.synth, run.cfg.seed
-    rows = [_global_row(rng_for(seed, "community", r["community"]).choice(t.community).format(title=r["title"]),
+    rows = [_global_row(pick(t.community, seed, "community", r["community"]).format(title=r["title"]),
                         "template", s.global_level, [str(r["community"])])
             for r in reports[: s.community_questions] if r.get("title")]
     if not s.global_questions:
@@ -198,39 +204,47 @@ def unanswerable_count(answerable: int, fraction: float) -> int:
     return 0 if fraction <= 0 else round(answerable * fraction / (1 - fraction)) if fraction < 1 else answerable
 
 
-def plausible_names(entities: pa.Table, known: set[str]) -> list[tuple[str, str]]:
-    """(name, type) pairs that sound like the corpus but are not in it: a first word of one
-    multi-word name with the last word of another of the same type ("Tomas Nair" from "Tomas
-    Eriksen" and "Priya Nair"). What looks like the corpus cannot be refused by its look."""
+def name_parts(entities: pa.Table) -> dict[str, tuple[list[str], list[str]]]:
+    """Per entity type, the first and last words of its multi-word proper names: what a plausible name
+    is made of ("Tomas Nair" from "Tomas Eriksen" and "Priya Nair"). What looks like the corpus cannot
+    be refused by its look. Two lower-case terms glued together ("stainless cord") make no question."""
     by_type: dict[str, tuple[list[str], list[str]]] = {}
     for title, kind in zip(entities.column("title").to_pylist(), entities.column("type").to_pylist()):
         parts = title.split()
-        # Proper names only: two lower-case terms glued together ("stainless cord") make no plausible question.
         if len(parts) >= 2 and title[:1].isupper() and all(_WORD.fullmatch(p) for p in (parts[0], parts[-1])):
             heads, tails = by_type.setdefault(kind or "default", ([], []))
             heads.append(parts[0])
             tails.append(parts[-1])
+    return {k: (sorted(set(h)), sorted(set(t))) for k, (h, t) in sorted(by_type.items())}
+
+
+def chunks_holding(texts: list[str], name_sets: list[list[str]]) -> list[bool]:
+    """For each set of names, whether some text holds all of them: a lexical retrieval, exact where BM25
+    ranks. Only the words of the names asked about are indexed."""
+    wanted = {w for names in name_sets for n in names for w in words(n)}
+    postings: dict[str, set[int]] = {w: set() for w in wanted}
+    for i, text in enumerate(texts):
+        for w in wanted.intersection(words(text)):
+            postings[w].add(i)
     out = []
-    for kind, (heads, tails) in sorted(by_type.items()):
-        for head in sorted(set(heads)):
-            for tail in sorted(set(tails)):
-                name = f"{head} {tail}"
-                if name.lower() not in known and head != tail:
-                    out.append((name, kind))
+    for names in name_sets:
+        lists = sorted((postings[w] for n in names for w in words(n)), key=len)
+        cands = set.intersection(*lists) if lists else set()
+        out.append(any(all(n.lower() in texts[c].lower() for n in names) for c in cands))
     return out
 
 
-def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, retriever, t: Templates, seed: int) -> list[dict]:
+def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, texts: list[str], t: Templates,
+                           seed: int) -> list[dict]:
     """`n` questions the corpus cannot answer, half about real entities never mentioned together and
-    half about plausible names it never mentions, each kept only when retrieval finds no chunk with
-    all of its names; answered with a refusal."""
+    half about plausible names it never mentions, each kept only when no chunk holds all of its
+    names (`texts`: the chunks); answered with a refusal."""
     if n <= 0 or not entities.num_rows:
         return []
     rng = rng_for(seed, "unanswerable")
-    known = {x.lower() for x in entities.column("title").to_pylist()}
-    invented = plausible_names(entities, known)
-    rng.shuffle(invented)
     titles = entities.column("title").to_pylist()
+    known = {x.lower() for x in titles}
+    parts = name_parts(entities)
     types = dict(zip(titles, entities.column("type").to_pylist()))
     ids = entity_ids_by_title(entities)
     together = {frozenset((a, b)) for a, b in zip(relationships.column("source").to_pylist(), relationships.column("target").to_pylist())}
@@ -245,14 +259,17 @@ def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, 
         return q, [a, b], _sentence(rng.choice(t.refusals["pair"]).format(a=a, b=b)), f"{a} and {b} together"
 
     def name() -> tuple[str, list[str], str, str] | None:
-        if not invented:
+        if not parts:
             return None
-        who, kind = invented.pop()
+        kind = rng.choice(sorted(parts))
+        who = f"{rng.choice(parts[kind][0])} {rng.choice(parts[kind][1])}"
+        if who.lower() in known or who.split()[0] == who.split()[-1]:
+            return None
         q = rng.choice(t.unanswerable_templates(kind)).format(name=who)
         return q, [who], _sentence(rng.choice(t.refusals["name"]).format(name=who)), who
 
     made, seen = [], set()
-    for attempt in range(4 * n + 20):
+    for attempt in range(8 * n + 20):
         if len(made) >= 2 * n:
             break
         candidate = (pair if attempt % 2 == 0 else name)()
@@ -260,9 +277,9 @@ def unanswerable_questions(n: int, entities: pa.Table, relationships: pa.Table, 
             seen.add(candidate[0])
             made.append(candidate)
     rows = []
-    # The refusal must be right: no chunk retrieved for the question may hold every name it asks about.
-    for (q, subject_names, answer, subject), hits in zip(made, retriever.search([m[0] for m in made], 10)):
-        if len(rows) < n and not any(all(x.lower() in retriever.text(c).lower() for x in subject_names) for c, _ in hits):
+    # The refusal must be right: no chunk may hold every name the question asks about.
+    for (q, subject_names, answer, subject), held in zip(made, chunks_holding(texts, [m[1] for m in made])):
+        if len(rows) < n and not held:
             rows.append({"id": question_id("unanswerable", q), "kind": "unanswerable", "question": q,
                          "question_source": "template", "answer": answer,
                          "reasoning": t.phrases.unanswerable_reasoning.format(subject=subject),

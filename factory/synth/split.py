@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
-
 from factory.pipeline import StageRecord
-from factory.synth.near import NearIndex
+from factory.synth.near import NearIndex, band_keys
+from factory.synth.quality import sigs_of
 
 HARD = "hard_global"
 
@@ -46,6 +45,8 @@ class _Groups:
 
 
 def group_keys(r: dict) -> list[str]:
+    if r.get("question_set") == HARD:  # written apart from the rest, and test rows by construction
+        return [f"row:{r['id']}"]
     if r["kind"] == "local" and r.get("source_chunk_id"):
         return [f"chunk:{r['source_chunk_id']}"]
     if r["kind"] in ("entity", "relationship") and r.get("entity_ids"):
@@ -74,10 +75,10 @@ def split_rows(rec: StageRecord, rows: list[dict], test_fraction: float, seed: i
     test: set[int] = set()
     by_kind: dict[str, list[int]] = {}
     for root, idx in members.items():
-        if any(rows[i].get("question_set") == HARD for i in idx):
-            test.update(i for i in idx if rows[i].get("question_set") == HARD)
-            continue
-        by_kind.setdefault(rows[root]["kind"], []).append(root)
+        if rows[root].get("question_set") == HARD:
+            test.add(root)
+        else:
+            by_kind.setdefault(rows[root]["kind"], []).append(root)
     for kind, roots in sorted(by_kind.items()):
         n_rows = sum(len(members[g]) for g in roots)
         target = round(test_fraction * n_rows)
@@ -91,14 +92,16 @@ def split_rows(rec: StageRecord, rows: list[dict], test_fraction: float, seed: i
                 test.update(members[g])
                 taken += len(members[g])
 
+    sigs = sigs_of(rows, "question_sig")
+    bands = band_keys(sigs).tolist()
     index = NearIndex(question_threshold)
     for i in sorted(test):
-        index.add(np.frombuffer(rows[i]["question_sig"], dtype=np.uint32))
+        index.add(sigs[i], bands=bands[i])
     out, near = {}, 0
     for i, r in enumerate(rows):
         if i in test:
             out[r["id"]] = ("test", group_id[groups.find(i)])
-        elif index.similar(np.frombuffer(r["question_sig"], dtype=np.uint32)) is not None:
+        elif index.similar(sigs[i], bands[i]) is not None:
             near += 1
         else:
             out[r["id"]] = ("train", group_id[groups.find(i)])

@@ -45,7 +45,13 @@ def words(text: str) -> list[str]:
 
 def content_words(text: str) -> list[str]:
     """Words that carry meaning: no stopwords, no single letters (single digits stay)."""
-    return [w for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
+    return list(_content_words(text or ""))
+
+
+# Small: a row's answer and question are each read by several scores in turn, never again after.
+@functools.lru_cache(maxsize=256)
+def _content_words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
 
 
 # A period after these (or after a single capital, an initial) does not end a sentence.
@@ -115,10 +121,15 @@ _SCAFFOLDING = re.compile(
 )
 
 
+_HEX_RUN = re.compile(r"[0-9a-f]{16}")
+
+
 def clean_target(text: str | None) -> str | None:
     """`text` without citation markers, chunk ids or passage-label scaffolding."""
     if text is None:
         return None
+    if "[" not in text and "(" not in text and not _HEX_RUN.search(text):
+        return text.strip() or None  # nothing to remove: the common case, and a cheap test
     out = _SCAFFOLDING.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", re.sub(r" +([.,;:])", r"\1", out)).strip() or None
 
@@ -148,6 +159,7 @@ _PLACING = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude stem (plural and tense endings off), so "signed" meets "sign" and "habits" meets "habit"."""
     for suffix in ("ing", "ies", "ied", "es", "ed", "s"):
