@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from factory.config import Config, load_config
 from factory.paths import resolve_paths
@@ -21,4 +22,8 @@ def parser(job: str, doc: str, prog: str | None = None) -> argparse.ArgumentPars
 
 def load(args: argparse.Namespace) -> Config:
     """The validated config with its relative paths resolved against the current directory."""
-    return resolve_paths(load_config(args.config, args.overrides))
+    cfg = resolve_paths(load_config(args.config, args.overrides))
+    if not cfg.ray.progress:
+        # Hugging Face's bars (loading weights, ...) go with Ray's; read when transformers is imported, later.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return cfg
