@@ -168,8 +168,9 @@ def _headline(cfg: Config, engines: dict[str, dict], answers: list[dict], result
               judged: bool, pairs: list[tuple[str, str]]) -> Section:
     """Every system, failed ones included: answers, failures and their commonest reason, the main
     judge-free numbers and, with a judge, the anchor's win rate against it."""
-    systems = list(dict.fromkeys([*engines, *(r["system"] for r in answers)]))
     total = Counter(r["system"] for r in answers)
+    order = [*cfg.evaluate.systems, *cfg.evaluate.answer_files]  # as configured (the stats' dict comes back sorted)
+    systems = [s for s in dict.fromkeys([*order, *engines, *(r["system"] for r in answers)]) if s in engines or s in total]
     failed = {s: Counter(r["error"] for r in answers if r["system"] == s and r["error"]) for s in systems}
     cell = {(r["metric"], r["system_a"], r["kind"]): r for r in results if r["system_b"] is None}
     criteria = stats.get("criteria", [])
