@@ -1,4 +1,5 @@
-"""Evaluation pieces that need no LLM: metrics, both-order logic, intervals, packing, benchmark scoring, report."""
+"""Evaluation pieces that need no LLM: metrics, both-order logic, intervals, prompts that fit, local search,
+benchmark scoring, report."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from factory.config import validate_config  # noqa: I001
+from factory.config import EngineConfig, EvaluateConfig, validate_config
 from factory.errors import UserError
 from factory.evaluate import benchmark, judge, metrics, question_sets, report, select_questions
-from factory.config import EngineConfig, EvaluateConfig
 from factory.evaluate.fit import Blocks, Meter, Packed, fit
 from factory.evaluate.local_search import LocalSearch
 from factory.evaluate.systems import engine_for
