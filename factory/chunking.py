@@ -92,20 +92,25 @@ def chunk_id(document_id: str, index: int, text: str) -> str:
 def chunk_document(doc: dict, tokenizer, cfg: ChunkingConfig) -> list[dict]:
     text = doc["text"]
     enc = tokenizer.encode(text, add_special_tokens=False)
-    offsets = enc.offsets
-    if not offsets:
-        return []
-    token_starts = [o[0] for o in offsets]
-    boundaries = sorted({bisect.bisect_left(token_starts, c) for c in sentence_starts(text)})
+    n = len(enc)
+    if n <= cfg.size:
+        # One chunk (or none): no sentence boundaries to find, and only two token offsets to
+        # fetch, not every token's (most of the stage's time on corpora of short entries).
+        spans = [(enc.token_to_chars(0)[0], enc.token_to_chars(n - 1)[1], n)] if n else []
+    else:
+        offsets = enc.offsets
+        token_starts = [o[0] for o in offsets]
+        boundaries = sorted({bisect.bisect_left(token_starts, c) for c in sentence_starts(text)})
+        spans = [(offsets[a][0], offsets[b - 1][1], b - a) for a, b in token_ranges(n, boundaries, cfg.size, cfg.overlap)]
     rows = []
-    for i, (a, b) in enumerate(token_ranges(len(offsets), boundaries, cfg.size, cfg.overlap)):
-        piece = text[offsets[a][0]:offsets[b - 1][1]]
+    for i, (start, end, n_tokens) in enumerate(spans):
+        piece = text[start:end]
         rows.append({
             "id": chunk_id(doc["id"], i, piece),
             "document_id": doc["id"],
             "chunk_index": i,
             "text": piece,
-            "n_tokens": b - a,
+            "n_tokens": n_tokens,
             "title": doc.get("title"),
             "date": doc.get("date"),
         })

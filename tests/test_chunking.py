@@ -44,3 +44,19 @@ def test_huge_single_line_is_chunked_linearly():
     rows = chunk_document({"id": "d", "text": text}, tok, ChunkingConfig(size=500, overlap=100))
     assert len(rows) == (200_000 - 100) // 400 + 1 or abs(len(rows) - 500) < 5
     assert max(r["n_tokens"] for r in rows) <= 500
+
+
+def test_a_document_within_size_is_one_chunk_of_its_token_span():
+    tok = load_tokenizer("default")
+    cfg = ChunkingConfig(size=40, overlap=10)
+    texts = ["Zoë's café — “Harwick Mill” (1843). It closed.", "Tiny.", " ".join(["word"] * 40), "\u200b"]
+    for text in texts:
+        offsets = tok.encode(text, add_special_tokens=False).offsets
+        rows = chunk_document({"id": "d", "text": text, "title": None, "date": None}, tok, cfg)
+        if not offsets:
+            assert rows == []
+            continue
+        assert [(r["text"], r["n_tokens"], r["chunk_index"]) for r in rows] == [
+            (text[offsets[0][0]:offsets[-1][1]], len(offsets), 0)]
+    # One token more than the size: two overlapping chunks.
+    assert len(chunk_document({"id": "d", "text": " ".join(["word"] * 41), "title": None, "date": None}, tok, cfg)) == 2
