@@ -38,7 +38,7 @@ from schemas import STRS
 
 # Error kinds the engine layer counts itself (the first word of `error`).
 ENGINE_ERRORS = (LLM_ERROR, INVALID_OUTPUT, BUDGET)
-SIG = pa.binary(NUM_PERM * 4)
+SIG = pa.binary(NUM_PERM * 4)  # fixed size: a column is one buffer of signatures
 
 # Every answered row, whatever made it, conformed to one shape before scoring.
 ANSWERED_SCHEMA = pa.schema([
@@ -79,44 +79,60 @@ def conform(batch: pa.Table) -> pa.Table:
 
 def score_rows(ds, limits: Limits):
     """Scores and the first failed check of every row (see the module docstring), on Ray."""
-    return ds.map_batches(score_batch, fn_kwargs={"limits": limits}, batch_format="pyarrow", batch_size=1024)
+    return ds.map_batches(score_batch, fn_kwargs={"limits": limits}, batch_format="pyarrow", batch_size=4096)
 
 
 def score_batch(batch: pa.Table, limits: Limits) -> pa.Table:
-    rows = conform(batch).to_pylist()
-    for r in rows:
-        r["answer"], r["reasoning"] = clean_target(r["answer"]), clean_target(r["reasoning"])
-        r["groundedness"] = r["relevance"] = r["judge_score"] = None
-        r["drop"] = _check(r, limits)
-    answers = signatures([r["answer"] or "" for r in rows])
-    questions = signatures([r["question"] or "" for r in rows])
-    for r, a, q in zip(rows, answers, questions):
-        r["answer_sig"], r["question_sig"] = a.tobytes(), q.tobytes()
-    return pa.Table.from_pylist(rows, schema=SCORED_SCHEMA)
+    """Column by column: only the texts the checks read become Python values."""
+    t = conform(batch)
+    kinds, questions, evidence, errors, cues = (t.column(c).to_pylist() for c in ("kind", "question", "evidence", "error", "cues"))
+    answers = [clean_target(a) for a in t.column("answer").to_pylist()]
+    reasonings = [clean_target(r) for r in t.column("reasoning").to_pylist()]
+    checked = [_check(*row, limits) for row in zip(kinds, questions, answers, evidence, errors, cues)]
+    t = (t.set_column(t.schema.get_field_index("answer"), "answer", pa.array(answers, pa.string()))
+          .set_column(t.schema.get_field_index("reasoning"), "reasoning", pa.array(reasonings, pa.string())))
+    new = {
+        "groundedness": pa.array([c[1] for c in checked], pa.float64()),
+        "relevance": pa.array([c[2] for c in checked], pa.float64()),
+        "judge_score": pa.nulls(t.num_rows, pa.float64()),
+        "drop": pa.array([c[0] for c in checked], pa.string()),
+        "answer_sig": _sig_array(signatures([a or "" for a in answers])),
+        "question_sig": _sig_array(signatures([q or "" for q in questions])),
+    }
+    for name, column in new.items():
+        t = t.append_column(pa.field(name, SCORE_FIELDS[name]), column)
+    return t
 
 
-def _check(r: dict, lim: Limits) -> str | None:
-    if r["error"]:
-        return r["error"].split(":", 1)[0]
-    if not r["answer"] or not r["question"]:
-        return "no_answer"
-    if r["kind"] != "unanswerable" and is_refusal(r["answer"]):
-        return "refusal"
-    if not lim.min_question_chars <= len(r["question"]) <= lim.max_question_chars:
-        return "question_length"
-    if len(r["answer"]) < lim.min_answer_chars:
-        return "answer_too_short"
-    if len(r["answer"]) > lim.max_answer_chars:
-        return "answer_too_long"
-    if r["kind"] == "unanswerable":
-        return None  # written and checked against retrieval when it was made
-    r["groundedness"] = round(support(r["answer"], r["evidence"] or ""), 4)
-    if r["groundedness"] < lim.min_groundedness:
-        return "ungrounded"
-    r["relevance"] = relevance(question_terms(r["question"], r["cues"]), r["answer"])
-    if r["relevance"] is not None and lim.min_relevance is not None and r["relevance"] < lim.min_relevance:
-        return "off_topic"
-    return None
+def _sig_array(sigs: np.ndarray) -> pa.Array:
+    """Signatures as a fixed-size binary column, straight from their buffer."""
+    return pa.FixedSizeBinaryArray.from_buffers(SIG, len(sigs), [None, pa.py_buffer(np.ascontiguousarray(sigs))])
+
+
+def _check(kind: str, question: str | None, answer: str | None, evidence: str | None, error: str | None,
+           cues: list[str] | None, lim: Limits) -> tuple[str | None, float | None, float | None]:
+    """(the first failed check or None, groundedness, relevance)."""
+    if error:
+        return error.split(":", 1)[0], None, None
+    if not answer or not question:
+        return "no_answer", None, None
+    if kind != "unanswerable" and is_refusal(answer):
+        return "refusal", None, None
+    if not lim.min_question_chars <= len(question) <= lim.max_question_chars:
+        return "question_length", None, None
+    if len(answer) < lim.min_answer_chars:
+        return "answer_too_short", None, None
+    if len(answer) > lim.max_answer_chars:
+        return "answer_too_long", None, None
+    if kind == "unanswerable":
+        return None, None, None  # written and checked against the chunks when it was made
+    grounded = round(support(answer, evidence or ""), 4)
+    if grounded < lim.min_groundedness:
+        return "ungrounded", grounded, None
+    relevant = relevance(question_terms(question, cues), answer)
+    if relevant is not None and lim.min_relevance is not None and relevant < lim.min_relevance:
+        return "off_topic", grounded, relevant
+    return None, grounded, relevant
 
 
 # ---- the judge ------------------------------------------------------------------------------------
