@@ -1,16 +1,20 @@
-"""The graph and reports stages in no-LLM mode, and hierarchical Leiden at 50k nodes / 250k edges.
+"""The graph and reports stages in no-LLM mode, on both corpus shapes, and hierarchical Leiden at 50k nodes.
 
-    python bench/graph.py --words 800000       # ≈1M WordPiece tokens
-    python bench/graph.py --skip-corpus        # clustering only
+    python bench/graph.py --shape short --size 10000   # 10k short reference entries (bench/corpus.py), ≈1.2M tokens
+    python bench/graph.py --shape long --size 800000   # ≈800k words of long journal entries, ≈1.3M tokens
+    python bench/graph.py --skip-corpus                # clustering only
 
-Part 1 generates a journal-like corpus with many names (people, places,
-organizations and events drawn from seeded syllables, grouped into social
-circles so the graph has communities), chunks it with factory.chunking, and
-times each step of the graph stage (rule extraction on Ray Data, merge,
-clustering, writing) and the reports stage: wall seconds, and CPU seconds of
-the driver and its Ray processes (the work done, which a loaded shared box
-does not inflate); peak memory is the largest RSS sum of the driver and its
-Ray processes, sampled every 0.2 s.
+Shapes: `short` is bench/corpus.py's many ~480-character reference entries
+(thousands of Zipf-reused names, cross-references), one chunk each; `long` is
+a journal-like corpus generated here (entries of ~400 words whose names come
+from social circles, so the graph has communities), chunked by
+factory.chunking (500/100). Each step of the graph stage (entity types and
+voice, rule extraction on Ray Data, merge, clustering, writing) and the
+reports stage is timed: wall seconds; CPU seconds of the driver and its Ray
+processes (the work done, which a loaded shared box does not inflate much);
+and the step's peak RSS, the largest RSS sum of the driver and its Ray
+processes sampled every 0.1 s while it ran. Always read the load average
+printed with the table: the box is shared.
 
 Part 2 clusters a planted-partition graph of 50k nodes / 250k edges with
 factory.graph.communities.hierarchical_leiden (max cluster size 10) against,
@@ -35,14 +39,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
-from bench.synthesis import chunk_corpus  # noqa: E402
+import schemas  # noqa: E402
+from bench.corpus import entry_records  # noqa: E402
+from factory.chunking import chunk_document, load_tokenizer  # noqa: E402
 from factory.config import validate_config  # noqa: E402
 from factory.graph import resolve_entity_types  # noqa: E402
 from factory.graph.communities import build_communities, hierarchical_leiden  # noqa: E402
 from factory.graph.extract import extract_graph  # noqa: E402
 from factory.graph.merge import finalize, merge  # noqa: E402
 from factory.graph.reports import write_reports  # noqa: E402
+from factory.ingest import document_id, markdown_title, normalize  # noqa: E402
 from factory.pipeline import Run, StageRecord  # noqa: E402
 
 SYL = ["ka", "lo", "mi", "ren", "dor", "sa", "vel", "tor", "an", "bri", "cor", "del", "fen", "gar", "hal", "is", "jen",
@@ -63,9 +71,9 @@ FILLER = ["The weather turned cold again and the tea went cold before I noticed.
 
 
 class PeakRSS:
-    """Largest RSS sum of this process and its children (the local Ray), sampled in a thread."""
+    """Largest RSS sum of this process and its children (the local Ray), sampled in a thread; `reset` starts a step."""
 
-    def __init__(self, every_s: float = 0.2):
+    def __init__(self, every_s: float = 0.1):
         self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,6 +88,9 @@ class PeakRSS:
                     pass
             self.peak = max(self.peak, total)
             time.sleep(self.every_s)
+
+    def reset(self) -> None:
+        self.peak = 0
 
     def __enter__(self) -> "PeakRSS":
         self._thread.start()
@@ -144,48 +155,76 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def step(rows: list, label: str, fn, *args):
-    """Run one step, recording wall seconds and CPU seconds of the driver + Ray processes."""
+def step(rows: list, mem: PeakRSS, label: str, fn, *args):
+    """Run one step, recording wall seconds, CPU seconds of the driver + Ray processes, and its peak RSS."""
     cpu = tree_cpu()
+    mem.reset()
     out, t = timed(fn, *args)
-    rows.append((label, t, tree_cpu() - cpu))
+    time.sleep(2 * mem.every_s)  # one more sample after the step
+    rows.append((label, t, tree_cpu() - cpu, mem.peak))
     return out
 
 
-def bench_stages(words: int) -> None:
+def chunk_docs(docs: list[tuple[str, str | None, str | None]], cfg) -> pa.Table:
+    """(text, title, date) documents chunked as the chunk stage would, without Ray."""
+    tok = load_tokenizer(cfg.chunking.tokenizer)
+    rows = []
+    for text, title, date in docs:
+        text = normalize(text)
+        rows += chunk_document({"id": document_id(text), "text": text, "title": title, "date": date}, tok, cfg.chunking)
+    return schemas.validate("chunks", pa.Table.from_pylist(rows))
+
+
+def corpus_docs(shape: str, size: int, folder: Path) -> list[tuple[str, str | None, str | None]]:
+    """bench/corpus.py's short reference entries, or the long journal entries written here."""
+    if shape == "short":
+        return [(r["text"], r["title"], None) for r in entry_records(size)]
+    write_corpus(folder, size)
+    return [(p.read_text(encoding="utf-8"), None, p.stem[:10]) for p in sorted(folder.glob("*.md"))]
+
+
+def bench_stages(shape: str, size: int) -> None:
     import ray
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-graph-"))
     cfg = validate_config({"output": {"path": str(tmp / "run")}})
-    n_docs = write_corpus(tmp / "corpus", words)
-    chunks, t_chunk = timed(chunk_corpus, tmp / "corpus", cfg)
+    start = time.perf_counter()
+    docs = corpus_docs(shape, size, tmp / "corpus")
+    chunks, n_docs = chunk_docs([(t, title or markdown_title(t), d) for t, title, d in docs], cfg), len(docs)
     tokens = sum(chunks.column("n_tokens").to_pylist())
-    print(f"corpus: {n_docs} entries, {chunks.num_rows} chunks, {tokens:,} tokens (chunked in {t_chunk:.1f} s, not part of the stages)")
+    print(f"corpus ({shape}): {n_docs:,} documents, {chunks.num_rows:,} chunks, {tokens:,} tokens "
+          f"(made and chunked in {time.perf_counter() - start:.1f} s, not part of the stages)")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     run = Run(cfg)
     run.write_table("chunks", chunks)
     rec = StageRecord("graph")
-    rows = []
+    rows: list = []
     with PeakRSS() as mem:
         order = {c: i for i, c in enumerate(chunks.column("id").to_pylist())}
-        types, _ = resolve_entity_types(cfg.graph.entity_types, chunks.column("text").to_pylist())
-        ex = step(rows, "extract (rules, Ray Data)", extract_graph, run, rec, types)
-        merged, ents, rels = step(rows, "merge + tables", lambda: (m := merge(ex, cfg.graph, True, types, order), *finalize(m.graph)))
-        comms, cstats = step(rows, "hierarchical Leiden", build_communities, merged.graph, cfg.graph.max_cluster_size, cfg.graph.seed)
-        step(rows, "write graph tables",
+        types, voice = step(rows, mem, "entity types (voice from the chunks)", resolve_entity_types,
+                            cfg.graph.entity_types, (t.as_py() for t in chunks.column("text")))
+        ex = step(rows, mem, "extract (rules, Ray Data)", extract_graph, run, rec, types)
+        merged, ents, rels = step(rows, mem, "merge + entity/relationship tables",
+                                  lambda: (m := merge(ex, cfg.graph, True, types, order), *finalize(m.graph)))
+        comms, cstats = step(rows, mem, "communities (hierarchical Leiden + cover)", build_communities,
+                             merged.graph, cfg.graph.max_cluster_size, cfg.graph.seed, True, order)
+        step(rows, mem, "write graph tables",
              lambda: [run.write_table(n, tab) for n, tab in (("entities", ents), ("relationships", rels), ("communities", comms))])
-        step(rows, "reports (rules, TextRank)", write_reports, run, StageRecord("reports"))
-    print(f"graph: {ents.num_rows} entities, {rels.num_rows} relationships, {comms.num_rows} communities "
-          f"({cstats['levels']} levels, largest leaf {cstats['largest_leaf']}); merge stats {merged.stats}")
+        step(rows, mem, "reports (rules, per level on Ray Data)", write_reports, run, StageRecord("reports"))
+    print(f"voice {voice}, types {types}; graph: {ents.num_rows:,} entities, {rels.num_rows:,} relationships, "
+          f"{comms.num_rows:,} communities ({cstats['levels']} levels, largest leaf {cstats['largest_leaf']}, "
+          f"{cstats['joined_nearest']:,} entities joined to the nearest leaf, {cstats['residual_entities']:,} residual)")
+    print(f"merge stats {merged.stats}")
     print(f"\nload average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("| step | wall s | CPU s (driver + Ray) | tokens/wall s |\n| --- | ---: | ---: | ---: |")
-    for label, t, cpu in rows:
-        print(f"| {label} | {t:.1f} | {cpu:.1f} | {tokens / t:,.0f} |")
-    total, total_cpu = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    print(f"| total | {total:.1f} | {total_cpu:.1f} | {tokens / total:,.0f} |")
-    print(f"\npeak RSS, driver + Ray processes: {mem.peak / 2**30:.2f} GiB; "
-          f"driver alone: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print("| step | wall s | CPU s (driver + Ray) | peak RSS GiB | tokens / wall s |\n| --- | ---: | ---: | ---: | ---: |")
+    for label, t, cpu, peak in rows:
+        print(f"| {label} | {t:.1f} | {cpu:.1f} | {peak / 2**30:.2f} | {tokens / t:,.0f} |")
+    graph_rows = rows[:-1]
+    for label, part in (("graph stage", graph_rows), ("graph + reports", rows)):
+        t, cpu = sum(r[1] for r in part), sum(r[2] for r in part)
+        print(f"| **{label}** | **{t:.1f}** | {cpu:.1f} | {max(r[3] for r in part) / 2**30:.2f} | {tokens / t:,.0f} |")
+    print(f"\ndriver alone, peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     ray.shutdown()
 
 
@@ -223,14 +262,17 @@ def bench_clustering(n: int, m: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--words", type=int, default=800_000)
+    ap.add_argument("--shape", choices=("short", "long"), default="short")
+    ap.add_argument("--size", type=int, default=None, help="entries (short, default 10,000) or words (long, default 800,000)")
     ap.add_argument("--skip-corpus", action="store_true")
+    ap.add_argument("--skip-clustering", action="store_true")
     ap.add_argument("--nodes", type=int, default=50_000)
     ap.add_argument("--edges", type=int, default=250_000)
     args = ap.parse_args()
     if not args.skip_corpus:
-        bench_stages(args.words)
-    bench_clustering(args.nodes, args.edges)
+        bench_stages(args.shape, args.size or (10_000 if args.shape == "short" else 800_000))
+    if not args.skip_clustering:
+        bench_clustering(args.nodes, args.edges)
 
 
 if __name__ == "__main__":

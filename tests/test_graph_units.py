@@ -219,20 +219,20 @@ def report_index(n_ents: int, desc_words: int, first_hid: int = 0) -> tuple[_Ind
     return _Index(pa.Table.from_pylist(ents), pa.Table.from_pylist(rels), chunks), ents
 
 
-def community(ents: list[dict], children: list[dict] = ()) -> dict:
+def community(ents: list[dict]) -> dict:
     return {"community": 0, "level": 0, "size": len(ents), "entity_ids": [e["id"] for e in ents],
-            "relationship_ids": [f"r{i}" for i in range(len(ents) - 1)], "text_unit_ids": [f"c{i}" for i in range(len(ents))],
-            "children_reports": json.dumps(list(children))}
+            "relationship_ids": [f"r{i}" for i in range(len(ents) - 1)], "text_unit_ids": [f"c{i}" for i in range(len(ents))]}
 
 
 def test_context_fits_budget_and_substitutes_sub_reports_when_over():
     idx, ents = report_index(40, 60)
     small = pack_context(community(ents[:3]), idx, 2000)
     assert len(small["entities"]) == 3 and len(small["relationships"]) == 2 and small["sources"] and not small["reports"]
+    assert not small["over_budget"]
     child = {"community": 5, "id": "k5", "title": "Big child", "summary": "The first thirty names.", "size": 30,
              "entity_ids": [e["id"] for e in ents[:30]], "relationship_ids": [f"r{i}" for i in range(29)]}
-    ctx = pack_context(community(ents, [child]), idx, 800)
-    assert ctx["tokens"] <= 800 and ctx["substituted"] == 1
+    ctx = pack_context(community(ents), idx, 800, [child])
+    assert ctx["tokens"] <= 800 and ctx["substituted"] == 1 and ctx["over_budget"]
     assert not {e["id"] for e in ctx["entities"]} & set(child["entity_ids"])
     # Without a child report the context is cut by rank (highest degree first), still within budget.
     cut = pack_context(community(ents), idx, 800)
@@ -245,7 +245,7 @@ def test_context_numbers_records_per_community_so_run_wide_counters_do_not_chang
         kids = [{"community": n, "id": f"k{i}", "title": f"Child {i}", "summary": "Two names.", "size": 2,
                  "entity_ids": [e["id"] for e in ents[2 * i:2 * i + 2]], "relationship_ids": [f"r{2 * i}"]}
                 for i, n in enumerate(child_numbers)]
-        ctx = pack_context(community(ents[:4], kids), idx, 300)
+        ctx = pack_context(community(ents[:4]), idx, 300, kids)
         return render_context(ctx), rule_report(ctx, community(ents[:4]), 99)
 
     text, rules = context(0, (7, 8))

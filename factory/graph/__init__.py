@@ -15,16 +15,17 @@ missing ones and decide for themselves (global questions have nothing to use).
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import pyarrow as pa
 
 import schemas
-from factory.graph.communities import build_communities
 from factory.graph.extract import extract_graph
-from factory.graph.merge import finalize, merge, rank_and_cut
 from factory.pipeline import Run, StageRecord, log
 from factory.voice import detect_voice
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 # GraphRAG's default entity types; reference corpora (manuals, glossaries) add concept.
 DEFAULT_ENTITY_TYPES = ("person", "organization", "geo", "event")
@@ -40,6 +41,11 @@ def resolve_entity_types(setting: list[str] | None, texts) -> tuple[list[str], s
 
 def build_graph(run: Run, rec: StageRecord) -> None:
     """Stage `graph`: extract per chunk, merge, cluster, write the three graph tables."""
+    # Merge and clustering (networkx, igraph, which pulls in matplotlib: seconds) load here, not when
+    # the package does: Ray workers import it for extraction and reports and need neither.
+    from factory.graph.communities import build_communities
+    from factory.graph.merge import finalize, merge
+
     cfg = run.cfg.graph
     rules = run.cfg.teacher.engine == "none"
     table = run.read_arrow("chunks").select(["id", "document_id", "chunk_index", "date", "text"])
@@ -96,6 +102,7 @@ def _summarize(run: Run, rec: StageRecord, merged) -> dict[str, str]:
 
     from factory import prompts
     from factory.engines import run_llm
+    from factory.graph.merge import rank_and_cut
 
     cfg = run.cfg.graph
     prompt = prompts.load("summarize_descriptions")
@@ -117,6 +124,8 @@ def _summarize(run: Run, rec: StageRecord, merged) -> dict[str, str]:
 
 def _write_graphml(run: Run, graph: nx.Graph) -> None:
     """graph.graphml beside the tables: scalar attributes only, as GraphML requires."""
+    import networkx as nx
+
     g = nx.Graph()
     for t, d in graph.nodes(data=True):
         g.add_node(t, id=d["id"], type=d["type"], description=d["description"], frequency=d["frequency"])

@@ -112,7 +112,9 @@ def merge(extractions: pa.Table, cfg: GraphConfig, rules: bool, entity_types: li
     stats: Counter = Counter()
     rows, (titles, types, descriptions, initial) = _flatten(extractions, "entities", ("title", "type", "description", "initial_only"))
     for r, title, etype, description, initial_only in zip(rows, titles, types, descriptions, initial):
-        k = key(title)
+        k = key_of.get(title)
+        if k is None:
+            k = key(title)
         if not k:
             continue
         n = nodes.get(k)

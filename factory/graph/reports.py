@@ -76,7 +76,8 @@ class CommunityReport(BaseModel):
 class _Index:
     """Lookups over the graph tables, built once per worker process."""
 
-    def __init__(self, entities: pa.Table, relationships: pa.Table, chunks: pa.Table):
+    def __init__(self, entities: pa.Table, relationships: pa.Table, chunks: pa.Table, communities: pa.Table | None = None):
+        self.community = {c["community"]: c for c in communities.to_pylist()} if communities is not None else {}
         self.ent = {r["id"]: r for r in entities.to_pylist()}
         self.rel = {r["id"]: r for r in relationships.to_pylist()}
         self.text = dict(zip(chunks.column("id").to_pylist(), chunks.column("text").to_pylist()))
@@ -152,15 +153,19 @@ def _line_costs(lengths: np.ndarray) -> np.ndarray:
     return (digits + lengths + 4) // 4 + 1
 
 
-def pack_context(community: dict, idx: _Index, budget: int) -> dict:
-    """The records of one community that fit `budget` tokens (see the module docstring)."""
+def pack_context(community: dict, idx: _Index, budget: int, children: list[dict] = ()) -> dict:
+    """The records of one community that fit `budget` tokens (see the module docstring).
+
+    `children`: the reports of its sub-communities written so far (id, size, entity_ids,
+    relationship_ids, title, summary). `over_budget` in the result says the records alone did not fit.
+    """
     # Ties broken as merge numbers records (frequency then name; weight then id), from the records themselves.
     ents = sorted((idx.ent[i] for i in community["entity_ids"] if i in idx.ent),
                   key=lambda e: (-e["degree"], -e["frequency"], norm_key(e["title"]), e["id"]))
     rels = sorted((idx.rel[i] for i in community["relationship_ids"] if i in idx.rel),
                   key=lambda r: (-r["combined_degree"], -r["weight"], r["id"]))
     # A child's `id` hashes its level and members: stable where its community number is not.
-    children = sorted(json.loads(community["children_reports"] or "[]"), key=lambda c: (-c["size"], c["id"]))
+    children = sorted(children, key=lambda c: (-c["size"], c["id"]))
     used_reports: list[dict] = []
     # Records still in the context (masks over ents and rels) and their lines' lengths without numbers.
     kept = [np.ones(len(xs), dtype=bool) for xs in (ents, rels)]
@@ -171,6 +176,7 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
         return int(sum(_line_costs(length[mask]).sum() for length, mask in zip(lengths, kept)))
 
     cost_now = local_cost()
+    over_budget = cost_now > budget
     for child in children:
         if cost_now <= budget:
             break
@@ -204,7 +210,7 @@ def pack_context(community: dict, idx: _Index, budget: int) -> dict:
         sources.append((u, text))
         left -= cost
     return {"entities": ents, "relationships": rels, "reports": used_reports, "sources": sources,
-            "tokens": budget - left, "substituted": len(used_reports)}
+            "tokens": budget - left, "substituted": len(used_reports), "over_budget": over_budget}
 
 
 def _cut(text: str, tokens: int) -> str:
@@ -339,22 +345,35 @@ def _first_line(text: str | None, n: int = 1) -> str:
 
 
 # ---- per-community work (Ray) -------------------------------------------------------------
-def prepare(row: dict, graph: list, budget: int, llm: bool) -> dict:
-    """Pack one community's context; attach the rule report (the fallback) and, with an LLM, the prompt."""
+def prepare(batch: pa.Table, graph: list, budget: int, llm: bool) -> pa.Table:
+    """Pack each community's context; attach the rule report (the fallback) and, with an LLM, the prompt.
+
+    `children_reports` is null on the first pass, when no sub-community report
+    exists yet: a community whose records overflow the budget is then
+    `deferred` until its children's reports are written (they would stand in
+    for their members). Otherwise it maps child community -> {title, summary}.
+    """
     idx = _index(graph)
-    ctx = pack_context(row, idx, budget)
-    out = {
-        "id": str(row["community"]),
-        "community": row["community"],
-        "rule_report": json.dumps(rule_report(ctx, row, idx.n_units)),
-        "refs": json.dumps({
-            "e": {n: e["id"] for n, e in enumerate(ctx["entities"], 1)},
-            "r": {n: r["id"] for n, r in enumerate(ctx["relationships"], 1)},
-            "s": {i: u for i, (u, _) in enumerate(ctx["sources"], 1)},
-        }),
-        "context_tokens": ctx["tokens"],
-        "substituted": ctx["substituted"],
-    }
+    rows = [_prepare_one(idx.community[n], reports, idx, budget, llm)
+            for n, reports in zip(batch.column("community").to_pylist(), batch.column("children_reports").to_pylist())]
+    return pa.Table.from_pylist(rows)
+
+
+def _prepare_one(row: dict, reports: str | None, idx: _Index, budget: int, llm: bool) -> dict:
+    written = json.loads(reports) if reports else {}
+    children = [{**{f: idx.community[k][f] for f in ("id", "size", "entity_ids", "relationship_ids")}, **written[str(k)]}
+                for k in row["children"] or [] if str(k) in written]
+    ctx = pack_context(row, idx, budget, children)
+    out = {"id": str(row["community"]), "community": row["community"], "deferred": False, "rule_report": "", "refs": "",
+           "context_tokens": ctx["tokens"], "substituted": ctx["substituted"]}
+    if reports is None and ctx["over_budget"] and row["children"]:
+        return {**out, "deferred": True, **({"messages": None} if llm else {})}
+    out["rule_report"] = json.dumps(rule_report(ctx, row, idx.n_units))
+    out["refs"] = json.dumps({
+        "e": {n: e["id"] for n, e in enumerate(ctx["entities"], 1)},
+        "r": {n: r["id"] for n, r in enumerate(ctx["relationships"], 1)},
+        "s": {i: u for i, (u, _) in enumerate(ctx["sources"], 1)},
+    })
     if llm:
         out["messages"] = prompts.load("community_report").messages(context=render_context(ctx))
     return out
@@ -387,7 +406,7 @@ def finalize(row: dict, community: dict, engine: str, model: str | None, prompt_
 
 
 def write_reports(run: Run, rec: StageRecord) -> None:
-    """Stage `reports`: communities → community_reports, deepest level first."""
+    """Stage `reports`: communities → community_reports; one pass, then deepest level first for those that wait."""
     import ray
 
     cfg, teacher = run.cfg.graph, run.cfg.teacher
@@ -402,30 +421,37 @@ def write_reports(run: Run, rec: StageRecord) -> None:
     llm = teacher.engine != "none"
     graph = [ray.put((
         run.read_arrow("entities"), run.read_arrow("relationships"),
-        run.read_arrow("chunks").select(["id", "text"]),
+        run.read_arrow("chunks").select(["id", "text"]), run.read_arrow("communities"),
     ))]
     by_id = {c["community"]: c for c in communities}
-    done: dict[int, dict] = {}
+    written: dict[int, dict] = {}  # community -> its report's title and summary
     rows: list[dict] = []
-    for level in sorted({c["level"] for c in communities}, reverse=True):
-        items = []
-        for c in (c for c in communities if c["level"] == level):
-            kids = [{**done[k], **{f: by_id[k][f] for f in ("id", "entity_ids", "relationship_ids")}}
-                    for k in c["children"] or [] if k in done]
-            items.append({**c, "children_reports": json.dumps(kids)})
-        ds = ray.data.from_items(items).map(prepare, fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm})
-        if llm:
+    # First pass: every community at once. Those whose records overflow the budget wait, and are
+    # written deepest level first, once their children's reports exist to stand in for members.
+    todo: list[tuple[int, str | None]] = [(c["community"], None) for c in communities]
+    waiting: list[int] = []
+    while todo:
+        items = [{"community": n, "children_reports": reports} for n, reports in todo]
+        prepared = ray.data.from_items(items).map_batches(
+            prepare, batch_format="pyarrow", fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm},
+        ).take_all()
+        waiting += [p["community"] for p in prepared if p["deferred"]]
+        ready = [p for p in prepared if not p["deferred"]]
+        if llm and ready:
             from factory.engines import run_llm
 
-            ds = run_llm(run, rec, ds, teacher, "community_report", output_model=CommunityReport)
-        prepared = ds.take_all()
-        for p in prepared:
+            ready = run_llm(run, rec, ray.data.from_items(ready), teacher, "community_report", output_model=CommunityReport).take_all()
+        for p in ready:
             model = teacher.model if llm else None
             row = finalize(p, by_id[p["community"]], teacher.engine, model, p.get("prompt_hash"))
             if llm and row["engine"] == "none":
                 rec.drop("report_fell_back_to_rules")
             rec.stats["context_substitutions"] = rec.stats.get("context_substitutions", 0) + (p["substituted"] > 0)
-            done[p["community"]] = {"community": p["community"], "title": row["title"], "summary": row["summary"], "size": row["size"]}
+            written[p["community"]] = {"title": row["title"], "summary": row["summary"]}
             rows.append(row)
+        deepest = max((by_id[n]["level"] for n in waiting), default=None)
+        todo = [(n, json.dumps({k: written[k] for k in by_id[n]["children"]}, sort_keys=True))
+                for n in waiting if by_id[n]["level"] == deepest]
+        waiting = [n for n in waiting if by_id[n]["level"] != deepest]
     rows.sort(key=lambda r: r["community"])
     rec.rows_out = run.write_table("community_reports", pa.Table.from_pylist(rows, schema=schemas.schema_of("community_reports")))
