@@ -240,7 +240,8 @@ def _prompt_hash(task: str) -> str | None:
 def _columns(ds: Any, names: tuple[str, ...]) -> pa.Table:
     import ray
 
-    tables = [t.select(list(names)) for t in ray.get(ds.to_arrow_refs())]
+    # Ray Data passes an empty block through a map without calling it: it lacks the columns the map adds.
+    tables = [t.select(list(names)) for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not tables:
         return pa.table({n: pa.array([], pa.string()) for n in names})
     return pa.concat_tables(tables).combine_chunks()
