@@ -143,9 +143,18 @@ class Contexts:
             raise UserError(f"evaluate: {system} needs the {name} table in {self.src.root}")
         return table
 
+    @functools.cached_property
+    def system_prompt(self) -> str:
+        """The system prompt the student was trained with: the dataset's own (synthesis picks it per voice)."""
+        first = self.src.read_arrow("qa", "test", columns=["messages"]).slice(0, 1).to_pylist()
+        turns = first[0]["messages"] if first else []
+        if turns and turns[0]["role"] == "system":
+            return turns[0]["content"]
+        return self.cfg.synth.system_prompt or ""
+
     def messages(self, system: str, questions: list[dict], engine: EngineConfig) -> list[Fitted]:
         if system in ("student", "base"):
-            return [Fitted(plain_messages(self.cfg, q["question"]), None) for q in questions]
+            return [Fitted(plain_messages(self.system_prompt, q["question"]), None) for q in questions]
         meter = self.meter(engine)
         build = {"naive_rag": self.naive_rag, "long_context": self.long_context, "graph_local": self.graph_local}
         fitted = build[system](questions, meter)
@@ -168,7 +177,7 @@ class Contexts:
         out = []
         for q, ids in zip(questions, hits):
             blocks = Blocks([f"[{i + 1}] {retriever.label(c)}\n{retriever.text(c)}\n\n" for i, c in enumerate(ids)], meter)
-            out.append(fit(meter, _render(prompt, self.cfg, q["question"], "(nothing retrieved)"), blocks.pack))
+            out.append(fit(meter, _render(prompt, self.system_prompt, q["question"], "(nothing retrieved)"), blocks.pack))
         self.rec.stats["naive_rag"] = {"retriever": rag.retriever, "candidates": rag.candidates if rag.rerank else None,
                                        "reranked": rag.rerank, "top_k": rag.top_k,
                                        "source_chunk_recall": _recall(questions, hits),
@@ -196,7 +205,7 @@ class Contexts:
         def render(question: str):
             def messages(context: str) -> list[dict]:
                 note = "" if context == whole else LONG_CONTEXT_NOTE
-                return prompt.messages(system_prompt=self.cfg.synth.system_prompt, context=context,
+                return prompt.messages(system_prompt=self.system_prompt, context=context,
                                        truncation_note=note, question=question)
             return messages
 
@@ -219,7 +228,7 @@ class Contexts:
                              gl, self.embedder)
         picked = search.pick([q["question"] for q in questions])
         prompt = prompts.load("eval_graph_local")
-        out = [fit(meter, _render(prompt, self.cfg, q["question"], "(no matching entities)"), search.packer(p, meter),
+        out = [fit(meter, _render(prompt, self.system_prompt, q["question"], "(no matching entities)"), search.packer(p, meter),
                    gl.context_tokens) for q, p in zip(questions, picked)]
         named = [len(search.named(q["question"])) for q in questions]
         self.rec.stats["graph_local"] = {"top_entities": gl.top_entities, "context_tokens": gl.context_tokens,
@@ -227,8 +236,8 @@ class Contexts:
         return out
 
 
-def _render(prompt: prompts.Prompt, cfg: Config, question: str, empty: str):
-    return lambda context: prompt.messages(system_prompt=cfg.synth.system_prompt, context=context or empty,
+def _render(prompt: prompts.Prompt, system_prompt: str, question: str, empty: str):
+    return lambda context: prompt.messages(system_prompt=system_prompt, context=context or empty,
                                            question=question)
 
 
@@ -238,9 +247,9 @@ def _recall(questions: list[dict], hits: list[list[str]]) -> float | None:
     return round(sum(s in h for s, h in pairs) / len(pairs), 4) if pairs else None
 
 
-def plain_messages(cfg: Config, question: str) -> list[dict]:
+def plain_messages(system_prompt: str, question: str) -> list[dict]:
     """What the student saw in training: the dataset's system prompt and the question."""
-    return [{"role": "system", "content": cfg.synth.system_prompt}, {"role": "user", "content": question}]
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
 
 
 def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict], engine: EngineConfig,
