@@ -56,16 +56,13 @@ class Sentences:
 
     def naming(self, names: list[str], max_sentences: int = MAX_SENTENCES) -> list[str]:
         """The sentences that name every one of `names` (lower-case; else any of them), in reading order.
-        A heading that names them stands for the sentence under it (a heading alone says nothing), and
-        a sentence opening with a pronoun brings the sentence before it (the one it points back to)."""
+        A heading that names them stands for the sentence under it: a heading alone says nothing."""
         sents = self.sents
         for need in (all, any):
             picked: list[int] = []
             for i, s in enumerate(self.lowered):
                 if need(n in s for n in names):
                     j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
-                    if starts_with_pronoun(sents[j]) and j > 0 and not _is_heading(sents[j - 1]) and j - 1 not in picked:
-                        picked.append(j - 1)
                     if j not in picked:
                         picked.append(j)
             out = [p for p in (plain(sents[i]) for i in sorted(picked)) if len(p.split()) >= 3]
