@@ -114,8 +114,9 @@ def scripted_teacher(request: dict) -> str:
         rels = [{"source": a, "target": b, "description": f"{a} works with {b}.", "strength": 7} for a, b in zip(names, names[1:])]
         return json.dumps({"entities": ents, "relationships": rels})
     if fmt.get("name") == "CommunityReport":
-        ids = [int(x) for x in re.findall(r"^(\d+)\|", user.split("-----Entities-----", 1)[1], re.M)][:2]
-        if "Fay Quinn" in user:
+        entities = user.split("-----Entities-----", 1)[1].split("-----Relationships-----", 1)[0]
+        ids = [int(x) for x in re.findall(r"^(\d+)\|", entities, re.M)][:2]
+        if "Fay Quinn" in entities:  # her community's report is garbage (a passage may name her elsewhere)
             return "{broken"
         return json.dumps({"title": "Team report", "summary": "They work together.", "rating": 6, "rating_explanation": "busy",
                            "findings": [{"summary": "Together", "explanation": "They cooperate.", "entity_ids": ids}] * 5})

@@ -56,6 +56,23 @@ def test_rules_list_the_chunks_lower_case_words():
     assert by_title(ents)["Dinner"]["initial_only"] and "dinner" in lower and "soup" in lower
 
 
+def test_rules_cues_labels_possessives_headings_and_table_cells():
+    text = (
+        "# Water Quality and the Filter Cartridge\n\n"
+        "Tessaro brought its service in-house. See Section 5 for details.\n"
+        "Mara Lindqvist visited Priya's Greenline Studio. She stayed late.\n"
+        "| Soft | below 7 |\n"
+    )
+    ents, _, _ = extract_rules(text, TYPES)
+    e = by_title(ents)
+    assert e["Water Quality"]["initial_only"]  # capitals of a title-cased heading are style
+    assert e["Tessaro"]["type"] == ""  # "brought" says person, "its" takes it back
+    assert "Section" not in e  # a label before a number
+    assert "Priya" in e and "Greenline Studio" in e and "Priya Greenline Studio" not in e  # a possessive ends a name
+    assert e["Mara Lindqvist"]["type"] == "person"  # "She" opens the next sentence
+    assert e["Soft"]["initial_only"]  # a table cell starts like a sentence
+
+
 def test_text_helpers():
     assert sentences("Dr. Okafor came. Then Mr. Webb left!\n- a list item") == ["Dr. Okafor came.", "Then Mr. Webb left!", "a list item"]
     assert norm_key("The  “Old Mill” Gardens") == norm_key("old mill gardens") == "old mill gardens"
@@ -101,6 +118,40 @@ def test_merge_rules_folds_aliases_prunes_and_counts_distinct_evidence():
     # Stricter pruning removes the edge.
     m2 = merge(extraction_table(rows), GraphConfig(min_edge_weight=3), rules=True, entity_types=TYPES)
     assert m2.graph.number_of_edges() == 0
+
+
+def test_merge_rules_drops_noise_and_types_only_on_evidence():
+    def mention(title, etype="", initial=False):
+        return {"title": title, "type": etype, "description": f"{title} here.", "initial_only": initial}
+
+    rows, lower = [], {}
+    for i in range(8):
+        rows.append((f"c{i}", [
+            mention("Method", initial=True),  # only ever opens a sentence
+            mention("Dinner"),  # capitalized mid-sentence, but the corpus writes "dinner" as often
+            mention("Royal Society", "organization"), mention("Royal Navy", "organization"), mention("Royal"),
+            mention("Old Mill Gardens", "geo"), *([mention("Old Mill")] if i < 2 else []),
+            mention("Parmesan"),  # no cue anywhere
+            mention("Fack Lathcurk"), mention("Fack Bemzaes"),  # a first name shared by two names
+            mention("Tessaro", "person" if i == 0 else ""),  # one cue in eight chunks is not enough
+            mention("English"),
+        ], []))
+        lower[f"c{i}"] = ["dinner", "method"]
+    table = extraction_table(rows, lower=lower)
+    cfg = GraphConfig(min_entity_frequency=2)
+    personal = merge(table, cfg, rules=True, entity_types=["person", "organization", "geo", "event"])
+    types = {t: d["type"] for t, d in personal.graph.nodes(data=True)}
+    assert types == {"Royal Society": "organization", "Royal Navy": "organization", "Old Mill Gardens": "geo",
+                     "Fack Lathcurk": "person", "Fack Bemzaes": "person"}
+    assert personal.graph.nodes["Old Mill Gardens"]["frequency"] == 8 and personal.graph.nodes["Old Mill Gardens"]["descriptions"] \
+        .count("Old Mill here.") == 1  # "Old Mill" folded in
+    stats = personal.stats
+    assert stats["sentence_initial_dropped"] == 1 and stats["common_word_dropped"] == 2  # Dinner, English
+    assert stats["fragments_dropped"] == 1 and stats["fragments_folded"] == 1 and stats["untyped_dropped"] == 2
+    # A reference corpus has concepts: what no cue typed is kept as one.
+    reference = merge(table, cfg, rules=True, entity_types=TYPES)
+    assert {t: d["type"] for t, d in reference.graph.nodes(data=True) if t in ("Parmesan", "Tessaro")} == \
+        {"Parmesan": "concept", "Tessaro": "concept"}
 
 
 def test_merge_llm_sums_strength_keeps_unlisted_endpoints_and_flags_long_descriptions():

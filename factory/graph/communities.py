@@ -119,6 +119,8 @@ def nearest_leaves(units: list[list[str]], outside: list[int], leaf_of: np.ndarr
     pairs = pa.table({"u": u, "chunk": u_chunks}).join(pa.table({"leaf": leaf_of[v], "chunk": v_chunks}), keys="chunk",
                                                            join_type="inner")
     counts = pairs.group_by(["u", "leaf"]).aggregate([("chunk", "count")])
+    if not counts.num_rows:
+        return {}
     u, leaf, n = (counts[c].to_numpy() for c in ("u", "leaf", "chunk_count"))
     # Shared mentions over the root of the leaf's own mentions: a name in a passage with a popular entity
     # and with that passage's own subject joins the subject's community, not the popular one's.
