@@ -218,7 +218,7 @@ def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 300  # to the first checkpoint: Ray start, tokenizing, model load (slow on a busy machine)
     while not fs.exists(snapshot) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
