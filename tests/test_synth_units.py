@@ -65,7 +65,7 @@ def test_local_answers_quote_the_source_sentences_that_name_the_focus():
     text = ("# Saturday 8 February 2025\n\nRain all day. Tomas spent the whole day at the unit on Quay Road. "
             "I stayed home with Felix.\n\n| Code | Meaning |\n|---|---|\n| E02 | Quay Road sensor fault |")
     assert X.source_sentences(["Quay Road"], text) == ["Tomas spent the whole day at the unit on Quay Road.",
-                                                       "E02; Quay Road sensor fault"]
+                                                       "E02; Quay Road sensor fault."]
     assert X.source_sentences(["Tomas", "Felix"], text) == ["Tomas spent the whole day at the unit on Quay Road.",
                                                            "I stayed home with Felix."]  # any when none names both
     assert X.source_sentences(["Saturday 8 February 2025"], text) == ["Rain all day."]  # a heading: the sentence under it

@@ -31,7 +31,10 @@ def plain(sentence: str) -> str:
     """A sentence without Markdown decoration; a table row becomes its cells joined by '; '."""
     s = _MD_MARK.sub("", sentence).strip()
     if s.startswith("|"):
-        return "" if _TABLE_RULE.match(s) else "; ".join(c.strip() for c in s.strip("|").split("|") if c.strip())
+        if _TABLE_RULE.match(s):
+            return ""
+        row = "; ".join(c.strip() for c in s.strip("|").split("|") if c.strip())
+        return row if row.endswith((".", "!", "?")) else row + "."
     return _MD_LEAD.sub("", s).strip()
 
 

@@ -59,9 +59,23 @@ _ABBREVIATIONS = frozenset("dr mr mrs ms prof st mt jr sr vs etc no fig approx d
 
 
 def sentences(text: str) -> list[str]:
-    """Split prose into sentences; headings and list items count as their own."""
+    """Split prose into sentences; headings, list items and table rows count as their own (a table
+    row is never cut at a full stop inside a cell)."""
+    out: list[str] = []
+    for block in _TABLE_ROW.split(text or ""):
+        if block.startswith("|"):
+            out.append(" ".join(block.split()))
+        elif block.strip():
+            out += _prose_sentences(block)
+    return out
+
+
+# A Markdown table row: a whole line that starts with "|".
+_TABLE_ROW = re.compile(r"(?m)^(\|[^\n]*)$")
+
+
+def _prose_sentences(text: str) -> list[str]:
     out, start = [], 0
-    text = text or ""
     for m in _SENTENCE.finditer(text):
         before = text[start : m.start()].rsplit(None, 1)
         last = before[-1].rstrip(".").lower() if before else ""
