@@ -7,15 +7,18 @@ title + type would leave two nodes with the same title, which relationships
 
 Rule extractions get corpus-level cleanup that needs corpus-wide evidence
 (`_clean_rules`):
-  * noise: a one-word name seen only at sentence starts or in headings, or a
+  * noise: a one-word name seen only at sentence starts or in headings, a
     capitalized word the corpus also uses in lower case at least as often
-    ("Method", "Dinner"), is dropped;
-  * types: cues from the chunks decide (merge counts each chunk's vote); a name
-    no chunk gave a cue for is a person only when it looks like given name +
-    surname and its first word behaves like a given name elsewhere (named alone
-    with person cues, or the first word of other such names); otherwise it is a
-    concept where the run has that type, and dropped where it does not;
-  * folding: a bare first or last name folds into the one full person name it
+    ("Method", "Dinner"), a nationality ("English"), and a cue-less span that
+    only ever opens a sentence with a common word ("Press BREW") are dropped;
+  * types: cues from the chunks decide (merge counts each chunk's vote; a
+    person needs cues in more chunks the more often it is named); a name no
+    chunk gave a cue for is a person only when it looks like given name +
+    surname and a word of it behaves like a name elsewhere (the first named
+    alone as a person and no one's surname, the last named alone as a person,
+    or the first opening other such names); otherwise it is a concept where
+    the run has that type, and dropped where it does not;
+  * folding: a bare first or last name folds into the full person name it
     belongs to ("Tomas" into "Tomas Eriksen"); a cue-less title fragment folds
     into the one longer title it is part of ("Old Mill" into "Old Mill
     Gardens"), or is dropped when it is mostly seen inside several ("Royal");
@@ -307,6 +310,8 @@ def _type_cueless(nodes: dict[str, _Node], cueless: set[str], lower: dict[str, i
     persons = {k for k, n in nodes.items() if n.etype == "person"}
     shaped = {k for k in cueless | persons if name_shaped(k)}
     firsts = Counter(k.split()[0] for k in shaped)
+    # A person's surname opening a name makes a thing named after them ("Brandt Medal"), not a person.
+    surnames = {k.split()[-1] for k in shaped}
     fallback = "concept" if "concept" in entity_types else ""
     for key in sorted(cueless):
         n = nodes[key]
@@ -314,7 +319,8 @@ def _type_cueless(nodes: dict[str, _Node], cueless: set[str], lower: dict[str, i
             continue
         words = key.split()
         # Named alone as a person ("Turing proposed ... He"), or a first name shared by other such names.
-        given = key in shaped and (words[0] in persons or words[-1] in persons or firsts[words[0]] >= 2)
+        given = key in shaped and (words[0] in persons and words[0] not in surnames or words[-1] in persons
+                                   or firsts[words[0]] >= 2)
         n.etype = "person" if given and "person" in entity_types else fallback
         stats["typed_person_by_given_name" if n.etype == "person" else "typed_without_cues"] += 1
 
@@ -322,8 +328,9 @@ def _type_cueless(nodes: dict[str, _Node], cueless: set[str], lower: dict[str, i
 def _fold_aliases(nodes: dict[str, _Node], cueless: set[str], stats: Counter) -> dict[str, str]:
     """Fold "Tomas", "von Neumann" and "Dr. Okafor" into the one full person name they belong to.
 
-    A shorter key (without its honorific) folds into the single longer person
-    name that starts or ends with its words; failing one, a one-word key folds
+    A shorter key (without its honorific) folds into the longer person name
+    that starts or ends with its words, when there is one or one is named at
+    least twice as often as the others; failing one, a one-word key folds
     into the single honorific form ("Rosa" into "Aunt Rosa"). A key folds only
     when it is a person itself or had no cue at all: "Harwick" is a town, not
     the first name of "Harwick General".
@@ -348,7 +355,9 @@ def _fold_aliases(nodes: dict[str, _Node], cueless: set[str], stats: Counter) ->
         words = tuple(key.split())
         bare = words[1:] if words[0] in HONORIFICS and len(words) > 1 else words
         cands = ends.get(bare) or (titled.get(bare[0], []) if len(words) == 1 else [])
-        if len(cands) == 1 and cands[0] in nodes and cands[0] != key:
+        # One full name, or one named at least twice as often as any other ("Kessler" is Friedrich, not Walter).
+        cands = sorted((c for c in cands if c in nodes and c != key), key=lambda c: (-len(nodes[c].chunks), c))
+        if cands and (len(cands) == 1 or len(nodes[cands[0]].chunks) >= 2 * len(nodes[cands[1]].chunks)):
             nodes[cands[0]].absorb(nodes.pop(key))
             alias[key] = cands[0]
     stats["aliases_folded"] += len(alias)

@@ -79,13 +79,15 @@ SUFFIX_TYPES = {
         "hospital clinic library museum club society bank press labs lab agency foundation institute council "
         "restaurant bar pub shop store gym centre center association team network partners kitchen collective "
         "courier times gazette herald post news guild corporation consortium organization organisation committee "
-        "commission ministry department board"
+        "commission ministry department board union systems works industries motors airlines"
     ),
     "event": _WORDS(
         "marathon festival fair conference summit race concert wedding party show exhibition ceremony "
         "championship cup expo meetup workshop retreat reunion parade gala tournament regatta war"
     ),
 }
+# Words that open a place's name ("River Odel", "Mount Kestrel").
+GEO_PREFIXES = _WORDS("river lake mount mt cape isle fort")
 PERSON_VERBS = _WORDS(
     "said says told tells asked asks texted called laughed smiled replied wrote emailed messaged thinks thought wants "
     "wanted came brought sent joined suggested insisted admitted looked seemed sounded cooked hugged shouted cried "
@@ -145,9 +147,11 @@ def _cue_votes(votes: dict[str, int], low: tuple[str, ...], i: int, j: int) -> N
     for etype in {_SUFFIX_TYPE[w] for n, w in enumerate(span)
                   if w in _SUFFIX_TYPE and (n == len(span) - 1 or span[n + 1] in CONNECTORS)}:
         votes[etype] += 3
+    if len(span) > 1 and span[0] in GEO_PREFIXES:
+        votes["geo"] += 3
     if after in PERSON_VERBS or (after, after2) in (("and", "i"), (",", "who"), (",", "whose")):
         votes["person"] += 1
-    if before == "by" and len(span) == 2:  # "a study by Ada Stone"
+    if i and low[i - 1] == "by" and len(span) == 2:  # "a study by Ada Stone" (but "commemorated by the Brandt Medal")
         votes["person"] += 1
     if before in GEO_PREPOSITIONS:
         votes["geo"] += 1
@@ -157,7 +161,8 @@ def _spans(low: tuple[str, ...], caps: tuple[bool, ...], ends: tuple[bool, ...])
     """[start, end) of maximal capitalized runs, connectors allowed between capitalized words.
 
     `ends[k]` marks a possessive ("Tomas's"): the span stops after it, so
-    "Priya's Greenline Studio" is two names, not one.
+    "Priya's Greenline Studio" is two names, not one; unless a lone place or
+    company word follows ("Saint Anselm's Bridge", "Tanners' Row").
     """
     out, i, n = [], 0, len(low)
     while i < n:
@@ -165,7 +170,11 @@ def _spans(low: tuple[str, ...], caps: tuple[bool, ...], ends: tuple[bool, ...])
             i += 1
             continue
         j = i + 1
-        while j < n and not ends[j - 1]:
+        while j < n:
+            if ends[j - 1]:
+                if caps[j] and low[j] in _SUFFIX_TYPE and not (j + 1 < n and caps[j + 1]):
+                    j += 1
+                break
             if caps[j]:
                 j += 1
             elif low[j] in CONNECTORS and j + 1 < n and caps[j + 1] and j > i:
@@ -199,6 +208,11 @@ def _phrases(words: tuple[str, ...], content: tuple[bool, ...]) -> list[tuple[st
     return out
 
 
+def _label(word: str) -> bool:
+    """A number or a lone capital: what follows a label word ("Section 5", "Class B"), not a name's."""
+    return word[0].isdigit() or len(word) == 1 and word.isupper()
+
+
 def _pronoun_vote(low: tuple[str, ...]) -> int:
     """+1 when these (lower-case) words refer back with he/she, -1 with it/its, else 0."""
     return 1 if not PRONOUNS.isdisjoint(low) else -1 if not THING_PRONOUNS.isdisjoint(low) else 0
@@ -206,6 +220,7 @@ def _pronoun_vote(low: tuple[str, ...]) -> int:
 
 class _Token(NamedTuple):
     word: str  # without a trailing period (honorifics keep theirs) or a possessive
+    raw: str  # with its possessive (inside a name: "Saint Anselm's Bridge")
     low: str
     possessive: bool
     name_part: bool  # capitalized and not a stop word, or an honorific: can be part of a name
@@ -233,7 +248,7 @@ def _analyse(w: str) -> _Token | None:
     # Past tenses and participles ("walked home", "the engine designed by") are not nouns; "bed", "speed" are.
     content = (plain and base not in PHRASE_VERBS and not base.endswith("ly")
                and not (base.endswith("ed") and len(base) > 4 and not base.endswith("eed")))
-    return _Token(base, lw, base != w, name_part, plain, content, len(base) > 3 and base.isalpha())
+    return _Token(base, w, lw, base != w, name_part, plain, content, len(base) > 3 and base.isalpha())
 
 
 def _tokens(sent: str) -> list[_Token]:
@@ -249,7 +264,7 @@ def _tokens(sent: str) -> list[_Token]:
     return out
 
 
-_NONE = _Token("", "", False, False, False, False, False)
+_NONE = _Token("", "", "", False, False, False, False, False)
 
 
 def _title_cased(toks: list[_Token], sent: str) -> bool:
@@ -269,8 +284,8 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
     An entity's `type` is the configured type its cues in this chunk vote for,
     or "" when nothing here says what it is. `initial_only` says every mention
     in this chunk opened a sentence or a table cell, or sat in a title-cased
-    heading, where any word is capitalized. A lone word before a number is a label ("Section 5",
-    "Level 4"), not a name.
+    heading, where any word is capitalized. A lone word before a number or a
+    lone capital is a label ("Section 5", "Class B"), not a name.
     """
     found: dict[str, dict] = {}
     pair_sents: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -280,7 +295,7 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
         toks = _tokens(sent)
         if not toks:
             continue
-        words, low, ends, caps, lower, content, _ = zip(*toks)
+        words, raws, low, ends, caps, lower, content, _ = zip(*toks)
         lower_words.update(compress(words, lower))
         if subject:
             found[subject]["votes"]["person"] += _pronoun_vote(low[:1])
@@ -288,8 +303,8 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
         keys_here: set[str] = set()
         heading = _title_cased(toks, sent)
         for i, j in _spans(low, caps, ends):
-            span = words[i:j]
-            if j - i == 1 and (low[i] in HONORIFICS and low[i] not in KIN or j < len(words) and words[j][0].isdigit()):
+            span = [*raws[i:j - 1], words[j - 1]]  # a possessive inside the name stays, the last one goes
+            if j - i == 1 and (low[i] in HONORIFICS and low[i] not in KIN or j < len(words) and _label(words[j])):
                 continue
             title = _title(span)
             key = norm_key(title)
