@@ -60,13 +60,14 @@ class Limits:
     min_answer_chars: int
     max_answer_chars: int
     min_groundedness: float
+    min_source_support: float  # local rows: their evidence is the source chunk alone
     # None: the judge decides whether an answer answers its question (judge_rows), not the lexical score.
     min_relevance: float | None
 
     @classmethod
     def of(cls, s, judged: bool = False) -> "Limits":
         return cls(s.min_question_chars, s.max_question_chars, s.min_answer_chars, s.max_answer_chars,
-                   s.min_groundedness, None if judged else s.min_relevance)
+                   s.min_groundedness, s.min_source_support, None if judged else s.min_relevance)
 
 
 def conform(batch: pa.Table) -> pa.Table:
@@ -127,7 +128,7 @@ def _check(kind: str, question: str | None, answer: str | None, evidence: str | 
     if kind == "unanswerable":
         return None, None, None  # written and checked against the chunks when it was made
     grounded = round(support(answer, evidence or ""), 4)
-    if grounded < lim.min_groundedness:
+    if grounded < (lim.min_source_support if kind == "local" else lim.min_groundedness):
         return "ungrounded", grounded, None
     relevant = relevance(question_terms(question, cues), answer)
     if relevant is not None and lim.min_relevance is not None and relevant < lim.min_relevance:
