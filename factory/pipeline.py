@@ -310,22 +310,22 @@ class Run:
         return data if columns else schemas.validate(table, data)
 
     def read_ray(self, table: str, split: str | None = None):
-        """`table` as a Ray Dataset. Ray reads one block per file, so a table of fewer shards than the
-        cluster has CPUs is split, up to a block per CPU of at least MIN_BLOCK_ROWS rows: per-row
-        stages over a one-shard table would otherwise run on one CPU."""
+        """`table` as a Ray Dataset: a block per file, and a table of fewer shards than the cluster has
+        CPUs split, up to a block per CPU of at least MIN_BLOCK_ROWS rows (per-row stages over a
+        one-shard table would otherwise run on one CPU). The read tasks split their output, in order;
+        a repartition after the read would be one more all-to-all step."""
         import ray
         import ray.data
 
         files = self.table_files(table, split)
         if not files:
             return ray.data.from_arrow(schemas.schema_of(table).empty_table())
-        ds = ray.data.read_parquet(files, filesystem=self.arrow_fs)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        if len(files) >= cpus:
-            return ds
-        # Not below MIN_BLOCK_ROWS rows a block: a big cluster would turn a small table into tiny tasks.
-        blocks = min(cpus, self._footer_rows(files) // MIN_BLOCK_ROWS)
-        return ds.repartition(blocks) if blocks > len(files) else ds
+        blocks = len(files)
+        if len(files) < cpus:
+            # Not below MIN_BLOCK_ROWS rows a block: a big cluster would turn a small table into tiny tasks.
+            blocks = max(blocks, min(cpus, self._footer_rows(files) // MIN_BLOCK_ROWS))
+        return ray.data.read_parquet(files, filesystem=self.arrow_fs, override_num_blocks=blocks)
 
     # ---- manifest -------------------------------------------------------------
     def update_manifest(self, **sections: dict) -> None:
