@@ -411,7 +411,7 @@ def ingest(run: Run, rec: StageRecord) -> None:
 
     ids = good["id"].to_pylist()
     sources = good["source"].to_pylist()
-    signatures = np.asarray(good["signature"].to_pylist(), dtype=np.uint64)
+    signatures = good["signature"].combine_chunks().flatten().to_numpy().reshape(good.num_rows, cfg.dedup.num_perm)
     keep_keys, exact, near = dedup_keys(ids, sources, signatures, cfg)
     rec.drop("exact_duplicate", exact)
     rec.drop("near_duplicate", near)
