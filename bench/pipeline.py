@@ -18,7 +18,7 @@ The floor is the work itself, done afterwards in this process as one plain
 loop over the same corpus (no Ray, no files written): reading and parsing it,
 WordPiece-tokenizing every document with the chunker's tokenizer, building
 the bm25s index over the run's chunks and answering as many queries as the
-synthesis stage retrieved for. "stage / floor" says how far a stage is from
+synthesis stage retrieved for (or wrote questions). "stage / floor" says how far a stage is from
 the work it does. Goals (issue 15): ≈1.3M tokens of short entries ≤ 60 s
 end to end; twice the corpus ≤ 2.2x the time.
 """
@@ -128,7 +128,7 @@ def run_generate(corpus: Path, out: Path, extra: list[str]) -> dict:
     kill_leftovers(ray_tmp)
     if proc.returncode != 0:
         raise SystemExit(f"generate failed on {corpus}:\n{''.join(phases.lines)[-3000:]}")
-    markers = {s: json.loads((out / "_stages" / f"{s}.json").read_text()) for s in STAGES}
+    markers = {s: json.loads(p.read_text()) for s in STAGES if (p := out / "_stages" / f"{s}.json").exists()}
     startup = min(phases.started.values()) - start
     return {"markers": markers, "peak": peak, "cpu": cpu, "total": total, "startup": startup,
             "rest": total - startup - sum(m["seconds"] for m in markers.values())}
@@ -169,18 +169,20 @@ def measure(shape: str, size: int, work: Path, extra: list[str]) -> dict:
     corpus, out = work / f"{shape}-{size}", work / f"run-{shape}-{size}"
     docs = write_shape(corpus, shape, size)
     r = run_generate(corpus, out, extra)
-    synth = r["markers"]["synthesis"]["stats"]
-    r["floor"] = floor(corpus, shape, out, synth.get("retrieval", {}).get("questions") or r["markers"]["chunk"]["rows_out"])
+    synth = r["markers"].get("synthesis", {}).get("stats", {})
+    # As many queries as the stage retrieved for, else one per question it wrote.
+    queries = synth.get("retrieval", {}).get("questions") or sum(synth.get("questions", {}).values())
+    r["floor"] = floor(corpus, shape, out, queries or r["markers"]["chunk"]["rows_out"])
     r.update(shape=shape, size=size, docs=docs, tokens=r["markers"]["chunk"]["stats"].get("tokens", 0))
     return r
 
 
 def report(r: dict) -> None:
     m, peak, cpu, fl = r["markers"], r["peak"], r["cpu"], r["floor"]
-    g = m["graph"]["stats"]
+    g = m.get("graph", {}).get("stats", {})
+    entities, communities = g.get("merge", {}).get("entities", 0), g.get("communities", {}).get("communities", 0)
     print(f"\n### {r['shape']}: {r['size']:,} {UNITS[r['shape']]}, {r['docs']:,} documents, {r['tokens']:,} chunk tokens, "
-          f"{g.get('merge', {}).get('entities', '?'):,} entities, {g.get('communities', {}).get('communities', '?'):,} "
-          f"communities\n")
+          f"{entities:,} entities, {communities:,} communities\n")
     print("| part | rows in | rows out | wall s | CPU s | peak RSS GiB | floor: the same work in one plain loop | floor s "
           "| stage / floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
@@ -195,7 +197,7 @@ def report(r: dict) -> None:
               f"{'' if f is None else f'{f:.2f}'} | {ratio} |")
 
     row("start-up (interpreter, imports, preflight, Ray start)", "", "", r["startup"], "start-up")
-    for s in STAGES:
+    for s in m:
         row(s, f"{m[s]['rows_in']:,}", f"{m[s]['rows_out']:,}", m[s]["seconds"], s)
     row("rest (markers, manifest, card, Ray shutdown)", "", "", r["rest"], "rest")
     print(f"| **total** | | | **{r['total']:.1f}** | **{sum(cpu.values()):.1f}** | **{max(peak.values()) / GiB:.2f}** | "
@@ -210,9 +212,10 @@ def main() -> None:
                    ", ".join(f"{k} {v:,}" for k, v in SIZES.items()))
     p.add_argument("--no-double", action="store_true", help="skip the run at twice the size")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override for generate")
+    p.add_argument("--until", choices=STAGES, help="stop generate after this stage")
     p.add_argument("--work", help="folder for corpora and runs (default: a temp folder)")
     args = p.parse_args()
-    extra = [a for o in args.overrides for a in ("--set", o)]
+    extra = [a for o in args.overrides for a in ("--set", o)] + (["--until", args.until] if args.until else [])
     work = Path(args.work or tempfile.mkdtemp(prefix="ragtune-bench-"))
     shapes = ("short", "long") if args.shape == "both" else (args.shape,)
     load = os.getloadavg()
