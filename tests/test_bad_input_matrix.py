@@ -28,6 +28,7 @@ from tests.support.runs import JOURNAL, job, journal_corpus, sets, user_error_li
 pytestmark = pytest.mark.slow
 
 PLANTED = f"sk-planted-{uuid.uuid4().hex}"
+RAY_57733 = "has constructor arguments in the object store and max_restarts > 0"
 
 
 @dataclass
@@ -183,8 +184,10 @@ def test_bad_input_row(name, cluster, s3_server, tmp_path, outputs, monkeypatch)
     assert r.returncode == 2, f"exit {r.returncode}: {r.stderr[-3000:]}"
     assert len(errors) == 1 and row.expect in errors[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    # Before the error only ragtune's own lines (stages started, counts, progress): no Ray output.
-    assert all(line.startswith("ragtune: ") for line in r.stderr.splitlines()), r.stderr[-3000:]
+    # Before the error only ragtune's own lines (stages started, counts, progress): no Ray output, except
+    # the one line Ray 2.60's driver logs when a Ray Data actor pool starts (ray-project/ray#57733).
+    others = [line for line in r.stderr.splitlines() if not line.startswith("ragtune: ") and RAY_57733 not in line]
+    assert not others, r.stderr[-3000:]
     for rel in row.absent:
         assert not (tmp_path / rel).exists(), f"{rel} was left behind"
 
