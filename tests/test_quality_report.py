@@ -6,17 +6,30 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 import schemas
 from factory.config import validate_config
 from factory.pipeline import Run, StageRecord
+import factory.synth.report as synth_report
 from factory.synth import target
 from factory.synth.report import final_answer, figures, quality_report
+from factory.synth.text import content_words, shingles, words
 
+# Texts where a vectorized measure could part from the per-text code it stands for: curly and straight
+# apostrophes, hyphens, non-ASCII letters and spaces, capitals, stopwords only, long words, nothing at all.
+TRICKY = [
+    "Maya’s allotment: O’Neil's co-op -- 'quoted' --dash- and ‘single’ “double” quotes…",
+    "CAFÉ déjà-vu naïve İstanbul ıx ſtraße Kelvin K ﬁne 3.14 1 x 42nd", "the of and a I me my", "", "   ",
+    "tab\tnew\nline\u00a0nbsp\u3000ideographic\u2028sep\x1cfs  two  spaces ", "'''--- ’’’ - ' a",
+    "Pneumonoultramicroscopicsilicovolcanoconiosis and supercalifragilisticexpialidocious " * 3, "a" * 300 + " b",
+    "Dr. Smith met Mr. O’Brien at 10:30 on 2025-03-27 (see [Data: Reports (3)]) in chunk-garden.",
+]
 GARDEN = "Maya planted tomatoes in the allotment on Saturday and watered the seedlings twice before the rain came."
 FERRY = "The ferry to Harwick was cancelled because of the storm, so Tomas stayed home and repaired the kitchen shelves."
 CHUNKS = {"chunk-garden": GARDEN, "chunk-ferry": FERRY, "chunk-office": "Nothing of note happened at the office today."}
@@ -65,6 +78,73 @@ def test_final_answer_is_the_last_turn_without_its_reasoning(mode):
     # A think block the reasoning column does not match is still not part of the answer.
     turn = [{"role": "assistant", "content": "<think>\nsomething else\n</think>\n\nIt rained."}]
     assert final_answer(turn, "x", "other reasoning", mode) == "It rained."
+
+
+@pytest.mark.parametrize("mode", ["think_tags", "inline", "none"])
+def test_final_answers_of_a_batch_are_final_answer_of_each_row(mode):
+    turns = [[{"role": "assistant", "content": target(t, r, mode)}] for t, r in [("It rained.", "Notes say rain."), ("Sun.", None)]]
+    turns += [[{"role": "user", "content": "Q?"}], [], None, [{"role": "assistant", "content": None}],
+              [{"role": "assistant", "content": "<think>a</think> first"}, {"role": "system", "content": "s"},
+               {"role": "assistant", "content": " <think>\nother\n</think>\n\nlast"}]]
+    rows = [{"messages": m, "answer": f"column {i}", "reasoning": ["Notes say rain.", None, "r", "", None, None, "x"][i]}
+            for i, m in enumerate(turns)]
+    fields = [schemas.schema_of("qa").field(c) for c in ("messages", "answer", "reasoning")]
+    batch = pa.RecordBatch.from_pylist(rows, schema=pa.schema(fields))
+    expected = [final_answer(r["messages"], r["answer"], r["reasoning"], mode) for r in rows]
+    assert synth_report._final_answers(batch, mode).to_pylist() == expected
+    assert expected[:5] == ["It rained.", "Sun.", "column 2", "column 3", "column 4"] and expected[6] == "last"
+
+
+def test_words_and_shingle_hashes_are_those_of_the_text_functions():
+    """The report splits words from Arrow's bytes and hashes bigrams without making them: each text's
+    words, content words and shingle crc32s must be those text.py and crc32 give, one text at a time."""
+    vocabulary = synth_report._Words()
+    texts = TRICKY + [None, "ｆｕｌｌwidth Ｗords"]
+    row, word = vocabulary.encode(pa.array(texts, pa.string()))
+    row_hashes, hashes = synth_report._shingle_hashes(row, word, vocabulary)
+    names = {i: w for w, i in vocabulary.ids.items()}
+    for i, text in enumerate(texts):
+        mine = word[row == i]
+        assert [names[w] for w in mine] == words(text or "")
+        assert [names[w] for w in mine if vocabulary.content[w]] == content_words(text or "")
+        assert set(hashes[row_hashes == i].tolist()) == {zlib.crc32(g.encode()) for g in shingles(text or "")}
+
+
+def test_near_pairs_are_every_pair_the_signatures_call_near_equal():
+    """LSH with 16 bands of 8 cannot miss a pair at >= 0.9 (at most 12 of 128 values differ, so 4 bands
+    are whole): the pairs must be exactly those a comparison of every pair finds."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**32, (30, synth_report.NUM_PERM), dtype=np.uint32)
+    sig = [base]
+    for changed in (0, 0, 3, 10, 12, 13, 20):  # identical copies, near twins, and some just too far
+        copy = base[rng.integers(0, len(base), 6)]
+        for c in copy:
+            c[rng.choice(synth_report.NUM_PERM, changed, replace=False)] ^= np.uint32(1)
+        sig.append(copy)
+    sig = np.concatenate(sig)
+    group, neighbours = synth_report.near_pairs(sig)
+    same = (sig[:, None, :] == sig[None, :, :]).mean(axis=2)
+    assert ((group[:, None] == group[None, :]) == (same == 1)).all()
+    near = np.nonzero((same >= synth_report.NEAR_EQUAL) & (same < 1))
+    found = {(int(group[a]), int(group[b])) for a, b in zip(*near)}
+    assert found and found == {(a, b) for a, close in neighbours.items() for b in close}
+
+
+def test_arrow_prefilters_flag_every_text_the_patterns_find():
+    """Arrow's RE2 searches supersets; a text its superset misses is a citation or a personal question lost."""
+    cited = ["[DATA: x", "[chunK 1]", "[report  7]", "abc 3f2a9c0d1b7e4a56.", "Day (2025-03-27):", "(٢٠٢٥-٠٣-٢٧) says",
+             "see chunk-garden here", "x" * 7 + " chunk-ferry"]
+    personal = ["What did I do?", "I’m here", "''tell me'my notes", "MY garden", "tell me about myself", "I'LL go",
+                "Help me,me", "(me)", "i've", "-I-"]
+    impersonal = ["Tell me about it.", "Show me Maya.", "Minecraft", "myth", "Imam"]
+    texts = TRICKY + cited + personal + impersonal
+    cites = [bool(synth_report._citations({t}, set(CHUNKS))) for t in texts]
+    assert all(cites[len(TRICKY):len(TRICKY) + len(cited)]) and not any(cites[:3])
+    maybe = synth_report._any([pa.array(texts)], synth_report._MAYBE_CITATION + "|" + synth_report._re2_literal("chunk-"))
+    assert maybe[cites].all()
+    personal_rows = [synth_report.first_person_rate([synth_report._ADDRESSEE.sub("", t)]) > 0 for t in texts]
+    assert all(personal_rows[-len(personal) - len(impersonal):-len(impersonal)]) and not any(personal_rows[-len(impersonal):])
+    assert synth_report._any([pa.array(texts)], synth_report._MAYBE_PERSONAL)[personal_rows].all()
 
 
 def test_local_answers_are_checked_against_their_own_source_chunk(tmp_path, journal):

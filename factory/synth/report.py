@@ -10,17 +10,25 @@ near-equal to a train answer; questions in the corpus owner's voice. `targets` l
 target with its threshold and whether it holds. `figures(quality)` draws the card's plots
 from that dict alone, so a published copy can redraw them without the run's tables.
 
+Speed (about 3 s of CPU per 100k rows): each measure runs on whole Arrow columns of a batch.
+Words are split from the UTF-8 bytes and looked up once per distinct word (_Words), exactly
+as text.words() splits them; shingle hashes, MinHash, support and duplicates are numpy
+over word ids; the citation and voice patterns are first searched by Arrow's RE2 as
+supersets, and only the rows it flags by the Python patterns themselves.
+
 Memory: the qa shards are streamed in batches of the columns needed. What stays on the
-driver per row is a few numbers and a MinHash signature (NUM_PERM uint32, 512 bytes);
-of the chunks table only the ids and the text of the source chunks of local rows.
+driver per row is its id, a few numbers and a MinHash signature (NUM_PERM uint32, 512
+bytes); of the chunks table the ids and the content-word ids of the source chunks of
+local rows; and one entry per distinct word.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -29,10 +37,13 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.synth.text import content_words, shingles, support
-from factory.voice import SAMPLE_WORDS, detect_voice, first_person_rate
+import schemas
+from factory.synth.text import content_words
+from factory.voice import PERSONAL_THRESHOLD, SAMPLE_WORDS, first_person_rate
 
 if TYPE_CHECKING:
     from factory.pipeline import Run, StageRecord
@@ -75,41 +86,138 @@ _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
 
 # ---- reading ---------------------------------------------------------------------------
-def _batches(run: "Run", table: str, columns: list[str], split: str | None = None) -> Iterator[dict[str, list]]:
-    """`table`'s rows in batches of BATCH_ROWS, as {column: values}; absent columns are None."""
-    for path in run.table_files(table, split):
+def _batches(run: "Run", table: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """`table`'s rows in Arrow batches of BATCH_ROWS with `columns`; an absent column is all nulls."""
+    schema = schemas.schema_of(table)
+    for path in run.table_files(table):
         with run.fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             present = [c for c in columns if c in pf.schema_arrow.names]
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=present):
-                values = {c: batch.column(c).to_pylist() for c in present}
-                yield {c: values.get(c, [None] * batch.num_rows) for c in columns}
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(c) if c in present else pa.nulls(batch.num_rows, schema.field(c).type) for c in columns],
+                    names=columns)
 
 
 def final_answer(messages: list[dict] | None, answer: str, reasoning: str | None, mode: str) -> str:
     """The answer the student learns: the last assistant turn without its reasoning
     (synthesis's `target()` formats: think_tags, inline "Answer: ", none)."""
+    turns = [m["content"] for m in messages or [] if m.get("role") == "assistant"]
+    return _answer_in(turns[-1] or "" if turns else None, answer, reasoning, mode)
+
+
+def _answer_in(turn: str | None, answer: str | None, reasoning: str | None, mode: str) -> str:
+    """The answer in an assistant `turn` (None when the row has none: the answer column is it)."""
     from factory.synth import target  # not at import: synthesis imports this module
 
-    turns = [m["content"] for m in messages or [] if m.get("role") == "assistant"]
-    if not turns:
+    if turn is None:
         return answer or ""
-    content = turns[-1] or ""
     prefix = target("", reasoning, mode) if reasoning else ""
-    if prefix and content.startswith(prefix):
-        return content[len(prefix):]
-    think = _THINK.match(content)
-    return content[think.end():] if think else content
+    if prefix and turn.startswith(prefix):
+        return turn[len(prefix):]
+    think = _THINK.match(turn)
+    return turn[think.end():] if think else turn
+
+
+def _final_answers(b: pa.RecordBatch, mode: str) -> pa.Array:
+    """final_answer() of each row of `b`; Arrow finds the last assistant turns (no dict per message)."""
+    messages = b.column("messages")
+    role, content = pc.list_flatten(messages).flatten()
+    turn = np.flatnonzero(pc.fill_null(pc.equal(role, "assistant"), False))
+    row = pc.list_parent_indices(messages).to_numpy()[turn]
+    last = np.full(len(b), -1)
+    ends = np.append(row[1:] != row[:-1], True) if len(row) else np.zeros(0, bool)
+    last[row[ends]] = turn[ends]
+    turns = pc.fill_null(content.take(pa.array(np.maximum(last, 0))), "").to_pylist() if len(content) else [""] * len(b)
+    columns = zip(last.tolist(), turns, b.column("answer").to_pylist(), b.column("reasoning").to_pylist())
+    answers = [_answer_in(t if i >= 0 else None, a, r, mode) for i, t, a, r in columns]
+    return pa.array(answers, pa.string())
+
+
+# ---- words, vectorized ------------------------------------------------------------------
+# text.words() splits on every character but ASCII letters, digits, ' - and ’, and lower-cases. Seen as UTF-8
+# bytes: a word byte maps to itself (a capital to its small letter), every other byte to a space (a multi-byte
+# character to a run of them), ’ is put back, and Arrow's whitespace split finds the same runs.
+_BYTE_MAP = np.full(256, ord(" "), np.uint8)
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789'-":
+    _BYTE_MAP[_c] = _c
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _BYTE_MAP[_c] = _c + 32
+_RSQUO = np.frombuffer("’".encode(), np.uint8)
+
+
+def _utf8(texts: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """`texts` (nulls as ""), its offsets rebased to 0, and its UTF-8 bytes, without a copy."""
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())
+    if texts.null_count:
+        texts = pc.fill_null(texts, "")
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(texts.buffers()[1], width)[texts.offset:texts.offset + len(texts) + 1]
+    return texts, offsets - offsets[0], np.frombuffer(texts.buffers()[2] or b"", np.uint8)[offsets[0]:offsets[-1]]
+
+
+def _runs(texts: pa.Array) -> pa.ListArray:
+    """Each text's runs of word characters, lower-cased: text.words() before it drops leading ' and -."""
+    texts, offsets, data = _utf8(texts)
+    mapped = _BYTE_MAP[data]
+    at = np.flatnonzero(data[:-2] == _RSQUO[0])
+    at = at[(data[at + 1] == _RSQUO[1]) & (data[at + 2] == _RSQUO[2])]
+    for i in range(3):
+        mapped[at + i] = _RSQUO[i]
+    spaced = pa.Array.from_buffers(texts.type, len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(mapped)])
+    return pc.ascii_split_whitespace(spaced)
+
+
+class _Words:
+    """Word ids for whole Arrow columns, tokenized as text.words() does, and per distinct word what the
+    measures need: whether it is a content word (text.content_words) and the crc32 hashes shingles use."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}  # word -> id
+        self._of_run: dict[str, int] = {}  # a run as split -> its word's id, -1 for none
+        self._new: list[str] = []
+        self.content = np.zeros(0, bool)
+        self.crc = np.zeros(0, np.uint32)  # crc32 of the word
+        self.crc_space = np.zeros(0, np.uint32)  # crc32 of the word and a space: a bigram's first half
+        self.size = np.zeros(0, np.int64)  # its UTF-8 bytes
+
+    def encode(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(row, word id) of every word of every text, in order."""
+        runs = _runs(texts)
+        row = pc.list_parent_indices(runs).to_numpy()
+        found = pc.dictionary_encode(pc.list_flatten(runs))
+        ids = np.fromiter(map(self._id, found.dictionary.to_pylist()), np.int64, len(found.dictionary))
+        word = ids[found.indices.to_numpy()]
+        if self._new:
+            new, self._new = self._new, []
+            crc = np.fromiter((zlib.crc32(w.encode()) for w in new), np.uint32, len(new))
+            self.crc = np.concatenate([self.crc, crc])
+            self.crc_space = np.concatenate([self.crc_space, [zlib.crc32(b" ", c) for c in crc.tolist()]]).astype(np.uint32)
+            self.content = np.concatenate([self.content, [bool(content_words(w)) for w in new]])
+            self.size = np.concatenate([self.size, [len(w.encode()) for w in new]]).astype(np.int64)
+        keep = word >= 0
+        return row[keep], word[keep]
+
+    def _id(self, run: str) -> int:
+        found = self._of_run.get(run)
+        if found is None:
+            word = run.lstrip("'’-").replace("’", "'")
+            found = self.ids.get(word, -1) if word else -1
+            if word and found < 0:
+                found = self.ids[word] = len(self.ids)
+                self._new.append(word)
+            self._of_run[run] = found
+        return found
 
 
 # ---- near-equal answers -------------------------------------------------------------
 _RNG = np.random.default_rng(20250314)
-# datasketch's "affine32" scheme (a shingle's hash mixed by murmur's finalizer, then h -> a*h + b
-# mod 2^32 with a odd per permutation), applied to a whole batch's shingles at once:
-# datasketch's MinHash does it one row at a time in Python, ~1 ms a row here.
+# datasketch's "affine32" scheme (a shingle's crc32 mixed by murmur's finalizer, then h -> a*h + b
+# mod 2^32 with a odd per permutation), applied to a whole block of shingles at once.
 _A = _RNG.integers(0, 2**31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
 _B = _RNG.integers(0, 2**32, NUM_PERM, dtype=np.uint64).astype(np.uint32)
-_MAX_GRAMS = 32768  # shingles hashed at once: 32k x NUM_PERM x 4 bytes = 16 MB
+_BLOCK = 8192  # shingles, signatures or pairs handled at once: 8k x NUM_PERM x 4 bytes = 4 MB, in cache
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -120,23 +228,74 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def signatures(texts: list[str]) -> np.ndarray:
-    """MinHash signatures (len(texts) x NUM_PERM, uint32) of each text's word shingles."""
-    out = np.full((len(texts), NUM_PERM), np.iinfo(np.uint32).max, dtype=np.uint32)
-    grams = [[zlib.crc32(g.encode()) for g in shingles(t)] for t in texts]
+@functools.lru_cache(maxsize=None)
+def _crc_shift_table(size: int) -> np.ndarray:
+    """(4, 256) table of crc32's shift over `size` bytes, a linear map: crc32(x + y) is
+    shift(crc32(x)) ^ crc32(y) for len(y) == size, and shift(c) the xor of table[i][byte i of c]."""
+    zeros = bytes(size)
+    empty = zlib.crc32(zeros)
+    basis = np.array([zlib.crc32(zeros, 1 << bit) ^ empty for bit in range(32)], np.uint32)  # the shift of each bit
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.stack([np.bitwise_xor.reduce(bits * basis[8 * i:8 * i + 8], axis=1) for i in range(4)]).astype(np.uint32)
+
+
+def _shingle_hashes(row: np.ndarray, word: np.ndarray, words: _Words) -> tuple[np.ndarray, np.ndarray]:
+    """crc32 of each text's shingles (text.shingles: its content words, or all its words when it has
+    none, and their bigrams), from its words: (row, hash), grouped by row. A bigram's crc32 is its first
+    word's (with the space) shifted over the second word's bytes, xor the second's, so no string is made."""
+    content = words.content[word]
+    keep = content | (np.bincount(row[content], minlength=row[-1] + 1 if len(row) else 0) == 0)[row]
+    row, word = row[keep], word[keep]
+    pair = np.flatnonzero(row[1:] == row[:-1])
+    first, second = word[pair], word[pair + 1]
+    size = words.size[second]
+    sizes = np.flatnonzero(np.bincount(size))  # few: word lengths
+    at = np.zeros(sizes[-1] + 1 if len(sizes) else 0, np.int64)
+    at[sizes] = np.arange(len(sizes))
+    at = at[size]
+    table = np.stack([_crc_shift_table(int(n)) for n in sizes]) if len(sizes) else np.zeros((0, 4, 256), np.uint32)
+    shifted = np.zeros(len(pair), np.uint32)
+    for i in range(4):
+        shifted ^= table[at, i, (words.crc_space[first] >> np.uint32(8 * i)) & np.uint32(255)]
+    # Unigram i at 2i, the bigram of words i and i + 1 at 2i + 1: still grouped by row.
+    hashes = np.zeros(2 * len(word), np.uint32)
+    present = np.zeros(2 * len(word), bool)
+    hashes[0::2], present[0::2] = words.crc[word], True
+    hashes[2 * pair + 1], present[2 * pair + 1] = shifted ^ words.crc[second], True
+    return np.repeat(row, 2)[present], hashes[present]
+
+
+def _signatures(row: np.ndarray, hashes: np.ndarray, n: int) -> np.ndarray:
+    """MinHash signatures (n x NUM_PERM, uint32) of n texts from their shingles' hashes (rows sorted)."""
+    out = np.full((n, NUM_PERM), np.iinfo(np.uint32).max, dtype=np.uint32)
+    bounds = np.searchsorted(row, np.arange(n + 1))
+    buffer = np.empty(NUM_PERM * _BLOCK, np.uint32)  # one for all blocks: fresh memory per block costs more
     start = 0
-    while start < len(texts):
-        end, total = start, 0
-        while end < len(texts) and (end == start or total + len(grams[end]) <= _MAX_GRAMS):
-            total += len(grams[end])
-            end += 1
-        rows = [i for i in range(start, end) if grams[i]]
-        if rows:
-            flat = _fmix32(np.fromiter((h for i in rows for h in grams[i]), np.uint32, total))
-            hashed = _A[:, None] * flat + _B[:, None]  # wraps mod 2^32; a row per permutation: reduced along memory
-            offsets = np.cumsum([0] + [len(grams[i]) for i in rows[:-1]])
-            out[rows] = np.minimum.reduceat(hashed, offsets, axis=1).T
+    while start < n:
+        end = max(start + 1, int(np.searchsorted(bounds, bounds[start] + _BLOCK, side="right")) - 1)
+        rows = start + np.flatnonzero(np.diff(bounds[start:end + 1]))  # those with shingles
+        if len(rows):
+            flat = _fmix32(hashes[bounds[start]:bounds[end]])
+            hashed = buffer[:NUM_PERM * len(flat)].reshape(NUM_PERM, -1) if len(flat) <= _BLOCK else None
+            # wraps mod 2^32; a row per permutation: reduced along memory
+            hashed = np.multiply(_A[:, None], flat, out=hashed)
+            hashed += _B[:, None]
+            out[rows] = np.minimum.reduceat(hashed, bounds[rows] - bounds[start], axis=1).T
         start = end
+    return out
+
+
+# Odd 64-bit multipliers, one per pair of permutations: a band's key is its values mixed into one number.
+_KEY_MIX = np.random.default_rng(20250315).integers(0, 2**63, NUM_PERM // 2, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _band_keys(sig: np.ndarray) -> np.ndarray:
+    """(n, BANDS) 64-bit keys, one per band of each signature: equal bands, equal keys."""
+    pairs = np.ascontiguousarray(sig).view(np.uint64)  # two permutations' values a number: reduced along memory
+    out = np.empty((len(sig), BANDS), np.uint64)
+    for start in range(0, len(sig), _BLOCK):
+        mixed = pairs[start:start + _BLOCK] * _KEY_MIX  # wraps
+        out[start:start + _BLOCK] = mixed.reshape(len(mixed), BANDS, -1).sum(axis=2)
     return out
 
 
@@ -146,30 +305,79 @@ def near_pairs(sig: np.ndarray) -> tuple[np.ndarray, dict[int, set[int]]]:
     group and each group's near-equal neighbours."""
     if not len(sig):
         return np.zeros(0, dtype=np.int64), {}
-    unique, group = np.unique(sig, axis=0, return_inverse=True)
-    neighbours: dict[int, set[int]] = defaultdict(set)
-    width = NUM_PERM // BANDS
+    bands = _band_keys(sig)
+    _, first, group = np.unique((bands * _KEY_MIX[:BANDS]).sum(axis=1), return_index=True, return_inverse=True)
+    unique, bands = sig[first], bands[first]
+    again = np.flatnonzero(first[group] != np.arange(len(sig)))  # rows after the first of their key
+    if not (unique[group[again]] == sig[again]).all():  # two signatures with one key: sort the signatures themselves
+        unique, group = np.unique(sig, axis=0, return_inverse=True)
+        bands = _band_keys(unique)
+    pairs = np.zeros(0, np.int64)
     for band in range(BANDS):
-        key = np.zeros(len(unique), dtype=np.uint64)
-        for col in unique[:, band * width:(band + 1) * width].T:
-            key = key * np.uint64(0x100000001B3) + col  # wraps: a 64-bit key per band
-        _, slot, count = np.unique(key, return_inverse=True, return_counts=True)
-        shared = np.flatnonzero(count[slot] > 1)  # most keys are one signature's alone
-        order = shared[np.argsort(key[shared], kind="stable")]
-        cuts = np.flatnonzero(np.diff(key[order])) + 1
-        for members in np.split(order, cuts) if len(order) else ():
-            for i, a in enumerate(members[:-1]):
-                rest = members[i + 1:]
-                close = rest[(unique[rest] == unique[a]).mean(axis=1) >= NEAR_EQUAL]
-                for b in close.tolist():
-                    neighbours[int(a)].add(b)
-                    neighbours[b].add(int(a))
+        pairs = np.union1d(pairs, _pairs_sharing(bands[:, band]))  # a pair once, however many bands it shares
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for start in range(0, len(pairs), _BLOCK):
+        a, b = np.divmod(pairs[start:start + _BLOCK], len(unique))
+        close = (unique[a] == unique[b]).mean(axis=1) >= NEAR_EQUAL
+        for x, y in zip(a[close].tolist(), b[close].tolist()):
+            neighbours[x].add(y)
+            neighbours[y].add(x)
     return group.ravel(), neighbours
 
 
+def _pairs_sharing(key: np.ndarray) -> np.ndarray:
+    """Every pair of rows with the same key, as a * len(key) + b with a < b."""
+    order = np.argsort(key)
+    ordered = key[order]
+    starts = np.flatnonzero(np.append(True, ordered[1:] != ordered[:-1]))
+    sizes = np.diff(starts, append=len(key))
+    out = [np.zeros(0, np.int64)]
+    for size in np.unique(sizes[sizes > 1]).tolist():  # most keys are one row's alone
+        members = order[starts[sizes == size, None] + np.arange(size)]
+        i, j = np.triu_indices(size, 1)
+        a, b = members[:, i].ravel(), members[:, j].ravel()
+        out.append(np.minimum(a, b) * len(key) + np.maximum(a, b))
+    return np.concatenate(out)
+
+
+# ---- citations and voice, searched by Arrow ------------------------------------------------
+# Supersets of what CITATIONS find (RE2's (?i) matches every character Python's does for these letters,
+# and "." any one code point but a newline, which \d never is): Arrow's RE2 scans whole columns for
+# them, and only the rows it flags are searched by the patterns themselves.
+_MAYBE_CITATION = r"(?i:\[(?:data:|chunk|report))|[0-9a-f]{16}|\(.{10}\)"
+# A superset of the questions first_person_rate() finds personal once the asker's "tell me" is gone: a
+# first-person word (voice._FIRST_PERSON) after a non-letter (an apostrophe too: removing "tell me" can
+# join one to it) and before no word character.
+_MAYBE_PERSONAL = (r"(?:^|[^A-Za-z])(?:[Ii]|[Mm][EeYy]|[Mm][Ii][Nn][Ee]|[Mm][Yy][Ss][Ee][Ll][Ff]"
+                   r"|[Ii]['’](?:[Mm]|[Vv][Ee]|[Dd]|[Ll][Ll]))(?:$|[^A-Za-z'’])")
+
+
+def _any(columns: list[pa.Array], pattern: str) -> np.ndarray:
+    """Rows where any of `columns` matches the RE2 `pattern`."""
+    hit = np.zeros(len(columns[0]), bool)
+    for col in columns:
+        hit |= pc.fill_null(pc.match_substring_regex(col, pattern), False).to_numpy(zero_copy_only=False)
+    return hit
+
+
+def _re2_literal(text: str) -> str:
+    """An RE2 pattern that matches `text` as it is (every character escaped as \\x{...})."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def _citations(texts: set[str], chunk_ids: set[str]) -> list[str]:
+    """The CITATIONS patterns found in `texts`, and "chunk_id" when one quotes a chunk id."""
+    found = []
+    if any(_ANY_CITATION.search(t) for t in texts):
+        found = [name for name, pattern in CITATIONS.items() if any(pattern.search(t) for t in texts)]
+    if any(not chunk_ids.isdisjoint(_ID_TOKEN.findall(t)) for t in texts):
+        found.append("chunk_id")
+    return found
+
+
 # ---- the report ------------------------------------------------------------------------
-def _quantiles(values: list[float], digits: int) -> dict[str, float] | None:
-    if not values:
+def _quantiles(values: np.ndarray, digits: int) -> dict[str, float] | None:
+    if not len(values):
         return None
     q = np.percentile(np.asarray(values, dtype=float), QUANTILES)
     return {f"p{p}": round(float(v), digits) for p, v in zip(QUANTILES, q)} | {"mean": round(float(np.mean(values)), digits)}
@@ -185,8 +393,23 @@ def _kinds(seen) -> list[str]:
     return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
 
 
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+def _hashes(texts: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each text with its whitespace normalized: equal texts, equal hashes (in this process)."""
+    return np.fromiter((hash(" ".join(t.split())) for t in pc.fill_null(texts, "").to_pylist()), np.int64, len(texts))
+
+
+def _support(row: np.ndarray, word: np.ndarray, source: np.ndarray, in_source: np.ndarray) -> np.ndarray:
+    """text.support() of each answer against its source chunk: the share of its content words (`row`,
+    `word`: each occurrence) that are words of its `source` (sorted `in_source`: source << 32 | word)."""
+    key = source[row] << 32 | word
+    at = np.minimum(np.searchsorted(in_source, key), len(in_source) - 1)
+    found = (source[row] >= 0) & (in_source[at] == key) if len(in_source) else np.zeros(len(row), bool)
+    n_words = np.bincount(row, minlength=len(source))
+    return np.where(n_words > 0, np.bincount(row, weights=found, minlength=len(source)) / np.maximum(n_words, 1), 1.0)
+
+
+def _first(mask: np.ndarray, k: int) -> np.ndarray:
+    return np.flatnonzero(mask)[:k]
 
 
 def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, Any]:
@@ -196,25 +419,43 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
     start = time.perf_counter()
     mode = run.cfg.synth.reasoning
     # Pass 1: which chunks local answers must be checked against.
-    needed = {cid for b in _batches(run, "qa", ["kind", "source_chunk_id"])
-              for kind, cid in zip(b["kind"], b["source_chunk_id"]) if kind == "local" and cid}
-    # Pass 2: chunk ids (a target must not quote one), source texts, a sample for the corpus's voice.
+    needed: set[str] = set()
+    for b in _batches(run, "qa", ["kind", "source_chunk_id"]):
+        needed.update(pc.unique(b.column("source_chunk_id").filter(pc.equal(b.column("kind"), "local"))).to_pylist())
+    needed -= {None, ""}
+    # Pass 2: chunk ids (a target must not quote one), the content words of source chunks, a sample for
+    # the corpus's voice.
+    words = _Words()
     chunk_ids: set[str] = set()
-    sources: dict[str, str] = {}
+    source_of: dict[str, int] = {}  # chunk id -> source number (of the last chunk with that id)
+    source_words = []  # source number << 32 | word id of each content word of a source chunk
+    n_sources = 0
     sample, sample_words = [], 0
+    wanted = pa.array(sorted(needed), pa.string())
     for b in _batches(run, "chunks", ["id", "text"]):
-        chunk_ids.update(b["id"])
-        for cid, text in zip(b["id"], b["text"]):
-            if cid in needed:
-                sources[cid] = text
-            if sample_words < SAMPLE_WORDS:
-                sample.append(text)
-                sample_words += len(text.split())
+        chunk_ids.update(b.column("id").to_pylist())
+        is_source = pc.is_in(b.column("id"), value_set=wanted)
+        sources = b.filter(is_source)
+        row, word = words.encode(sources.column("text"))
+        number = np.arange(n_sources, n_sources + len(sources), dtype=np.int64)
+        n_sources += len(sources)
+        source_of.update(zip(sources.column("id").to_pylist(), number.tolist()))
+        content = words.content[word]
+        source_words.append(number[row[content]] << 32 | word[content])
+        for text in b.column("text").to_pylist() if sample_words < SAMPLE_WORDS else ():
+            sample.append(text)
+            sample_words += len(text.split())
+            if sample_words >= SAMPLE_WORDS:
+                break
+    in_source = np.sort(np.concatenate(source_words)) if source_words else np.zeros(0, np.int64)
+    # A quoted chunk id (an _ID_TOKEN: 8+ characters) contains the ids' common prefix ("" when they share none).
+    long_ids = [c for c in chunk_ids if len(c) >= 8]
+    maybe_cited = _MAYBE_CITATION + (f"|{_re2_literal(os.path.commonprefix(long_ids))}" if long_ids else "")
 
     rows: Counter = Counter()
     by_set: Counter = Counter()
-    lengths: dict[str, list[int]] = defaultdict(list)
-    grounded: dict[str, list[float]] = defaultdict(list)
+    lengths: dict[str, list[np.ndarray]] = defaultdict(list)
+    grounded: dict[str, list[np.ndarray]] = defaultdict(list)
     ungraded: Counter = Counter()
     recall: Counter = Counter()
     local = Counter()
@@ -222,67 +463,87 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
     personal, personal_by_kind = 0, Counter()
     examples: dict[str, list[str]] = defaultdict(list)
     ids, kinds, questions, exact, is_test, sigs = [], [], [], [], [], []
+    kind_codes: dict[str, int] = {}
 
-    def example(measure: str, qa_id: str) -> None:
-        if len(examples[measure]) < EXAMPLES:
-            examples[measure].append(qa_id)
+    def example(measure: str, qa_ids: pa.Array, mask: np.ndarray) -> None:
+        room = EXAMPLES - len(examples[measure])
+        if room > 0 and mask.any():
+            examples[measure] += qa_ids.take(pa.array(_first(mask, room))).to_pylist()
 
     # Pass 3: the qa table, once, keeping per row only what the aggregates need.
     columns = ["id", "kind", "split", "question", "answer", "reasoning", "messages", "source_chunk_id",
                "retrieved_source", "groundedness", "question_set"]
     for b in _batches(run, "qa", columns):
-        answers = [final_answer(m, a, r, mode) for m, a, r in zip(b["messages"], b["answer"], b["reasoning"])]
-        sigs.append(signatures(answers))
-        for i, answer in enumerate(answers):
-            qa_id, kind, split, question = b["id"][i], b["kind"][i], b["split"][i], b["question"][i]
-            rows[(kind, split)] += 1
-            by_set[(b["question_set"][i] or "main", kind, split)] += 1
-            lengths[kind].append(len(answer))
-            if b["groundedness"][i] is None:
-                ungraded[kind] += 1
-            else:
-                grounded[kind].append(b["groundedness"][i])
-            if b["retrieved_source"][i] is not None:
-                recall[(kind, "rows")] += 1
-                recall[(kind, "hits")] += bool(b["retrieved_source"][i])
-            if kind == "local":
-                source = sources.get(b["source_chunk_id"][i])
-                local["rows"] += 1
-                if source is None:
-                    local["missing_source"] += 1
-                    example("local_missing_source", qa_id)
-                elif support(answer, source) >= SUPPORTED:
-                    local["supported"] += 1
-                else:
-                    example("local_unsupported", qa_id)
-            texts = {t for t in (answer, b["reasoning"][i], b["answer"][i]) if t}
-            found = []
-            if any(_ANY_CITATION.search(t) for t in texts):
-                found = [name for name, pattern in CITATIONS.items() if any(pattern.search(t) for t in texts)]
-            if any(not chunk_ids.isdisjoint(_ID_TOKEN.findall(t)) for t in texts):
-                found.append("chunk_id")
-            if found:
-                cited += 1
-                cited_by_kind[kind] += 1
-                cited_by_pattern.update(found)
-                example("citations", qa_id)
-            if first_person_rate([_ADDRESSEE.sub("", question)]) > 0:
-                personal += 1
-                personal_by_kind[kind] += 1
-            ids.append(qa_id)
-            kinds.append(kind)
-            questions.append(_hash64(" ".join(question.split())))
-            exact.append(_hash64(" ".join(answer.split())))
-            is_test.append(split == "test")
+        answers = _final_answers(b, mode)
+        qa_ids, question = b.column("id"), b.column("question")
+        kind_list, split_list = b.column("kind").to_pylist(), b.column("split").to_pylist()
+        rows.update(zip(kind_list, split_list))
+        by_set.update(zip((s or "main" for s in b.column("question_set").to_pylist()), kind_list, split_list))
+        kind = np.fromiter((kind_codes.setdefault(k, len(kind_codes)) for k in kind_list), np.int64, len(b))
+        length = pc.utf8_length(answers).to_numpy().astype(np.int64)
+        g = b.column("groundedness")
+        g_valid, g_value = g.is_valid().to_numpy(zero_copy_only=False), g.to_numpy(zero_copy_only=False)
+        r = b.column("retrieved_source")
+        r_valid, r_hit = r.is_valid().to_numpy(zero_copy_only=False), pc.fill_null(r, False).to_numpy(zero_copy_only=False)
 
-    total = len(ids)
-    dup, overlap = _duplicates(np.concatenate(sigs) if sigs else np.zeros((0, NUM_PERM), np.uint32),
-                               questions, exact, is_test, kinds, ids, examples)
+        row, word = words.encode(answers)
+        row_hashes, hashes = _shingle_hashes(row, word, words)
+        sigs.append(_signatures(row_hashes, hashes, len(b)))
+        source = np.fromiter((source_of.get(c, -1) for c in b.column("source_chunk_id").to_pylist()), np.int64, len(b))
+        content = words.content[word]
+        supported = _support(row[content], word[content], source, in_source)
+        is_local = kind == kind_codes.get("local", -1)
+        missing = is_local & (source < 0)
+        unsupported = is_local & (source >= 0) & (supported < SUPPORTED)
+        local["rows"] += int(is_local.sum())
+        local["missing_source"] += int(missing.sum())
+        local["supported"] += int((is_local & (source >= 0) & (supported >= SUPPORTED)).sum())
+        example("local_missing_source", qa_ids, missing)
+        example("local_unsupported", qa_ids, unsupported)
+
+        texts = [answers, b.column("reasoning"), b.column("answer")]
+        maybe = _any(texts, maybe_cited)
+        is_cited = np.zeros(len(b), bool)
+        for i in np.flatnonzero(maybe).tolist():
+            found_in = _citations({t for t in (col[i].as_py() for col in texts) if t}, chunk_ids)
+            if found_in:
+                is_cited[i] = True
+                cited_by_pattern.update(found_in)
+                cited_by_kind[kind_list[i]] += 1
+        cited += int(is_cited.sum())
+        example("citations", qa_ids, is_cited)
+        for i in np.flatnonzero(_any([question], _MAYBE_PERSONAL)).tolist():
+            if first_person_rate([_ADDRESSEE.sub("", question[i].as_py())]) > 0:
+                personal += 1
+                personal_by_kind[kind_list[i]] += 1
+
+        for name, code in kind_codes.items():
+            mine = kind == code
+            lengths[name].append(length[mine])
+            grounded[name].append(g_value[mine & g_valid])
+            ungraded[name] += int((mine & ~g_valid).sum())
+            recall[(name, "rows")] += int((mine & r_valid).sum())
+            recall[(name, "hits")] += int((mine & r_valid & r_hit).sum())
+        ids.append(qa_ids)
+        kinds.append(kind)
+        questions.append(_hashes(question))
+        exact.append(_hashes(answers))
+        is_test.append(pc.equal(b.column("split"), "test").to_numpy(zero_copy_only=False))
+
+    total = sum(rows.values())
+    names = list(kind_codes)
+    dup, overlap = _duplicates(
+        np.concatenate(sigs) if sigs else np.zeros((0, NUM_PERM), np.uint32),
+        *(np.concatenate(x) if x else np.zeros(0, np.int64) for x in (questions, exact, is_test, kinds)),
+        names, pa.concat_arrays(ids) if ids else pa.array([], pa.string()), examples)
     kind_order = _kinds({k for k, _ in rows})
     splits = sorted({s for _, s in rows}, key=lambda s: (s != "train", s))
     stats = rec.stats if rec else ((run.manifest.get("stages") or {}).get("synthesis") or {}).get("stats", {})
     decided = stats.get("voice")
-    corpus_voice = detect_voice(sample)
+    corpus_rate = first_person_rate(sample)
+    corpus_voice = "personal" if corpus_rate >= PERSONAL_THRESHOLD else "reference"  # voice.detect_voice, one pass
+    lengths = {k: np.concatenate(v) for k, v in lengths.items()}
+    grounded = {k: np.concatenate(v) for k, v in grounded.items()}
     edges = list(LENGTH_EDGES)
     g_edges = [round(i / GROUNDEDNESS_BINS, 2) for i in range(GROUNDEDNESS_BINS + 1)]
     report: dict[str, Any] = {
@@ -321,8 +582,8 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
         "voice": {"questions": total, "personal": personal, "share": _share(personal, total),
                   "by_kind": {k: personal_by_kind[k] for k in kind_order},
                   "decided": decided, "corpus": corpus_voice,
-                  "corpus_first_person_rate": round(first_person_rate(sample), 4)},
-        "examples": dict(sorted(examples.items())),
+                  "corpus_first_person_rate": round(corpus_rate, 4)},
+        "examples": dict(sorted((m, some) for m, some in examples.items() if some)),
     }
     report["targets"] = _targets(report)
     if rec:
@@ -330,42 +591,49 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
     return report
 
 
-def _duplicates(sig: np.ndarray, questions: list[int], exact: list[int], is_test: list[bool], kinds: list[str],
-                ids: list[str], examples: dict[str, list[str]]) -> tuple[dict, dict]:
+def _distinct_questions(key: np.ndarray, questions: np.ndarray) -> np.ndarray:
+    """For each row, how many distinct questions the rows sharing its key ask."""
+    _, at = np.unique(key, return_inverse=True)
+    order = np.lexsort((questions, at))
+    k, q = at[order], questions[order]
+    new = np.ones(len(k), bool)
+    new[1:] = (k[1:] != k[:-1]) | (q[1:] != q[:-1])
+    return np.bincount(k[new], minlength=len(key))[at]
+
+
+def _duplicates(sig: np.ndarray, questions: np.ndarray, exact: np.ndarray, is_test: np.ndarray, kinds: np.ndarray,
+                names: list[str], ids: pa.Array, examples: dict[str, list[str]]) -> tuple[dict, dict]:
     """Rows whose answer equals or near-equals that of a row with a different question, and
-    test rows whose answer equals or near-equals a train row's."""
+    test rows whose answer equals or near-equals a train row's. `kinds` are codes into `names`."""
     group, neighbours = near_pairs(sig)
-    asked: dict[int, set[int]] = defaultdict(set)  # group -> question hashes
-    in_train: set[int] = set()
-    exact_asked: dict[int, set[int]] = defaultdict(set)
-    exact_train: set[int] = set()
-    for i, g in enumerate(group.tolist()):
-        asked[g].add(questions[i])
-        exact_asked[exact[i]].add(questions[i])
-        if not is_test[i]:
-            in_train.add(g)
-            exact_train.add(exact[i])
-    dup = {"rows": 0, "exact": 0, "by_kind": Counter()}
-    over = {"test_rows": 0, "rows": 0, "exact": 0, "by_kind": Counter()}
-    for i, g in enumerate(group.tolist()):
-        near = neighbours.get(g, ())
-        if len(exact_asked[exact[i]]) > 1:
-            dup["exact"] += 1
-        if len(asked[g]) > 1 or any(asked[n] - {questions[i]} for n in near):
-            dup["rows"] += 1
-            dup["by_kind"][kinds[i]] += 1
-            if len(examples["duplicate_answers"]) < EXAMPLES:
-                examples["duplicate_answers"].append(ids[i])
-        if is_test[i]:
-            over["test_rows"] += 1
-            over["exact"] += exact[i] in exact_train
-            if g in in_train or any(n in in_train for n in near):
-                over["rows"] += 1
-                over["by_kind"][kinds[i]] += 1
-                if len(examples["cross_split_overlap"]) < EXAMPLES:
-                    examples["cross_split_overlap"].append(ids[i])
-    for d in (dup, over):
-        d["by_kind"] = {k: d["by_kind"][k] for k in _kinds(kinds)}
+    is_test = is_test.astype(bool)
+    duplicate = _distinct_questions(group, questions) > 1
+    # Near-equal groups are few: their rows are checked one by one.
+    near_rows = np.flatnonzero(np.isin(group, list(neighbours)))
+    asked: dict[int, set[int]] = defaultdict(set)
+    for i in np.flatnonzero(np.isin(group, list({n for near in neighbours.values() for n in near}))).tolist():
+        asked[int(group[i])].add(int(questions[i]))
+    for i in near_rows.tolist():
+        duplicate[i] |= any(asked[n] - {int(questions[i])} for n in neighbours[int(group[i])])
+    in_train = np.zeros(len(sig), bool)
+    in_train[group[~is_test]] = True
+    near_train = np.zeros(len(sig), bool)
+    for g, near in neighbours.items():
+        near_train[g] = any(in_train[n] for n in near)
+    overlap = is_test & (in_train[group] | near_train[group])
+    for measure, mask in (("duplicate_answers", duplicate), ("cross_split_overlap", overlap)):
+        if mask.any():
+            examples[measure] += ids.take(pa.array(_first(mask, EXAMPLES - len(examples[measure])))).to_pylist()
+    order = _kinds(names)
+
+    def by_kind(mask: np.ndarray) -> dict[str, int]:
+        counts = np.bincount(kinds[mask], minlength=len(names))
+        return {k: int(counts[names.index(k)]) for k in order}
+
+    dup = {"rows": int(duplicate.sum()), "exact": int((_distinct_questions(exact, questions) > 1).sum()),
+           "by_kind": by_kind(duplicate)}
+    over = {"test_rows": int(is_test.sum()), "rows": int(overlap.sum()),
+            "exact": int(np.isin(exact[is_test], exact[~is_test]).sum()), "by_kind": by_kind(overlap)}
     return dup, over
 
 
