@@ -110,6 +110,14 @@ def _splits(splits: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(splits.items(), key=lambda kv: _split_key(kv[0]))
 
 
+def _shown(path: str | None) -> str | None:
+    """A corpus as the card names it: a local folder by its last part (a card travels, a home folder's
+    path should not), a URL or dataset id as it is."""
+    if path and os.path.isabs(path):
+        return os.path.basename(path.rstrip("/")) or path
+    return path
+
+
 def _load_section(where: str, data_files: dict[str, dict[str, Any]]) -> str:
     if where.startswith("hf://datasets/"):
         repo = where[len("hf://datasets/"):].strip("/")
@@ -184,7 +192,7 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str, 
         "GraphRAG would answer them, for teaching a small model that corpus as memory.\n"
     )
     out.append(
-        f"- **Corpus**: `{corpus.get('path')}` ({corpus.get('format', 'auto')}): "
+        f"- **Corpus**: `{_shown(corpus.get('path'))}` ({corpus.get('format', 'auto')}): "
         f"{snap.documents:,} documents, {snap.corpus_chars:,} characters after normalization and dedup\n"
         f"- **Teacher**: {_role(roles.get('teacher'))}\n"
         f"- **Judge**: {_role(roles.get('judge'))}\n"
