@@ -110,6 +110,11 @@ def extract_graph(run: Run, rec: StageRecord, entity_types: list[str]) -> pa.Tab
     """EXTRACTION rows for every chunk: one row per chunk and per gleaning round (LLM)."""
     chunks = run.read_ray("chunks").select_columns(["id", "text"])
     if run.cfg.teacher.engine == "none":
+        import ray
+
+        # A block per CPU: a chunks table of one Parquet row group reads as one block, which would run
+        # the rules on one CPU. A split-based repartition (no shuffle) is cheap next to the rules.
+        chunks = chunks.repartition(int(ray.cluster_resources().get("CPU", 1)))
         return _collect(chunks.map_batches(
             _rules_batch, batch_format="pyarrow", batch_size=64,
             fn_kwargs={"entity_types": entity_types, "noun_phrases": run.cfg.graph.noun_phrases},
