@@ -38,12 +38,27 @@ def test_chunks_of_a_document_are_stable_and_sentence_aligned():
     assert rows[1]["text"][:40] in rows[0]["text"]
 
 
-def test_huge_single_line_is_chunked_linearly():
-    tok = load_tokenizer("default")
+class CountingTokenizer:
+    """The real tokenizer, counting how much text it is asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.chars = tok, 0
+
+    def encode(self, text, **kw):
+        self.chars += len(text)
+        return self.tok.encode(text, **kw)
+
+
+def test_huge_single_line_is_tokenized_once_and_cut_into_fixed_windows():
+    """No sentence boundary in 200,000 tokens: the text is encoded once (work linear in its length,
+    not once per chunk), and the windows are exactly `size` tokens, each starting `size - overlap` on."""
+    tok = CountingTokenizer(load_tokenizer("default"))
     text = "word " * 200_000
     rows = chunk_document({"id": "d", "text": text}, tok, ChunkingConfig(size=500, overlap=100))
-    assert len(rows) == (200_000 - 100) // 400 + 1 or abs(len(rows) - 500) < 5
-    assert max(r["n_tokens"] for r in rows) <= 500
+    assert tok.chars == len(text)
+    assert len(rows) == 500 and [r["n_tokens"] for r in rows] == [500] * 499 + [400]
+    assert [len(r["text"]) for r in rows[:-1]] == [500 * 5 - 1] * 499
+    assert sum(len(r["text"]) + 1 for r in rows) == len(text) + 499 * 100 * 5
 
 
 def test_a_document_within_size_is_one_chunk_of_its_token_span():

@@ -208,7 +208,7 @@ def test_hierarchical_leiden_respects_max_size_and_is_deterministic():
             assert all(a[k].parent == c.community and a[k].level == c.level + 1 for k in c.children)
 
 
-def test_components_kept_or_largest_only_and_unsplittable_core_counted():
+def test_components_kept_or_largest_only_and_a_dense_core_split_at_a_higher_resolution():
     clique = [(i, j) for i in range(12) for j in range(i + 1, 12)]
     pair = [(20, 21)]
     edges = clique + pair
@@ -217,11 +217,14 @@ def test_components_kept_or_largest_only_and_unsplittable_core_counted():
     assert [20, 21] in level0 and any(set(range(12)) == set(n) for n in level0)
     only, _ = hierarchical_leiden(30, edges, [1.0] * len(edges), 10, seed=1, largest_component_only=True)
     assert all(set(c.nodes) <= set(range(12)) for c in only)
-    # A 30-clique where every edge is equally strong: high resolution still splits it, or it is counted.
+    # A 30-clique where every edge is equally strong: plain modularity keeps it whole at level 0; the
+    # retry at a higher resolution splits it one level down, so nothing is left oversized.
     big = [(i, j) for i in range(30) for j in range(i + 1, 30)]
     clusters, over = hierarchical_leiden(30, big, [1.0] * len(big), 10, seed=1)
-    leaves = [c for c in clusters if not c.children]
-    assert over > 0 or max(len(c.nodes) for c in leaves) <= 10
+    assert over == 0 and [len(c.nodes) for c in clusters if c.level == 0] == [30]
+    assert clusters[0].children and {c.parent for c in clusters[1:]} == {0}
+    assert sorted(v for k in clusters[0].children for v in clusters[k].nodes) == list(range(30))
+    assert max(len(clusters[k].nodes) for k in clusters[0].children) <= 10
 
 
 def small_graph() -> nx.Graph:

@@ -250,8 +250,44 @@ def test_parquet_corpus_with_wrong_text_field(ray_session, tmp_path, capsys):
     assert code == 2 and "corpus.text_field 'text' is not a column" in err
 
 
-def test_user_error_type():
-    assert issubclass(UserError, Exception)
+def in_a_task(ray, fn) -> None:
+    ray.get(ray.remote(fn).remote(None))
+
+
+def in_a_ray_data_udf(ray, fn) -> None:
+    ray.data.range(2).map_batches(fn).materialize()
+
+
+@pytest.mark.parametrize("where", [
+    pytest.param(in_a_task, marks=pytest.mark.xfail(strict=True, reason=(
+        "factory/errors.py find_user_error returns Ray's RayTaskError(UserError), whose message is the "
+        "worker's whole traceback, not its `.cause` (the UserError raised)"))),
+    pytest.param(in_a_ray_data_udf, marks=pytest.mark.xfail(strict=True, reason=(
+        "factory/errors.py find_user_error: Ray Data wraps a UDF's exception in UserCodeException, whose "
+        "__cause__ does not survive pickling, so the UserError is not found and the job prints a traceback "
+        "(with DataContext.raise_original_map_exception it is found, but with Ray's retry hint in its message)"))),
+])
+def test_a_user_error_raised_in_a_ray_worker_is_one_line_and_other_errors_propagate(ray_session, capsys, where):
+    """What every stage relies on: a UserError raised on a Ray worker, which Ray wraps, reaches the
+    user as one `ragtune: error:` line and exit 2; any other exception is not swallowed."""
+    from factory.errors import cli_entry
+
+    def unreadable(_):
+        raise UserError("corpus/a.md: cannot read:\n  permission denied")
+
+    def broken(_):
+        raise ValueError("a bug")
+
+    @cli_entry
+    def job(fn) -> int:
+        where(ray_session, fn)
+        return 0
+
+    with pytest.raises(ValueError, match="a bug") as raised:
+        job(broken)
+    assert not isinstance(raised.value, UserError)
+    assert job(unreadable) == 2
+    assert capsys.readouterr().err == "ragtune: error: corpus/a.md: cannot read: permission denied\n"
 
 
 def test_parquet_sources_are_file_rows_across_row_groups(ray_session, tmp_path):
