@@ -105,9 +105,14 @@ class EngineConfig(Section):
     # Per-stage token budget (input + output); the stage stops cleanly when reached.
     budget_tokens: int | None = Field(None, gt=0)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this role calls an LLM (else its callers take their rule-based path)."""
+        return self.engine != "none"
+
     @model_validator(mode="after")
     def _model_required(self) -> "EngineConfig":
-        if self.engine != "none" and not self.model:
+        if self.enabled and not self.model:
             raise ValueError(f"engine '{self.engine}' needs a model")
         if self.engine == "openai" and not self.base_url:
             raise ValueError("engine 'openai' needs a base_url")

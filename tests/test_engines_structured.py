@@ -83,7 +83,7 @@ def test_cache_appends_dedupes_ignores_partial_files_and_compacts(tmp_path):
 
 
 def test_journal_writes_finished_calls_and_merges_only_new_parts(tmp_path):
-    from factory.engines.base import result_table
+    from factory.engines.protocol import result_table
     from factory.engines.cache import CallJournal
     from factory.engines.calls import CallResult
 
@@ -120,7 +120,7 @@ def test_journal_writes_finished_calls_and_merges_only_new_parts(tmp_path):
 def test_background_journal_writes_without_a_flush(tmp_path):
     import time
 
-    from factory.engines.base import result_table
+    from factory.engines.protocol import result_table
     from factory.engines.cache import CallJournal
     from factory.engines.calls import CallResult
 

@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
-from factory.engines import base, run_llm, vllm
+from factory.engines import base, protocol, run_llm, vllm
 from factory.errors import UserError
 from factory.pipeline import StageRecord
 from tests.test_engines_openai import make_run
@@ -115,13 +115,13 @@ def test_processor_pipeline_around_a_stand_in_engine(ray_session, cfg):
     rows = {r["key"]: r for r in ds.take_all()}
     keys = request_rows(4).column("key").to_pylist()
     out = {i: rows[k] for i, k in enumerate(keys)}
-    assert set(out[0]) == set(base.RESULT_SCHEMA.names)
+    assert set(out[0]) == set(protocol.RESULT_SCHEMA.names)
     assert json.loads(out[0]["parsed"]) == {"winner": "A", "reason": "more detail"} and out[0]["error"] is None
     assert json.loads(out[1]["parsed"])["winner"] == "B"
     assert out[2]["generated_text"] == "no idea" and out[2]["error"].startswith("invalid_output")
     assert out[3]["error"] == "llm_error: prompt length 9000 exceeds max_model_len 512" and out[3]["generated_text"] is None
     assert out[0]["input_tokens"] > 5 and out[0]["output_tokens"] > 0 and out[0]["finish_reason"] == "stop"
-    pa.Table.from_pylist(list(out.values()), schema=base.RESULT_SCHEMA)  # the shape run_llm streams
+    pa.Table.from_pylist(list(out.values()), schema=protocol.RESULT_SCHEMA)  # the shape run_llm streams
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

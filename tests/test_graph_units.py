@@ -320,10 +320,10 @@ def test_report_row_maps_cited_ids_and_falls_back_to_rules():
     llm = {"title": "T", "summary": "S", "rating": 7, "rating_explanation": "why",
            "findings": [{"summary": "f", "explanation": "x", "entity_ids": [3, 99], "relationship_ids": [7], "source_ids": [1]}]}
     com = {"id": "k", "community": 4, "level": 1, "size": 2}
-    row = report_row({"parsed": json.dumps(llm), "error": None, "rule_report": "{}", "refs": refs}, com, "openai", "m", "h")
+    row = report_row({"report": json.dumps(llm), "error": None, "rule_report": "{}", "refs": refs}, com, "openai", "m", "h")
     assert row["engine"] == "openai" and row["rank"] == 7.0
     assert (row["entity_ids"], row["relationship_ids"], row["text_unit_ids"]) == (["e3"], ["r7"], ["c9"])
     assert row["findings"][0]["explanation"] == "x"  # lineage in the id columns, not in the text
     rule = {**llm, "title": "Rules"}
-    bad = report_row({"parsed": None, "error": "invalid_output: x", "rule_report": json.dumps(rule), "refs": refs}, com, "openai", "m", "h")
+    bad = report_row({"report": None, "error": "invalid_output: x", "rule_report": json.dumps(rule), "refs": refs}, com, "openai", "m", "h")
     assert bad["title"] == "Rules" and bad["engine"] == "none" and bad["model"] is None

@@ -19,7 +19,7 @@ did not parse or validate; the text is kept) or budget_exhausted.
 from __future__ import annotations
 
 import functools
-import importlib
+import logging
 import time
 from typing import Any
 
@@ -28,10 +28,13 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from factory.config import EngineConfig, S3Config
+from factory.engines import hf, openai, vllm
 from factory.engines.cache import CallCache, CallJournal, call_key
-from factory.engines.calls import CallResult
-from factory.engines.structured import BUDGET, LLM_ERROR, finish, schema_hash
+from factory.engines.protocol import RESULT_SCHEMA, Backend
+from factory.engines.structured import BUDGET, LLM_ERROR, schema_hash
 from factory.errors import UserError, find_user_error
+
+logger = logging.getLogger(__name__)
 
 KEY = "_llm_key"
 ROW = "_llm_row"  # a row's identity, to pick the one row that sends a key shared by several
@@ -43,44 +46,12 @@ MAX_BLOCKS = 4096
 # Seconds between the driver's merges of the parts workers wrote (a long run writes thousands).
 COMPACT_EVERY_S = 30.0
 
-# What a backend receives (one row per call) and must return (one row per call).
-REQUEST_COLUMNS = ("key", "messages", "max_tokens", "temperature")
-RESULT_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("generated_text", pa.string()),
-    ("parsed", pa.string()),
-    ("error", pa.string()),
-    ("input_tokens", pa.int64()),
-    ("output_tokens", pa.int64()),
-    ("finish_reason", pa.string()),
-])
+# What run_llm adds to every row of its input.
 OUTPUT_COLUMNS = ("generated_text", "parsed", "error", "input_tokens", "output_tokens", "engine", "model", "prompt_hash")
 
-_BACKENDS = {"openai": "factory.engines.openai", "hf": "factory.engines.hf", "vllm": "factory.engines.vllm"}
-
-
-def result_table(keys: list[str], results: list[CallResult], output_model: type[BaseModel] | None) -> pa.Table:
-    """Backends call this in their workers: structured parsing happens next to the call."""
-    parsed, errors = [], []
-    for r in results:
-        if r.error is not None:
-            p, e = None, r.error
-        else:
-            p, e = finish(r.text, output_model)
-        parsed.append(p)
-        errors.append(e)
-    return pa.table(
-        {
-            "key": keys,
-            "generated_text": [r.text for r in results],
-            "parsed": parsed,
-            "error": errors,
-            "input_tokens": [int(r.input_tokens or 0) for r in results],
-            "output_tokens": [int(r.output_tokens or 0) for r in results],
-            "finish_reason": [r.finish_reason for r in results],
-        },
-        schema=RESULT_SCHEMA,
-    )
+# Every engine a role can name (EngineConfig.engine, besides "none"). A new backend is a module with the
+# Backend functions (protocol.py), imported and added here.
+BACKENDS: dict[str, Backend] = {"openai": openai, "hf": hf, "vllm": vllm}
 
 
 def model_name(cfg: EngineConfig) -> str:
@@ -110,17 +81,16 @@ def adapter_fingerprint(adapter: str | None, s3: S3Config | None = None) -> str 
     return hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
 
 
-def backend(engine: str) -> Any:
+def backend(engine: str) -> Backend:
     if engine == "none":
         raise ValueError("engine 'none' has no LLM: callers take their rule-based path instead of run_llm")
-    return importlib.import_module(_BACKENDS[engine])
+    return BACKENDS[engine]
 
 
 def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, output_model: type[BaseModel] | None = None):
     """Rows of `ds` (id, messages[, prompt_hash, max_tokens, temperature]) plus the call's outcome."""
     import ray
 
-    from factory.pipeline import log
 
     be = backend(role_cfg.engine)
     engine, model = role_cfg.engine, model_name(role_cfg)
@@ -162,8 +132,8 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
             journal = functools.partial(CallJournal, cache, engine, model)
             stopped = _stream(be.generate(pending, role_cfg, output_model, journal), cache, rec, tag, role_cfg, parts)
     if stopped:
-        log(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
-            f"kept every finished call, the rest are marked {BUDGET} (raise budget_tokens and rerun to continue)")
+        logger.info(f"[{rec.name}] {task}: token budget of {role_cfg.budget_tokens} reached for {tag}; "
+                   f"kept every finished call, the rest are marked {BUDGET} (raise budget_tokens and rerun to continue)")
         rec.stats["budget_exhausted"] = True
     cache.compact()
 

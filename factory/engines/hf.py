@@ -219,7 +219,7 @@ class _Worker:
         self.journal = journal()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from factory.engines.base import result_table
+        from factory.engines.protocol import result_table
 
         rows = batch.to_pylist()
         keys = [r["key"] for r in rows]

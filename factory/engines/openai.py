@@ -30,7 +30,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
-from factory.engines.base import RESULT_SCHEMA, result_table
+from factory.engines.protocol import RESULT_SCHEMA, result_table
 from factory.engines.cache import CallJournal
 from factory.engines.calls import CallResult
 from factory.engines.structured import LLM_ERROR, json_schema

@@ -30,7 +30,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from factory.config import EngineConfig
-from factory.engines.base import RESULT_SCHEMA
+from factory.engines.protocol import RESULT_SCHEMA
 from factory.engines.cache import CallJournal
 from factory.engines.structured import LLM_ERROR, finish, json_schema
 from factory.errors import UserError

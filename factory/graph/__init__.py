@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 import schemas
+from factory.engines.task import LLMTask
 from factory.graph.extract import extract_graph
 from factory.pipeline import Run, StageRecord, log
 from factory.voice import detect_voice
@@ -47,7 +48,7 @@ def build_graph(run: Run, rec: StageRecord) -> None:
     from factory.graph.merge import finalize, merge
 
     cfg = run.cfg.graph
-    rules = run.cfg.teacher.engine == "none"
+    rules = not run.cfg.teacher.enabled
     table = run.read_arrow("chunks").select(["id", "document_id", "chunk_index", "date", "text"])
     types, voice = resolve_entity_types(cfg.entity_types, (t.as_py() for t in table.column("text")))
     rec.stats.update(entity_types=types, voice=voice)
@@ -96,25 +97,30 @@ def _write_empty(run: Run, rec: StageRecord, n_chunks: int, failed: int, stats: 
         run.write_table(table, schemas.schema_of(table).empty_table())
 
 
+class SummarizeDescriptions(LLMTask):
+    """One entity's or relationship's pooled descriptions -> one summary (free text)."""
+
+    name = "summarize_descriptions"
+    fields = {"summary": pa.string()}
+    keep_failed = True
+    drop = ("title", "kind", "max_words", "descriptions")
+
+    def parse(self, row: dict, reply: str | None) -> dict:
+        return {"summary": (reply or "").strip() or None}
+
+
 def _summarize(run: Run, rec: StageRecord, merged) -> dict[str, str]:
     """LLM summaries of pooled descriptions over the limit; a failed one is ranked and cut instead."""
-    import ray
-
-    from factory import prompts
-    from factory.engines import run_llm
     from factory.graph.merge import rank_and_cut
 
     cfg = run.cfg.graph
-    prompt = prompts.load("summarize_descriptions")
     max_words = max(16, cfg.max_description_tokens * 3 // 4)
     items = merged.long_descriptions
-    ds = ray.data.from_items([
-        {"id": i, "messages": prompt.messages(title=t, kind=k, max_words=max_words, descriptions="\n".join(f"- {d}" for d in pool))}
-        for i, (t, k, pool) in items.items()
-    ])
+    rows = [{"id": i, "title": t, "kind": k, "max_words": max_words, "descriptions": "\n".join(f"- {d}" for d in pool)}
+            for i, (t, k, pool) in items.items()]
     out = {}
-    for row in run_llm(run, rec, ds, run.cfg.teacher, "summarize_descriptions").take_all():
-        text = (row["generated_text"] or "").strip()
+    for row in SummarizeDescriptions().run_rows(run, rec, rows, run.cfg.teacher):
+        text = row["summary"]
         if row["error"] or not text:
             rec.stats["summaries_failed"] = rec.stats.get("summaries_failed", 0) + 1
             text = rank_and_cut(items[row["id"]][2], cfg.max_description_tokens)

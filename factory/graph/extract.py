@@ -10,9 +10,10 @@ from __future__ import annotations
 
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
-from factory import prompts
+from factory.engines.task import LLMTask
 from factory.graph.rules import extract_rules
 from factory.pipeline import Run, StageRecord
 from schemas import MESSAGE
@@ -72,30 +73,50 @@ def _rules_batch(batch: pa.Table, entity_types: list[str], noun_phrases: bool) -
     return pa.table(rows, schema=EXTRACTION)
 
 
-def _parsed_batch(batch: pa.Table) -> pa.Table:
-    """run_llm output rows -> EXTRACTION rows (ids are chunk ids)."""
-    rows = {"chunk_id": [], "entities": [], "relationships": [], "error": []}
-    parsed = batch.column("parsed").to_pylist()
-    errors = batch.column("error").to_pylist()
-    for cid, p, err in zip(batch.column("id").to_pylist(), parsed, errors):
-        ents, rels = [], []
-        if p is not None and err is None:
-            data = Extraction.model_validate_json(p)
-            ents = [
-                {"title": e.title.strip(), "type": e.type.strip().lower(), "description": e.description.strip(),
-                 "initial_only": False}
-                for e in data.entities if e.title.strip()
-            ]
-            rels = [
-                {"source": r.source.strip(), "target": r.target.strip(), "description": r.description.strip(), "weight": r.strength}
-                for r in data.relationships if r.source.strip() and r.target.strip()
-            ]
-        rows["chunk_id"].append(cid)
-        rows["entities"].append(ents)
-        rows["relationships"].append(rels)
-        rows["error"].append(err if err is not None else (None if p is not None else "unparseable output"))
-    rows["lowercase_words"] = [None] * len(rows["chunk_id"])
-    return pa.table(rows, schema=EXTRACTION)
+class ExtractGraph(LLMTask):
+    """A chunk -> its entities and relationships; a failed chunk keeps its `error` and contributes nothing."""
+
+    name = "extract_graph"
+    output_model = Extraction
+    fields = {"entities": pa.list_(ENTITY), "relationships": pa.list_(RELATIONSHIP)}
+    keep_failed = True
+    lineage = False
+    # Gleaning continues each conversation: the model sees its own answer and is asked for what it missed.
+    keep_reply = True
+    drop = ("text",)
+
+    def __init__(self, entity_types: str):
+        self.entity_types = entity_types
+
+    def messages(self, row: dict) -> list[dict]:
+        return self.prompt.messages(entity_types=self.entity_types, text=row["text"])
+
+    def parse(self, row: dict, reply: Extraction) -> dict:
+        return {
+            "entities": [{"title": e.title.strip(), "type": e.type.strip().lower(), "description": e.description.strip(),
+                          "initial_only": False} for e in reply.entities if e.title.strip()],
+            "relationships": [{"source": r.source.strip(), "target": r.target.strip(), "description": r.description.strip(),
+                               "weight": r.strength} for r in reply.relationships if r.source.strip() and r.target.strip()],
+        }
+
+
+class GleanGraph(ExtractGraph):
+    """The conversation of the round before, continued: what did the extraction miss?"""
+
+    name = "glean_graph"
+    drop = ()
+
+    def messages(self, row: dict) -> list[dict]:
+        return row["messages"] + [{"role": "assistant", "content": row["generated_text"]},
+                                  *self.prompt.messages(entity_types=self.entity_types)]
+
+
+def _extraction_rows(batch: pa.Table) -> pa.Table:
+    """A task's output rows -> EXTRACTION rows (ids are chunk ids)."""
+    n = batch.num_rows
+    return pa.table({"chunk_id": batch.column("id"), "entities": batch.column("entities"),
+                     "relationships": batch.column("relationships"), "error": batch.column("error"),
+                     "lowercase_words": pa.nulls(n, pa.list_(pa.string()))}, schema=EXTRACTION)
 
 
 def _collect(ds, schema: pa.Schema = EXTRACTION) -> pa.Table:
@@ -109,7 +130,7 @@ def _collect(ds, schema: pa.Schema = EXTRACTION) -> pa.Table:
 def extract_graph(run: Run, rec: StageRecord, entity_types: list[str]) -> pa.Table:
     """EXTRACTION rows for every chunk: one row per chunk and per gleaning round (LLM)."""
     chunks = run.read_ray("chunks").select_columns(["id", "text"])
-    if run.cfg.teacher.engine == "none":
+    if not run.cfg.teacher.enabled:
         import ray
 
         # A block per CPU: a chunks table of one Parquet row group reads as one block, which would run
@@ -125,30 +146,16 @@ def extract_graph(run: Run, rec: StageRecord, entity_types: list[str]) -> pa.Tab
 def _extract_llm(run: Run, rec: StageRecord, chunks, entity_types: list[str]) -> pa.Table:
     import ray
 
-    from factory.engines import run_llm
-
     g, teacher = run.cfg.graph, run.cfg.teacher
     types = ", ".join(entity_types)
-    first, glean = prompts.load("extract_graph"), prompts.load("glean_graph")
-
-    def to_messages(batch: pa.Table) -> pa.Table:
-        texts = batch.column("text").to_pylist()
-        return pa.table({"id": batch.column("id"), "messages": [first.messages(entity_types=types, text=t) for t in texts]})
-
-    ds = chunks.map_batches(to_messages, batch_format="pyarrow")
-    out = run_llm(run, rec, ds, teacher, "extract_graph", output_model=Extraction).materialize()
-    results = [_collect(out.map_batches(_parsed_batch, batch_format="pyarrow"))]
-    # Gleaning continues each successful conversation: the model sees its own answer and is asked for what it missed.
+    out = ExtractGraph(types).run(run, rec, chunks, teacher).materialize()
+    results = [_collect(out.map_batches(_extraction_rows, batch_format="pyarrow"))]
     for _ in range(g.gleaning):
-        last = _collect(out, _LAST).to_pylist()
-        ok = [r for r in last if r["error"] is None and r["generated_text"]]
-        if not ok:
+        last = _collect(out, _LAST)
+        ok = last.filter(pc.and_(pc.is_null(last.column("error")), pc.invert(pc.equal(last.column("generated_text"), ""))))
+        if not ok.num_rows:
             break
-        convo = [
-            r["messages"] + [{"role": "assistant", "content": r["generated_text"]}, *glean.messages(entity_types=types)]
-            for r in ok
-        ]
-        ds = ray.data.from_arrow(pa.table({"id": [r["id"] for r in ok], "messages": convo}))
-        out = run_llm(run, rec, ds, teacher, "glean_graph", output_model=Extraction).materialize()
-        results.append(_collect(out.map_batches(_parsed_batch, batch_format="pyarrow")))
+        out = GleanGraph(types).run(run, rec, ray.data.from_arrow(ok.select(["id", "messages", "generated_text"])),
+                                    teacher).materialize()
+        results.append(_collect(out.map_batches(_extraction_rows, batch_format="pyarrow")))
     return pa.concat_tables(results)

@@ -39,7 +39,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
 import schemas
-from factory import prompts
+from factory.engines.task import LLMTask
 from factory.graph.text import approx_tokens, norm_key, sentences
 from factory.pipeline import Run, StageRecord, log
 
@@ -70,6 +70,19 @@ class CommunityReport(BaseModel):
     @classmethod
     def _at_most_ten(cls, v: list[Finding]) -> list[Finding]:
         return v[:10]
+
+
+class WriteReport(LLMTask):
+    """A community's packed context -> the teacher's report (JSON); a failed one falls back to the rule report."""
+
+    name = "community_report"
+    output_model = CommunityReport
+    fields = {"report": pa.string()}
+    keep_failed = True
+    prompted = True  # `prepare` packs the context where the graph index lives
+
+    def parse(self, row: dict, reply: CommunityReport) -> dict:
+        return {"report": reply.model_dump_json()}
 
 
 # ---- the graph as seen by workers -------------------------------------------------------
@@ -375,13 +388,13 @@ def _prepare_one(row: dict, reports: str | None, idx: _Index, budget: int, llm: 
         "s": {i: u for i, (u, _) in enumerate(ctx["sources"], 1)},
     })
     if llm:
-        out["messages"] = prompts.load("community_report").messages(context=render_context(ctx))
+        out["messages"] = WriteReport().messages({"context": render_context(ctx)})
     return out
 
 
 def finalize(row: dict, community: dict, engine: str, model: str | None, prompt_hash: str | None) -> dict:
     """One `community_reports` row from the teacher's report, or the rule report when it is missing."""
-    parsed = row.get("parsed") if not row.get("error") else None
+    parsed = row.get("report") if not row.get("error") else None
     rep = json.loads(parsed) if parsed else json.loads(row["rule_report"])
     if not parsed:
         engine, model, prompt_hash = "none", None, None
@@ -418,7 +431,7 @@ def write_reports(run: Run, rec: StageRecord) -> None:
         rec.stats["empty"] = True
         run.write_table("community_reports", schemas.schema_of("community_reports").empty_table())
         return
-    llm = teacher.engine != "none"
+    llm = teacher.enabled
     graph = [ray.put((
         run.read_arrow("entities"), run.read_arrow("relationships"),
         run.read_arrow("chunks").select(["id", "text"]), run.read_arrow("communities"),
@@ -440,9 +453,7 @@ def write_reports(run: Run, rec: StageRecord) -> None:
         waiting += [p["community"] for p in prepared if p["deferred"]]
         ready = [p for p in prepared if not p["deferred"]]
         if llm and ready:
-            from factory.engines import run_llm
-
-            ready = run_llm(run, rec, ray.data.from_items(ready), teacher, "community_report", output_model=CommunityReport).take_all()
+            ready = WriteReport().run_rows(run, rec, ready, teacher)
         for p in ready:
             model = teacher.model if llm else None
             row = finalize(p, by_id[p["community"]], teacher.engine, model, p.get("prompt_hash"))

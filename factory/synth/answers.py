@@ -37,12 +37,13 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from factory.config import EngineConfig
+from factory.engines import enabled
+from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord
-from factory.prompts import load as load_prompt
 from factory.synth import extractive as X
 from factory.synth.questions import DESCRIBE, ENTITY_QA, LOCAL, RELATIONSHIP_QA
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import MESSAGES, apply_rows, collect, llm_enabled, map_rows, to_dataset
+from factory.synth.rows import MESSAGES, apply_rows, collect, map_rows, to_dataset
 from factory.synth.templates import load_templates
 from factory.synth.text import estimate_tokens
 from schemas import STRS
@@ -56,8 +57,6 @@ ANSWER_FIELDS = {
     "prompt_hash": pa.string(),
     "error": pa.string(),
 }
-# The teacher's task (prompt file and call-cache folder) per answering task.
-TEACHER_TASKS = {LOCAL: "local_answer", ENTITY_QA: "entity_qa", RELATIONSHIP_QA: "relationship_qa"}
 REFUSED = "refused"
 
 
@@ -93,6 +92,48 @@ class MapOut(BaseModel):
     points: list[KeyPoint] = Field(default_factory=list)
 
 
+class Answer(LLMTask):
+    """A prompted row -> the teacher's answer and reasoning (and, for entity_qa and relationship_qa, the
+    question it wrote); a declared refusal becomes error "refused", an empty answer "empty_answer"."""
+
+    fields = {"question": pa.string(), "answer": pa.string(), "reasoning": pa.string()}
+    keep_failed = True
+    prompted = True  # _Prompter and answer_global build the prompt beside the retriever and the key points
+
+    def __init__(self, name: str, output_model: type[BaseModel]):
+        self.name, self.output_model = name, output_model
+
+    def parse(self, row: dict, reply: BaseModel) -> dict:
+        if getattr(reply, "answerable", True) is False:
+            return {"error": f"{REFUSED}: the teacher found no answer in the source"}
+        out = {"answer": reply.answer.strip() or None, "reasoning": reply.reasoning.strip() or None}
+        if "question" in self.output_model.model_fields:
+            out["question"] = reply.question.strip() or None
+        return out if out["answer"] else {**out, "error": "empty_answer"}
+
+
+# The teacher's task (prompt file and call-cache folder) per answering task.
+ANSWER_TASKS = {LOCAL: Answer("local_answer", LocalAnswerOut), ENTITY_QA: Answer("entity_qa", SubjectQAOut),
+                RELATIONSHIP_QA: Answer("relationship_qa", SubjectQAOut)}
+GLOBAL_REDUCE = Answer("global_reduce", AnswerOut)
+POINT = pa.struct([("description", pa.string()), ("score", pa.int64()), ("reports", pa.list_(pa.int64()))])
+
+
+class GlobalMap(LLMTask):
+    """A question and one batch of community reports -> key points scored 0-100. Citations must name
+    reports of this batch; an uncited point stands on the whole batch."""
+
+    name = "global_map"
+    output_model = MapOut
+    fields = {"points": pa.list_(POINT)}
+    lineage = False
+    drop = ("question", "reports")
+
+    def parse(self, row: dict, reply: MapOut) -> dict:
+        batch = json.loads(row["batch"])
+        return {"points": [{**p.model_dump(), "reports": [c for c in p.reports if c in batch] or batch} for p in reply.points]}
+
+
 # ---- local, entity, relationship: answers from chunks --------------------------------------------
 def describe_rows(questions, voice: str):
     """Template questions answered by the subject's description (the authors' short pair): a plain map."""
@@ -126,11 +167,10 @@ def answer_from_chunks(run: Run, rec: StageRecord, questions, retriever: Retriev
     # Each task has its own prompt, so its own call-cache folder and stats in the engine layer.
     asked = collect(prompted.select_columns(["task", "error"]))
     parts = [prompted.map_batches(_where_task, fn_kwargs={"task": None}, batch_format="pyarrow")]
-    for task, teacher_task in TEACHER_TASKS.items():
+    for task, answering in ANSWER_TASKS.items():
         if asked.num_rows and pc.sum(pc.and_kleene(pc.equal(asked.column("task"), task), pc.is_null(asked.column("error")))).as_py():
             rows = prompted.map_batches(_where_task, fn_kwargs={"task": task}, batch_format="pyarrow")
-            out = LocalAnswerOut if task == LOCAL else SubjectQAOut
-            parts.append(_llm_answers(run, rec, rows, engine, teacher_task, out))
+            parts.append(answering.run(run, rec, rows, engine))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -148,7 +188,7 @@ class _Prompter:
     def __init__(self, retriever: Retriever, k: int, voice: str):
         self.retriever, self.k = retriever, k
         self.t = load_templates(voice)
-        self.prompts = {task: load_prompt(name) for task, name in TEACHER_TASKS.items()}
+        self.prompts = {task: answering.prompt for task, answering in ANSWER_TASKS.items()}
         self.fields = {"evidence_chunk_ids": STRS, "retrieved_source": pa.bool_(), **ANSWER_FIELDS, "messages": MESSAGES}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -199,42 +239,13 @@ def extracted(answer: str | None, reasoning: str | None, missing: str = "no_evid
             "error": None if answer else missing}
 
 
-def _llm_answers(run: Run, rec: StageRecord, ds, engine: EngineConfig, task: str, output_model: type[BaseModel]):
-    """Send rows with `messages` to the engine and turn the parsed JSON into answer/reasoning (and the
-    question, for tasks that write one). A declared refusal becomes error "refused"."""
-    from factory.engines import run_llm
-
-    prompt_hash = load_prompt(task).hash
-    writes_question = "question" in output_model.model_fields
-
-    def parse(row: dict) -> dict:
-        out = {"engine": row.get("engine") or engine.engine, "model": row.get("model") or engine.model,
-               "prompt_hash": row.get("prompt_hash") or prompt_hash, "answer": None, "reasoning": None,
-               "error": row.get("error"), "question": row.get("question")}
-        if not out["error"] and row.get("parsed"):
-            parsed = output_model.model_validate_json(row["parsed"])
-            if getattr(parsed, "answerable", True) is False:
-                out["error"] = f"{REFUSED}: the teacher found no answer in the source"
-            else:
-                out.update(answer=parsed.answer.strip() or None, reasoning=parsed.reasoning.strip() or None)
-                if writes_question:
-                    out["question"] = parsed.question.strip() or None
-        if not out["answer"] and not out["error"]:
-            out["error"] = "empty_answer"
-        return out
-
-    answered = run_llm(run, rec, ds, engine, task, output_model=output_model)
-    fields = {"question": pa.string(), **{k: v for k, v in ANSWER_FIELDS.items() if k != "evidence"}}
-    return map_rows(answered, parse, fields, drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens"))
-
-
 # ---- global: map-reduce over community reports ------------------------------------------------
 def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engine: EngineConfig | None, *,
                   level: int | None = 0, batch_tokens: int = 4000, voice: str = "reference",
                   title_types: dict[str, str] | None = None):
     import ray.data
 
-    llm = llm_enabled(engine)
+    llm = enabled(engine)
     t = load_templates(voice)
     qtable = collect(questions)
     report_rows = [_report(r) for r in reports.to_pylist()]
@@ -263,7 +274,7 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
         if not points:
             done.append({**row, **extracted(None, None, "no_key_points")})
         elif llm:
-            todo.append({**row, "messages": load_prompt("global_reduce").messages(
+            todo.append({**row, "messages": GLOBAL_REDUCE.prompt.messages(
                 question=row["question"], points=format_points(points), answer_style=t.answer_style)})
         else:
             pool = pool_of(q)
@@ -274,7 +285,7 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     out = pa.Table.from_pylist(done, schema=schema)
     if todo:
         ask_schema = pa.schema([f for f in schema if f.name not in ANSWER_FIELDS or f.name == "evidence"] + [pa.field("messages", MESSAGES)])
-        asked = collect(_llm_answers(run, rec, to_dataset(todo, ask_schema), engine, "global_reduce", AnswerOut))
+        asked = collect(GLOBAL_REDUCE.run(run, rec, to_dataset(todo, ask_schema), engine))
         out = pa.concat_tables([out, asked.select(out.column_names).cast(out.schema)])
     return ray.data.from_arrow(out)
 
@@ -289,26 +300,12 @@ def _extract_map(q: dict, pool: list[dict], findings: dict[int, list[X.Finding]]
 def _llm_map(run: Run, rec: StageRecord, qrows: list[dict], pool_of, engine: EngineConfig, batch_tokens: int) -> dict[str, list[dict]]:
     """Key points of each (question, report batch) from the teacher; failed calls add no points
     (run_llm counts them in stats.llm.global_map)."""
-    from factory.engines import run_llm
-
-    prompt = load_prompt("global_map")
-    rows = []
-    for q in qrows:
-        for b, batch in enumerate(pack_reports(pool_of(q), batch_tokens)):
-            rows.append({"id": f"{q['id']}#{b}", "qid": q["id"], "batch": json.dumps(sorted(r["community"] for r in batch)),
-                         "messages": prompt.messages(question=q["question"], reports=format_reports(batch))})
+    rows = [{"id": f"{q['id']}#{b}", "qid": q["id"], "batch": json.dumps(sorted(r["community"] for r in batch)),
+             "question": q["question"], "reports": format_reports(batch)}
+            for q in qrows for b, batch in enumerate(pack_reports(pool_of(q), batch_tokens))]
     points_by_q: dict[str, list[dict]] = {q["id"]: [] for q in qrows}
-    if not rows:
-        return points_by_q
-    schema = pa.schema([("id", pa.string()), ("qid", pa.string()), ("batch", pa.string()), ("messages", MESSAGES)])
-    out = collect(run_llm(run, rec, to_dataset(rows, schema), engine, "global_map", output_model=MapOut))
-    for r in out.to_pylist():
-        if r.get("error") or not r.get("parsed"):
-            continue
-        batch = json.loads(r["batch"])
-        for p in MapOut.model_validate_json(r["parsed"]).points:
-            # Citations must name reports of this batch; an uncited point stands on the whole batch.
-            points_by_q[r["qid"]].append({**p.model_dump(), "reports": [c for c in p.reports if c in batch] or batch})
+    for r in sorted(GlobalMap().run_rows(run, rec, rows, engine), key=lambda r: r["id"]):
+        points_by_q[r["qid"]] += r["points"]
     return points_by_q
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import BaseModel
 
-from factory.prompts import load as load_prompt
+from factory.engines.task import LLMTask
 from factory.synth import extractive as X
 from factory.synth.questions import LOCAL, QUESTION_SCHEMA, entity_ids_by_title, pick, question_id, rng_for
-from factory.synth.rows import MESSAGES, map_rows
+from factory.synth.rows import MESSAGES
 from factory.synth.templates import load_templates
 from schemas import STRS
 
@@ -39,6 +39,22 @@ class LocalQuestionOut(BaseModel):
     declined: bool = False
     question: str = ""
     reasoning: str = ""
+
+
+class WriteLocalQuestion(LLMTask):
+    """A chunk and one focus it names -> the teacher's question about it and its reasoning, or "question_declined"."""
+
+    name = "local_question"
+    output_model = LocalQuestionOut
+    fields = {"question": pa.string(), "question_reasoning": pa.string()}
+    keep_failed = True
+    lineage = False
+    prompted = True  # LocalRows builds the prompt beside the chunk
+
+    def parse(self, row: dict, reply: LocalQuestionOut) -> dict:
+        if reply.declined or not reply.question.strip():
+            return {"error": "question_declined"}
+        return {"question": reply.question.strip(), "question_reasoning": reply.reasoning.strip() or None}
 
 
 class FocusIndex:
@@ -92,7 +108,7 @@ class LocalRows:
         self.retriever, self.k = retriever, k
         # Share of questions whose retrieval is measured: a seeded sample by row id.
         self.recall_rate = min(1.0, recall_sample / max(1, index.pairs()))
-        self.prompt = load_prompt("local_question") if teacher and teacher_questions else None
+        self.prompt = WriteLocalQuestion().prompt if teacher and teacher_questions else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -156,19 +172,4 @@ class LocalRows:
 def written_questions(run, rec, asks, teacher):
     """The teacher's local questions for rows of `LocalRows(teacher=True)`; a declined or failed call
     leaves the row with `error` set ("question_declined", or the engine's kind), counted later."""
-    from factory.engines import run_llm
-
-    def parse(row: dict) -> dict:
-        out = {"question": None, "question_reasoning": None, "error": row.get("error")}
-        if not out["error"] and row.get("parsed"):
-            parsed = LocalQuestionOut.model_validate_json(row["parsed"])
-            if parsed.declined or not parsed.question.strip():
-                out["error"] = "question_declined"
-            else:
-                out.update(question=parsed.question.strip(), question_reasoning=parsed.reasoning.strip() or None)
-        return out
-
-    asked = run_llm(run, rec, asks, teacher, "local_question", output_model=LocalQuestionOut)
-    fields = {"question": pa.string(), "question_reasoning": pa.string(), "error": pa.string()}
-    return map_rows(asked, parse, fields, drop=("messages", "generated_text", "parsed", "input_tokens", "output_tokens",
-                                                "engine", "model", "prompt_hash"))
+    return WriteLocalQuestion().run(run, rec, asks, teacher)

@@ -27,12 +27,12 @@ import pyarrow as pa
 from pydantic import BaseModel, field_validator
 
 from factory.engines.structured import BUDGET, INVALID_OUTPUT, LLM_ERROR
+from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord
-from factory.prompts import load as load_prompt
 from factory.synth.answers import REFUSED
 from factory.synth.extractive import question_terms
 from factory.synth.near import NUM_PERM, NearIndex, band_keys, signatures
-from factory.synth.rows import MESSAGES, collect, map_rows
+from factory.synth.rows import collect
 from factory.synth.text import clean_target, is_refusal, relevance, support
 from schemas import STRS
 
@@ -148,24 +148,35 @@ class JudgeOut(BaseModel):
         return max(0.0, min(10.0, float(v)))
 
 
-def judge_rows(run: Run, rec: StageRecord, scored, min_score: float) -> dict[str, tuple[float | None, str | None]]:
-    """id -> (the judge's support score, a drop reason or None) for every row still kept that has evidence."""
-    from factory.engines import run_llm
+class JudgeGroundedness(LLMTask):
+    """A kept row's question, evidence and answer -> the judge's 0-10 support and answers-the-question scores."""
 
-    prompt = load_prompt("groundedness")
+    name = "groundedness"
+    output_model = JudgeOut
+    fields = {"support": pa.float64(), "answers_question": pa.float64()}
+    keep_failed = True
+    lineage = False
+    drop = ("question", "evidence", "answer")
+
+    def messages(self, row: dict) -> list[dict]:
+        return self.prompt.messages(question=row["question"], evidence=row["evidence"] or "", answer=row["answer"])
+
+    def parse(self, row: dict, reply: JudgeOut) -> dict:
+        return {"support": reply.support, "answers_question": reply.answers_question}
+
+
+def judge_rows(run: Run, rec: StageRecord, scored, min_score: float) -> dict[str, tuple[float | None, str | None]]:
+    """id -> (the judge's support score, a drop reason or None) for every row still kept that has evidence;
+    a failed call's drop reason is its error kind."""
     asked = scored.filter(lambda r: r["drop"] is None and r["kind"] != "unanswerable")
-    asked = map_rows(asked.select_columns(["id", "question", "evidence", "answer"]),
-                     lambda r: {"messages": prompt.messages(question=r["question"], evidence=r["evidence"] or "", answer=r["answer"])},
-                     {"messages": MESSAGES}, drop=("question", "evidence", "answer"))
-    out = collect(run_llm(run, rec, asked, run.cfg.judge, "groundedness", output_model=JudgeOut))
+    out = collect(JudgeGroundedness().run(run, rec, asked.select_columns(["id", "question", "evidence", "answer"]), run.cfg.judge))
     verdicts = {}
-    for r in out.select(["id", "parsed", "error"]).to_pylist() if out.num_rows else []:
-        if r["error"] or not r["parsed"]:
-            verdicts[r["id"]] = (None, r["error"].split(":", 1)[0] if r["error"] else INVALID_OUTPUT)
+    for r in out.to_pylist() if out.num_rows else []:
+        if r["error"]:
+            verdicts[r["id"]] = (None, r["error"].split(":", 1)[0])
             continue
-        v = JudgeOut.model_validate_json(r["parsed"])
-        drop = "judge_ungrounded" if v.support < min_score else "judge_off_topic" if v.answers_question < min_score else None
-        verdicts[r["id"]] = (v.support, drop)
+        drop = "judge_ungrounded" if r["support"] < min_score else "judge_off_topic" if r["answers_question"] < min_score else None
+        verdicts[r["id"]] = (r["support"], drop)
     return verdicts
 
 

@@ -24,9 +24,8 @@ import re
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord, log
-from factory.prompts import load as load_prompt
-from factory.synth.rows import MESSAGES, collect, llm_enabled, to_dataset
 from factory.synth.templates import GlobalTemplate, Templates
 from factory.synth.text import estimate_tokens, words
 from schemas import STRS
@@ -126,7 +125,7 @@ def global_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templat
             for r in reports[: s.community_questions] if r.get("title")]
     if not s.global_questions:
         return rows
-    if llm_enabled(run.cfg.teacher):
+    if run.cfg.teacher.enabled:
         written = _written_questions(run, rec, reports, t, "global_questions", s.global_questions, names=())
         return rows + [_global_row(q, "llm", s.global_level, []) for q in written]
     return rows + [_global_row(g.question, "template", s.global_level, [], template=g) for g in t.global_[: s.global_questions]]
@@ -138,7 +137,7 @@ def hard_global_questions(run: Run, rec: StageRecord, reports: list[dict], t: Te
     s = run.cfg.synth
     if not s.hard_global_questions:
         return []
-    if llm_enabled(run.cfg.teacher):
+    if run.cfg.teacher.enabled:
         written = _written_questions(run, rec, reports, t, "hard_global_questions", s.hard_global_questions, names)
         return [_global_row(q, "llm", s.global_level, [], "hard_global") for q in written]
     return [_global_row(g.question, "template", s.global_level, [], "hard_global", template=g)
@@ -163,30 +162,37 @@ def names_entity(question: str, names: list[str]) -> bool:
     return any(n.lower() in lowered for n in names if len(n) > 3 and (n[:1].isupper() or " " in n))
 
 
+class WriteQuestions(LLMTask):
+    """The corpus summary and one persona -> at most `n` questions (tasks global_questions, hard_global_questions)."""
+
+    output_model = QuestionsOut
+    fields = {"questions": pa.list_(pa.string())}
+    lineage = False
+    drop = ("summary", "persona", "question_style")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def parse(self, row: dict, reply: QuestionsOut) -> dict:
+        return {"questions": [q.strip() for q in reply.questions[: row["n"]] if q.strip()]}
+
+
 def _written_questions(run: Run, rec: StageRecord, reports: list[dict], t: Templates, task: str, n_total: int,
                        names: list[str] | tuple) -> list[str]:
     """Questions the teacher writes per persona from the corpus summary; ones naming an entity are dropped
     when `names` are given (the hard set must not be answerable by looking one name up)."""
-    from factory.engines import run_llm
-
     s = run.cfg.synth
-    prompt = load_prompt(task)
     summary = corpus_summary(reports, s.summary_tokens)
     personas = s.personas or t.personas
     n = math.ceil(n_total / len(personas))
-    rows = [{"id": f"persona-{i}", "messages": prompt.messages(summary=summary, persona=p, n=n, question_style=t.question_style)}
+    rows = [{"id": f"persona-{i}", "summary": summary, "persona": p, "n": n, "question_style": t.question_style}
             for i, p in enumerate(personas)]
-    schema = pa.schema([("id", pa.string()), ("messages", MESSAGES)])
-    out = collect(run_llm(run, rec, to_dataset(rows, schema), run.cfg.teacher, task, output_model=QuestionsOut))
     questions = []
-    for r in sorted(out.to_pylist(), key=lambda r: r["id"]):
-        if r.get("error") or not r.get("parsed"):
-            continue  # run_llm counted it by error kind
-        for q in QuestionsOut.model_validate_json(r["parsed"]).questions[:n]:
-            q = q.strip()
-            if q and names_entity(q, list(names)):
+    for r in sorted(WriteQuestions(task).run_rows(run, rec, rows, run.cfg.teacher), key=lambda r: r["id"]):
+        for q in r["questions"]:
+            if names_entity(q, list(names)):
                 rec.drop(f"{task}_names_entity")
-            elif q:
+            else:
                 questions.append(q)
     return questions[:n_total]
 
