@@ -19,6 +19,7 @@ import pyarrow as pa
 
 import schemas
 from factory.config import Config, EngineConfig
+from factory.engines import enabled
 from factory.errors import UserError
 from factory.evaluate import benchmark, judge, metrics, report, systems
 from factory.pipeline import Run, Stage, StageRecord
@@ -92,7 +93,7 @@ class Evaluation:
         check_readable(source_root(cfg), cfg.s3)
         self.src = Run(cfg, root=source_root(cfg))
         self.systems = list(dict.fromkeys([*cfg.evaluate.systems, *cfg.evaluate.answer_files]))
-        self.judged = cfg.judge is not None and cfg.judge.engine != "none"
+        self.judged = enabled(cfg.judge)
         # Config mistakes fail here, in one line, before any model is loaded.
         self.criteria = judge.criteria_of(cfg.evaluate.criteria, cfg.evaluate.graphrag_criteria)
         for system in self.systems:
@@ -137,7 +138,7 @@ class Evaluation:
             calls.append(("judge", self.cfg.judge))
         checked: set[str] = set()
         for who, engine in calls:
-            if engine.model_dump_json() in checked:
+            if engine.model_dump_json() in checked or not enabled(engine):
                 continue
             try:
                 backend(engine.engine).preflight(engine)

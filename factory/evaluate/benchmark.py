@@ -115,8 +115,8 @@ def run_benchmark(run: Run, rec: StageRecord, cfg: Config) -> list[dict]:
         for it in items:
             r = replies.get(it["id"]) or {"error": "no reply"}
             rows.append({"question_id": it["id"], "kind": kind, "system": system, "question": it["question"],
-                         "answer": r.get("generated_text"), "reference": it["answer"], "error": r.get("error"),
-                         "correct": r.get("error") is None and is_correct(it, r.get("generated_text"))})
+                         "answer": r.get("answer"), "reference": it["answer"], "error": r.get("error"),
+                         "correct": r.get("error") is None and is_correct(it, r.get("answer"))})
     rec.rows_in, rec.rows_out = len(items), len(rows)
     return rows
 

@@ -9,6 +9,7 @@ rewards whatever sits in position A. Win rate = (wins + ties / 2) / n, with a
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
 from typing import Literal
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, create_model, field_validator
 
 from factory import prompts
 from factory.config import EngineConfig
+from factory.engines.task import LLMTask
 from factory.errors import UserError
 from factory.evaluate.metrics import bootstrap_ci, final_answer, groups_of
 from factory.pipeline import Run, StageRecord
@@ -49,6 +51,22 @@ class Verdict(BaseModel):
 def verdict_model(criteria: list[str]) -> type[BaseModel]:
     """The judge's JSON schema: one Verdict per criterion asked."""
     return create_model("PairwiseVerdict", **{c: (Verdict, ...) for c in criteria})
+
+
+class JudgePair(LLMTask):
+    """A question and two answers shown in one order -> a verdict per criterion (JSON of verdict_model)."""
+
+    name = TASK
+    fields = {"verdict": pa.string()}
+    keep_failed = True
+    lineage = False
+    prompted = True  # `requests` writes both orders of every pair
+
+    def __init__(self, criteria: list[str]):
+        self.output_model = verdict_model(criteria)
+
+    def parse(self, row: dict, reply: BaseModel) -> dict:
+        return {"verdict": reply.model_dump_json()}
 
 
 def criteria_of(names: list[str], graphrag: bool) -> list[str]:
@@ -133,17 +151,11 @@ def requests(answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str
 def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, str]], criteria: list[str],
           judge_cfg: EngineConfig, with_reference: bool = False, evidence: dict[str, str] | None = None) -> pa.Table:
     """Judge every pair in both orders through the engine layer; one row per question, pair and criterion."""
-    import ray.data
-
-    from factory.engines import run_llm
-
     reqs = requests(answers, pairs, criteria, with_reference, evidence)
     rec.rows_in = len(reqs)
     if not reqs:
         return _judgments([])
-    model = verdict_model(criteria)
-    out = run_llm(run, rec, ray.data.from_items(reqs), judge_cfg, TASK, output_model=model)
-    replies = {r["id"]: r for r in out.select_columns(["id", "parsed", "error"]).take_all()}
+    replies = {r["id"]: r for r in JudgePair(criteria).run_rows(run, rec, reqs, judge_cfg)}
     kinds = {r["question_id"]: r["kind"] for r in answers.select(["question_id", "kind"]).to_pylist()}
     rows = []
     for req in reqs:
@@ -151,7 +163,7 @@ def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, 
         if order == "ba":
             continue
         first, second = replies.get(req["id"]), replies.get(f"{qid}|{a}|{b}|ba")
-        v1, v2 = _parse(model, first), _parse(model, second)
+        v1, v2 = _verdict(first), _verdict(second)
         error = None if v1 and v2 else "; ".join(
             e for e in ((first or {}).get("error"), (second or {}).get("error")) if e) or "no valid verdict"
         if error:
@@ -170,10 +182,8 @@ def judge(run: Run, rec: StageRecord, answers: pa.Table, pairs: list[tuple[str, 
     return _judgments(rows)
 
 
-def _parse(model: type[BaseModel], reply: dict | None) -> dict | None:
-    if not reply or reply.get("error") or not reply.get("parsed"):
-        return None
-    return model.model_validate_json(reply["parsed"]).model_dump()
+def _verdict(reply: dict | None) -> dict | None:
+    return json.loads(reply["verdict"]) if reply and reply["verdict"] else None
 
 
 def _judgments(rows: list[dict]) -> pa.Table:

@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 
 from factory import prompts
 from factory.config import Config, EngineConfig
+from factory.engines import enabled
+from factory.engines.task import LLMTask
 from factory.errors import UserError
 from factory.evaluate.fit import Blocks, Fitted, Meter, fit, refit
 from factory.evaluate.metrics import final_answer
@@ -46,7 +48,7 @@ def engine_for(cfg: Config, system: str) -> EngineConfig:
     An adapter `auto` is the finetune export of this config, which must exist."""
     if system in cfg.evaluate.engines:
         engine = cfg.evaluate.engines[system]
-    elif cfg.student is None or cfg.student.engine == "none":
+    elif not enabled(cfg.student):
         raise UserError(f"evaluate: system '{system}' needs an LLM: set student (engine, model, adapter) "
                         f"or evaluate.engines.{system}")
     else:
@@ -94,17 +96,24 @@ def check(cfg: Config, system: str) -> None:
                         "(the model's context in tokens; the server does not say)")
 
 
+class AnswerQuestion(LLMTask):
+    """A system's prompt -> its free-text answer (tasks eval_answer, eval_benchmark_<system>)."""
+
+    fields = {"answer": pa.string()}
+    keep_failed = True
+    lineage = False
+    prompted = True  # each system builds its own, fitted to its engine's window (Contexts, fit.py)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def parse(self, row: dict, reply: str | None) -> dict:
+        return {"answer": reply}
+
+
 def generate(run: Run, rec: StageRecord, rows: list[dict], engine: EngineConfig, task: str) -> dict[str, dict]:
-    """Send rows (id, messages) through the engine layer; id -> reply (generated_text, error, tokens)."""
-    import ray.data
-
-    from factory.engines import run_llm
-
-    if not rows:
-        return {}
-    out = run_llm(run, rec, ray.data.from_items(rows), engine, task)
-    cols = ["id", "generated_text", "error", "output_tokens"]
-    return {r["id"]: r for r in out.select_columns(cols).take_all()}
+    """Send rows (id, messages) through the engine layer; id -> reply (answer, error)."""
+    return {r["id"]: r for r in AnswerQuestion(task).run_rows(run, rec, rows, engine)}
 
 
 # ---- contexts ---------------------------------------------------------------------------
@@ -268,7 +277,7 @@ def graph_global_answers(cfg: Config, run: Run, src: Run, questions: list[dict],
     calls = rec.stats.get("llm", {}).get("global_map", {})
     why = {"no_key_points": f"no_key_points: the map step over the community reports found no key points "
                             f"({calls.get('errors', 0)} of {calls.get('rows', 0)} map calls failed)"}
-    return {r["id"]: {"generated_text": r["answer"], "error": why.get(r["error"], r["error"])}
+    return {r["id"]: {"answer": r["answer"], "error": why.get(r["error"], r["error"])}
             for r in out.select_columns(["id", "answer", "error"]).take_all()}
 
 
@@ -298,7 +307,7 @@ def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str]
     for system in systems:
         if system in cfg.evaluate.answer_files:
             given = load_answer_file(system, cfg.evaluate.answer_files[system], cfg)
-            replies[system] = {q["id"]: {"generated_text": given.get(q["id"]), "error": None if q["id"] in given
+            replies[system] = {q["id"]: {"answer": given.get(q["id"]), "error": None if q["id"] in given
                                          else "missing_answer: not in the answer file"} for q in questions}
         elif system == "graph_global":
             replies[system] = graph_global_answers(cfg, run, src, questions, engine_for(cfg, system), rec)
@@ -307,7 +316,7 @@ def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str]
             group = groups.setdefault(engine.model_dump_json(), (engine, []))
             for q, f in zip(questions, contexts.messages(system, questions, engine)):
                 if f.messages is None:
-                    replies.setdefault(system, {})[q["id"]] = {"generated_text": None, "error": f.error}
+                    replies.setdefault(system, {})[q["id"]] = {"answer": None, "error": f.error}
                 else:
                     group[1].append({"id": f"{system}|{q['id']}", "messages": f.messages})
     for engine, rows in groups.values():
@@ -319,8 +328,8 @@ def answer(run: Run, rec: StageRecord, src: Run, cfg: Config, systems: list[str]
         for q in questions:
             r = replies.get(system, {}).get(q["id"]) or {"error": "no_reply: the engine returned nothing for it"}
             error = r.get("error")
-            if error is None and not final_answer(r.get("generated_text")):
+            if error is None and not final_answer(r.get("answer")):
                 error = "empty_answer: the reply has no text (reasoning removed)"
             out.append({"question_id": q["id"], "kind": q["kind"], "system": system, "question": q["question"],
-                        "answer": r.get("generated_text"), "reference": q["answer"], "error": error})
+                        "answer": r.get("answer"), "reference": q["answer"], "error": error})
     return out
