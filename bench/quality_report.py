@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factory.publish import open_run  # noqa: E402
 from factory.synth.report import _batches, quality_report  # noqa: E402
-from factory.synth.text import shingles  # noqa: E402
+from factory.text import shingles  # noqa: E402
 
 QA_COLUMNS = ["id", "kind", "split", "question", "answer", "reasoning", "messages", "source_chunk_id",
               "retrieved_source", "groundedness", "question_set"]

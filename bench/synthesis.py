@@ -34,7 +34,7 @@ from factory.ingest import document_id, markdown_title, normalize  # noqa: E402
 from factory.pipeline import Run, Stage  # noqa: E402
 from factory.synth.answers import extract_answer  # noqa: E402
 from factory.synth.retrieval import Retriever  # noqa: E402
-from factory.synth.text import content_words  # noqa: E402
+from factory.text import content_words  # noqa: E402
 
 
 def chunk_corpus(folder: Path, cfg) -> pa.Table:

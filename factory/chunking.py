@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
 from functools import cache
 from pathlib import Path
 
@@ -22,10 +21,8 @@ import pyarrow.compute as pc
 from factory.config import ChunkingConfig
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
+from factory.text import sentence_spans
 from schemas import schema_of
-
-# A sentence ends at . ! ? (optionally followed by quotes/brackets) before whitespace, or at a line break.
-_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]?\s+|\n+")
 
 
 def default_tokenizer_path() -> str:
@@ -58,11 +55,6 @@ def load_tokenizer(name: str):
     tok.no_truncation()
     tok.no_padding()
     return tok
-
-
-def sentence_starts(text: str) -> list[int]:
-    """Character offsets where sentences (or lines) begin."""
-    return [0] + [m.end() for m in _SENTENCE_END.finditer(text) if m.end() < len(text)]
 
 
 def token_ranges(n_tokens: int, boundaries: list[int], size: int, overlap: int) -> list[tuple[int, int]]:
@@ -100,7 +92,8 @@ def chunk_document(doc: dict, tokenizer, cfg: ChunkingConfig) -> list[dict]:
     else:
         offsets = enc.offsets
         token_starts = [o[0] for o in offsets]
-        boundaries = sorted({bisect.bisect_left(token_starts, c) for c in sentence_starts(text)})
+        starts = [0] + [start for start, _ in sentence_spans(text)]
+        boundaries = sorted({bisect.bisect_left(token_starts, c) for c in starts})
         spans = [(offsets[a][0], offsets[b - 1][1], b - a) for a, b in token_ranges(n, boundaries, cfg.size, cfg.overlap)]
     rows = []
     for i, (start, end, n_tokens) in enumerate(spans):

@@ -14,7 +14,7 @@ from factory.graph.extract import EXTRACTION
 from factory.graph.merge import finalize, merge, rank_and_cut
 from factory.graph.reports import _Index, finalize as report_row, pack_context, render_context, rule_report, textrank
 from factory.graph.rules import extract_rules
-from factory.graph.text import approx_tokens, norm_key, sentences
+from factory.text import estimate_tokens
 
 TYPES = ["person", "organization", "geo", "event", "concept"]
 
@@ -71,12 +71,6 @@ def test_rules_cues_labels_possessives_headings_and_table_cells():
     assert "Priya" in e and "Greenline Studio" in e and "Priya Greenline Studio" not in e  # a possessive ends a name
     assert e["Mara Lindqvist"]["type"] == "person"  # "She" opens the next sentence
     assert e["Soft"]["initial_only"]  # a table cell starts like a sentence
-
-
-def test_text_helpers():
-    assert sentences("Dr. Okafor came. Then Mr. Webb left!\n- a list item") == ["Dr. Okafor came.", "Then Mr. Webb left!", "a list item"]
-    assert norm_key("The  “Old Mill” Gardens") == norm_key("old mill gardens") == "old mill gardens"
-    assert approx_tokens("x" * 400) == 100
 
 
 def extraction_table(rows: list[tuple[str, list[dict], list[dict]]], error: dict | None = None,
@@ -177,7 +171,7 @@ def test_rank_and_cut_prefers_related_lines_and_keeps_order():
     lines = ["Short.", "Tomas and Priya Nair planned the garden together at the studio today.", "Filler line " * 30]
     out = rank_and_cut(lines, 30, related=["Priya Nair"])
     assert out.split("\n") == ["Short.", lines[1]]
-    assert approx_tokens(out) <= 30
+    assert estimate_tokens(out) <= 30
 
 
 def planted(n: int, block: int, m: int, seed: int = 0):

@@ -19,7 +19,7 @@ from factory.pipeline import Run, StageRecord
 import factory.synth.report as synth_report
 from factory.synth import target
 from factory.synth.report import final_answer, figures, quality_report
-from factory.synth.text import content_words, shingles, words
+from factory.text import content_words, shingles, words
 
 # Texts where a vectorized measure could part from the per-text code it stands for: curly and straight
 # apostrophes, hyphens, non-ASCII letters and spaces, capitals, stopwords only, long words, nothing at all.

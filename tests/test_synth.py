@@ -16,7 +16,7 @@ from factory.pipeline import Run, Stage, StageRecord
 from factory.synth import synthesize
 from factory.synth.retrieval import Retriever
 from factory.synth.templates import load_templates
-from factory.synth.text import support
+from factory.text import support
 from tests.conftest import JOURNAL
 
 

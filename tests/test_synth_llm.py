@@ -15,7 +15,7 @@ import pytest
 from factory.config import validate_config
 from factory.pipeline import Run, Stage
 from factory.synth import synthesize
-from factory.synth.text import support
+from factory.text import support
 from tests.conftest import JOURNAL
 from tests.support import teacher
 from tests.support.openai_server import FakeOpenAIServer, Fault

@@ -16,7 +16,7 @@ from factory.synth import quality
 from factory.synth.near import NearIndex, jaccard_estimate, signatures
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
-from factory.synth.text import clean_target, is_refusal, relevance, topic_terms
+from factory.text import clean_target, is_refusal, relevance, topic_terms
 from factory.voice import detect_voice, to_second_person
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

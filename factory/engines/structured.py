@@ -17,8 +17,8 @@ import json_repair
 from pydantic import BaseModel, ValidationError
 
 from factory.engines.calls import BUDGET, INVALID_OUTPUT, LLM_ERROR  # noqa: F401 (re-exported)
+from factory.text import without_think
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
@@ -36,7 +36,7 @@ def schema_hash(output_model: type[BaseModel] | None) -> str | None:
 
 def _candidates(text: str) -> list[str]:
     """Texts worth trying, most literal first."""
-    body = _THINK.sub("", text).strip()
+    body = without_think(text)
     found = [body]
     fence = _FENCE.search(body)
     if fence:

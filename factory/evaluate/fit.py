@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from factory.config import EngineConfig, EvaluateConfig
-from factory.synth.text import estimate_tokens
+from factory.text import estimate_tokens
 
 CUT = "\n[... cut here: the context is full]\n\n"
 # Tokens a chat template adds per message when we can only estimate (role markers, separators).

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from factory.config import GraphLocalConfig
 from factory.evaluate.fit import Blocks, Meter, Packed
-from factory.synth.text import STOPWORDS, words
+from factory.text import STOPWORDS, words
 
 # Longest entity name, in words, looked up among the question's word n-grams.
 MAX_NAME_WORDS = 6

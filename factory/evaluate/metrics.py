@@ -13,11 +13,10 @@ from collections import Counter
 
 import numpy as np
 
-from factory.synth.text import content_words
+from factory.text import content_words, without_think
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 # Phrases an answer uses to decline; matched in the first sentence only, so an
 # answer that merely mentions a gap somewhere later still counts as an answer.
 _REFUSAL = re.compile(
@@ -32,7 +31,7 @@ _REFUSAL = re.compile(
 
 def final_answer(text: str | None) -> str:
     """The answer a user reads: `<think>` reasoning removed, whitespace trimmed."""
-    return _THINK.sub("", text or "").strip()
+    return without_think(text)
 
 
 def tokens(text: str | None) -> list[str]:

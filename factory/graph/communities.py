@@ -24,6 +24,7 @@ entities in corpus order, with reports of their own.
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass, field
 
 import igraph as ig
@@ -48,13 +49,21 @@ class Cluster:
     community: int = -1
 
 
+# igraph's Leiden takes no seed: it draws from the one generator igraph has per process (by default
+# the `random` module, set at import; igraph offers no getter). A seeded generator is put in only for
+# the length of one Leiden call, under a lock so no other thread's call draws from it, and the default
+# put back; the `random` module's own state is never touched.
+_IGRAPH_RNG = threading.Lock()
+
+
 def _partition(g: ig.Graph, seed: int, resolution: float) -> list[list[int]]:
-    # igraph's C Leiden draws from the Python RNG it is given: a fresh seeded one makes each call reproducible.
-    ig.set_random_number_generator(random.Random(seed))
-    try:
-        part = g.community_leiden(objective_function="modularity", weights="weight", resolution=resolution, n_iterations=-1)
-    finally:
-        ig.set_random_number_generator(random)
+    with _IGRAPH_RNG:
+        ig.set_random_number_generator(random.Random(seed))
+        try:
+            part = g.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
+                                      n_iterations=-1)
+        finally:
+            ig.set_random_number_generator(random)
     return [list(c) for c in part if c]
 
 

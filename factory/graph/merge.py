@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import schemas
 from factory.config import GraphConfig
 from factory.graph.rules import CONNECTORS, DEMONYMS, HONORIFICS, STOP
-from factory.graph.text import approx_tokens, norm_key
+from factory.text import estimate_tokens, norm_key
 
 
 def stable_id(*parts: str) -> str:
@@ -419,7 +419,7 @@ def _cut(lines: list[str], budget_tokens: int, named: Callable[[str], int]) -> s
     ranked = sorted(range(len(lines)), key=lambda i: (-named(lines[i]), abs(len(lines[i].split()) - 20), i))
     keep, used = set(), 0
     for i in ranked:
-        cost = approx_tokens(lines[i]) + 1
+        cost = estimate_tokens(lines[i]) + 1
         if used + cost <= budget_tokens:
             keep.add(i)
             used += cost
@@ -439,7 +439,7 @@ def _pool_descriptions(graph: nx.Graph, cfg: GraphConfig, cut: bool) -> dict[str
     for title, data, is_node in items:
         lines = _lines(data["descriptions"])
         pooled = "\n".join(lines)
-        if approx_tokens(pooled) > cfg.max_description_tokens:
+        if estimate_tokens(pooled) > cfg.max_description_tokens:
             if cut:
                 counts = Counter(line for edge in graph[title].values() for line in _lines(edge["descriptions"])) if is_node else {}
                 pooled = _cut(lines, cfg.max_description_tokens, lambda line: counts.get(line, 0))

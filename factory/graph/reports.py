@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, field_validator
 
 import schemas
 from factory.engines.task import LLMTask
-from factory.graph.text import approx_tokens, norm_key, sentences
+from factory.text import CHARS_PER_TOKEN, estimate_tokens, norm_key, plain_sentences
 from factory.pipeline import Run, StageRecord, log
 
 _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
@@ -87,7 +87,7 @@ class WriteReport(LLMTask):
 
 # ---- the graph as seen by workers -------------------------------------------------------
 class _Index:
-    """Lookups over the graph tables, built once per worker process."""
+    """Lookups over the graph tables, built once per stage and shared by its tasks."""
 
     def __init__(self, entities: pa.Table, relationships: pa.Table, chunks: pa.Table, communities: pa.Table | None = None):
         self.community = {c["community"]: c for c in communities.to_pylist()} if communities is not None else {}
@@ -95,7 +95,7 @@ class _Index:
         self.rel = {r["id"]: r for r in relationships.to_pylist()}
         self.text = dict(zip(chunks.column("id").to_pylist(), chunks.column("text").to_pylist()))
         self.n_units = len(self.text)
-        # Record lines without their numbers, built once per worker: every context numbers its own.
+        # Record lines without their numbers, built once: every context numbers its own.
         self.body = {**{i: _entity_body(e) for i, e in self.ent.items()}, **{i: _rel_body(r) for i, r in self.rel.items()}}
         self._passages: dict[str, str] = {}
 
@@ -104,19 +104,6 @@ class _Index:
         if unit not in self._passages:
             self._passages[unit] = _cut(self.text[unit], _SOURCE_TOKENS)
         return self._passages[unit]
-
-
-_INDEX: dict[str, _Index] = {}
-
-
-def _index(ref: list) -> _Index:
-    import ray
-
-    key = ref[0].hex()
-    if key not in _INDEX:
-        _INDEX.clear()
-        _INDEX[key] = _Index(*ray.get(ref[0]))
-    return _INDEX[key]
 
 
 # ---- context packing ----------------------------------------------------------------------
@@ -160,7 +147,7 @@ def _fit(costs: list[int], budget: int) -> tuple[int, int]:
 
 
 def _line_costs(lengths: np.ndarray) -> np.ndarray:
-    """Tokens (approx_tokens + 1) of the numbered lines f"{n}|{body}" (n = 1, 2, ...) for bodies of these lengths."""
+    """Tokens (estimate_tokens + 1) of the numbered lines f"{n}|{body}" (n = 1, 2, ...) for bodies of these lengths."""
     n = np.arange(1, len(lengths) + 1)
     digits = 1 + sum((n >= 10 ** k).astype(np.int64) for k in range(1, 7))
     return (digits + lengths + 4) // 4 + 1
@@ -200,7 +187,7 @@ def pack_context(community: dict, idx: _Index, budget: int, children: list[dict]
         cost_now = local_cost()
     ents = [e for e, k in zip(ents, kept[0]) if k]
     rels = [r for r, k in zip(rels, kept[1]) if k]
-    n_reports, cost = _fit([approx_tokens(line) + 1 for line in _numbered(_report_line, used_reports)], budget)
+    n_reports, cost = _fit([estimate_tokens(line) + 1 for line in _numbered(_report_line, used_reports)], budget)
     used_reports = used_reports[:n_reports]
     left = budget - cost
     n_ents, cost_e = _fit(_line_costs(lengths[0][kept[0]]).tolist(), left // 2 if cost_now > left else left)
@@ -217,7 +204,7 @@ def pack_context(community: dict, idx: _Index, budget: int, children: list[dict]
     sources = []
     for u in order:
         text = idx.passage(u)
-        cost = approx_tokens(text) + 8
+        cost = estimate_tokens(text) + 8
         if cost > left:
             break
         sources.append((u, text))
@@ -229,7 +216,7 @@ def pack_context(community: dict, idx: _Index, budget: int, children: list[dict]
 def _cut(text: str, tokens: int) -> str:
     """The start of a passage within `tokens`; its lines stay lines, so a heading never runs into a sentence."""
     text = "\n".join(" ".join(line.split()) for line in (text or "").splitlines() if line.strip())
-    return text if approx_tokens(text) <= tokens else text[: tokens * 4].rsplit(" ", 1)[0] + " ..."
+    return text if estimate_tokens(text) <= tokens else text[: tokens * CHARS_PER_TOKEN].rsplit(" ", 1)[0] + " ..."
 
 
 def _uncited(text: str | None) -> str:
@@ -293,7 +280,7 @@ def rule_report(ctx: dict, community: dict, n_units: int) -> dict:
     named = [(s, n) for s, n in zip(sents, _name_counts(sents, low_names)) if n]
     # Cheap pre-ranking keeps TextRank's pairwise cost bounded: sentences naming more members first.
     pool = [s for s, _ in sorted(named, key=lambda sn: -sn[1])[:_MAX_POOL]]
-    pool += [s for c in ctx["reports"] for s in sentences(c["summary"])]
+    pool += [s for c in ctx["reports"] for s in plain_sentences(c["summary"])]
     summary = " ".join(textrank(pool, _SUMMARY_SENTENCES)) if pool else (
         "; ".join(f"{e['title']}: {_first_line(e['description'])}" for e in ents[:3]))
     src_num = {u: i for i, (u, _) in enumerate(ctx["sources"], 1)}
@@ -350,7 +337,7 @@ def _name_counts(texts: list[str], names: list[str]) -> list[int]:
 
 
 # A passage's sentences, split once: the same chunks are quoted by many communities.
-_passage_sentences = functools.lru_cache(maxsize=65536)(sentences)
+_passage_sentences = functools.lru_cache(maxsize=65536)(plain_sentences)
 
 
 def _first_line(text: str | None, n: int = 1) -> str:
@@ -366,7 +353,9 @@ def prepare(batch: pa.Table, graph: list, budget: int, llm: bool) -> pa.Table:
     `deferred` until its children's reports are written (they would stand in
     for their members). Otherwise it maps child community -> {title, summary}.
     """
-    idx = _index(graph)
+    import ray
+
+    idx = ray.get(graph[0])
     rows = [_prepare_one(idx.community[n], reports, idx, budget, llm)
             for n, reports in zip(batch.column("community").to_pylist(), batch.column("children_reports").to_pylist())]
     return pa.Table.from_pylist(rows)
@@ -432,7 +421,9 @@ def write_reports(run: Run, rec: StageRecord) -> None:
         run.write_table("community_reports", schemas.schema_of("community_reports").empty_table())
         return
     llm = teacher.enabled
-    graph = [ray.put((
+    # Built once here and shipped to every task (unpickling it costs a third of building it), rather
+    # than kept per worker process in module state that outlives the stage.
+    graph = [ray.put(_Index(
         run.read_arrow("entities"), run.read_arrow("relationships"),
         run.read_arrow("chunks").select(["id", "text"]), run.read_arrow("communities"),
     ))]

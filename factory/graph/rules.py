@@ -24,42 +24,30 @@ from itertools import compress
 from operator import itemgetter
 from typing import NamedTuple
 
-from factory.graph.text import norm_key, sentences
+from factory.text import DATE_WORDS, STOPWORDS, norm_key, plain_sentences
 
 _WORDS = lambda s: frozenset(s.split())  # noqa: E731
 
 # Function words, frequent sentence starters, time words: capitalized they are still not names.
-STOP = _WORDS(
-    """a about above after again against all almost also although always am among an and another any anyway
-    are around as at away back be because been before being below besides best better between both but by
-    can could did do does doing done down during each early either else enough even ever every everything
-    few first for from further had has have having he her here hers herself him himself his how however i
-    i'd i'll i'm i've if in instead into is it it's its itself just last later least less let like little
-    lots many maybe me meanwhile might mine more most much must my myself near never next no nobody none nor
-    not nothing now of off often oh ok okay on once one only or other others otherwise our ours ourselves
-    out over own perhaps please quite rather really same she should since so some somehow someone something
-    sometimes soon still such than thank thanks that that's the their theirs them themselves then there
-    these they this those though through thus to today together tomorrow tonight too toward towards
-    under until up upon us very was we well were what whatever when where whether which while who whom whose
-    why will with within without would yes yesterday yet you your yours yourself yourselves
-    morning afternoon evening night day days week weeks weekend month months year years time times hour
-    hours minute minutes moment lot bit thing things way ways kind sort part end start
-    monday tuesday wednesday thursday friday saturday sunday january february march april may june july
-    august september october november december spring summer autumn fall winter
-    went got get gets getting make made making take took taking go going goes come came coming see saw seen
-    said say says told tell ask asked think thought know knew feel felt want wanted need needed keep kept
-    look looked looking find found give gave put let's tried try trying started finished
-    good bad small short whole next another dear note notes entry journal today's
-    anyway finally honestly actually apparently afterwards eventually suddenly already almost probably
-    definitely hopefully luckily sadly usually everyone everybody anything anyone somewhere nowhere
-    mondays tuesdays wednesdays thursdays fridays saturdays sundays jan feb mar apr jun jul aug sep sept oct nov dec
-    mon tue tues wed thu thur thurs fri sat sun two three four five six seven eight nine
-    ten eleven twelve twenty thirty forty fifty hundred thousand
+STOP = STOPWORDS | DATE_WORDS | _WORDS(
+    """almost although always among another anyway around away back besides best better done early either else
+    enough even every everything first however i'd i'll i'm i've instead it's last later least less let little lots
+    maybe meanwhile might mine must near never next nobody none nothing often oh ok okay others otherwise perhaps
+    please quite rather really since somehow someone sometimes soon still thank thanks that's though thus today
+    together tomorrow tonight toward towards upon us well whatever whether whose within without yes yesterday yet
+    morning afternoon evening night day days week weeks weekend month months year years time times hour hours minute
+    minutes moment lot bit way ways kind sort part end start spring summer autumn fall winter
+    went gets getting make made making take took taking go going goes come came coming see saw seen
+    told ask asked think thought knew feel felt want wanted need needed keep kept look looked looking find found give
+    gave put let's tried try trying started finished good bad small short whole dear notes today's
+    finally honestly actually apparently afterwards eventually suddenly already probably definitely hopefully luckily
+    sadly usually everyone everybody anyone somewhere nowhere
+    mondays tuesdays wednesdays thursdays fridays saturdays sundays mon tue tues wed thu thur thurs fri sat sun
+    two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand
     brought fell began became bought caught drove ate drank slept woke won lost sent spoke held hung paid sold
-    built left gone home
-    along beside behind beyond inside outside across against past via per onto upon amid despite except
-    looks seems feels makes takes gives keeps goes comes ran walked talked spent wrote read sat stood
-    felt heard met let lets put set used using tried trying called calling told telling says saying"""
+    built left gone home along beside behind beyond inside outside across past via per onto amid despite except
+    looks seems feels makes takes gives keeps comes ran walked talked spent read stood heard met lets set used using
+    called calling telling saying"""
 )
 # Titles before a name: mark a person; dropped from the title when a full name follows.
 HONORIFICS = _WORDS("dr dr. mr mr. mrs mrs. ms ms. prof prof. aunt uncle grandma grandpa granny nana cousin sir madam")
@@ -291,7 +279,7 @@ def extract_rules(text: str, entity_types: list[str], noun_phrases: bool = True)
     pair_sents: dict[tuple[str, str], list[str]] = defaultdict(list)
     lower_words: set[str] = set()
     subject = None  # the key of the previous sentence's opening name
-    for sent in sentences(text):
+    for sent in plain_sentences(text):
         toks = _tokens(sent)
         if not toks:
             continue

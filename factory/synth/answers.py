@@ -45,7 +45,7 @@ from factory.synth.questions import DESCRIBE, ENTITY_QA, LOCAL, RELATIONSHIP_QA
 from factory.synth.retrieval import Retriever
 from factory.synth.rows import MESSAGES, apply_rows, collect, map_rows, to_dataset
 from factory.synth.templates import load_templates
-from factory.synth.text import estimate_tokens
+from factory.text import estimate_tokens
 from schemas import STRS
 
 ANSWER_FIELDS = {

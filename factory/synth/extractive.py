@@ -12,30 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from factory.synth.text import GLOBAL_FRAMING, sentence_words, stem, topic_terms
+from factory.text import GLOBAL_FRAMING, plain, sentence_words, stem, topic_terms
 from factory.voice import to_second_person
 
 # A local answer quotes at most this many sentences of its source; a global one at most this many points.
 MAX_SENTENCES = 3
 MAX_POINTS = 8
-_MD_LEAD = re.compile(r"^\s*(?:#{1,6}\s+|[-*+>]\s+|\d+[.)]\s+)")
-_MD_MARK = re.compile(r"\*\*|__|`")
-_TABLE_RULE = re.compile(r"^[\s|:\-]+$")
 _EDGE = ".,;:!?\"'“”‘’()[]"
 _PRONOUNS = frozenset("he she it they his her its their this these those him them".split())
 # A rule report names an entity's finding "Felix (person)": the type is for the graph, not for an answer.
 _TYPED = re.compile(r"\s*\((?:person|organization|geo|event|concept|activity|object)\)$", re.IGNORECASE)
-
-
-def plain(sentence: str) -> str:
-    """A sentence without Markdown decoration; a table row becomes its cells joined by '; '."""
-    s = _MD_MARK.sub("", sentence).strip()
-    if s.startswith("|"):
-        if _TABLE_RULE.match(s):
-            return ""
-        row = "; ".join(c.strip() for c in s.strip("|").split("|") if c.strip())
-        return row if row.endswith((".", "!", "?")) else row + "."
-    return _MD_LEAD.sub("", s).strip()
 
 
 def _is_heading(sentence: str) -> bool:

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from factory.synth.text import shingles
+from factory.text import shingles
 
 NUM_PERM = 64
 # 12 bands of 5 values: a pair at Jaccard 0.8 is a candidate with p ~ 0.99, at 0.9 ~ 0.99998, at 0.5 ~ 0.32

@@ -33,7 +33,7 @@ from factory.synth.answers import REFUSED
 from factory.synth.extractive import question_terms
 from factory.synth.near import NUM_PERM, NearIndex, band_keys, signatures
 from factory.synth.rows import collect
-from factory.synth.text import clean_target, is_refusal, relevance, support
+from factory.text import clean_target, is_refusal, relevance, support
 from schemas import STRS
 
 # Error kinds the engine layer counts itself (the first word of `error`).

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord, log
 from factory.synth.templates import GlobalTemplate, Templates
-from factory.synth.text import estimate_tokens, words
+from factory.text import estimate_tokens, words
 from schemas import STRS
 
 # How a chunk-grounded row is answered (answers.py): its description, its source chunk, or the teacher

