@@ -293,13 +293,26 @@ def test_unreachable_server_and_engine_none(ray_session, tmp_path):
 
 
 def test_slow_server_is_used_concurrently(ray_session, tmp_path):
-    # 16 calls of 0.3 s each with concurrency 8 finish in about 0.6 s of waiting, not 4.8 s.
-    with FakeOpenAIServer(lambda req: Fault(delay_s=0.3, content="late")) as server:
-        start = time.monotonic()
+    """Calls overlap up to `concurrency` and no further: the server holds every reply until 8 rows are
+    in flight at once (calls sent one by one never get there, and the wait gives up after 20 s; the
+    client's timeout is longer, so no retry adds a request)."""
+    lock = threading.Condition()
+    flight = {"rows": set(), "peak": 0, "full": False}
+
+    def hold_until_full(req):
+        with lock:
+            flight["rows"].add(row_of(req))
+            flight["peak"] = max(flight["peak"], len(flight["rows"]))
+            flight["full"] = flight["full"] or len(flight["rows"]) == 8
+            lock.notify_all()
+            if not lock.wait_for(lambda: flight["full"], timeout=20):
+                flight["full"] = True  # gave up: let the rest through and fail below
+            flight["rows"].discard(row_of(req))
+        return "late"
+
+    with FakeOpenAIServer(hold_until_full) as server:
         out = run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 16),
-                      engine(server, concurrency=8, batch_size=4), "slow").take_all()
-        elapsed = time.monotonic() - start
-        spans = sorted(server.times)
-    assert all(r["generated_text"] == "late" for r in out)
-    # Requests overlapped: the 16 arrivals fall within a window far shorter than 16 × 0.3 s.
-    assert spans[-1] - spans[0] < 16 * 0.3 / 2, (spans[-1] - spans[0], elapsed)
+                      engine(server, concurrency=8, batch_size=4, timeout_s=60.0), "slow").take_all()
+        sent = len(server.requests)
+    assert len(out) == 16 and all(r["generated_text"] == "late" for r in out)
+    assert flight["peak"] == 8 and sent == 16

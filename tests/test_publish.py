@@ -24,6 +24,7 @@ from factory.errors import UserError
 from factory.generate import STAGES
 from factory.pipeline import Run
 from factory.publish import data_files, open_run, publish, snapshot, write_card
+from tests.support.flaky_s3 import FlakyS3
 
 GRAPH = ("documents", "chunks", "entities", "relationships", "communities", "community_reports")
 KINDS = ("local", "global", "entity", "relationship")
@@ -278,26 +279,45 @@ def test_publish_to_s3_reads_back_with_datasets_and_pyarrow(run, s3_bucket):
     assert not publish(open_run(run.root), dest, _s3(endpoint)).changed
 
 
-def test_s3_upload_failing_halfway_keeps_previous_version(run, s3_bucket, monkeypatch):
-    """A publish killed while uploading one shard: the previous version stays whole and nothing new shows."""
+class Refusing:
+    """Which writes the loopback S3 refuses (503 SlowDown, to every retry), switched on between publishes."""
+
+    def __init__(self, path_has: str, staging: bool):
+        self.path_has, self.staging, self.on = path_has, staging, False
+
+    def __call__(self, method: str, path: str) -> bool:
+        return self.on and method == "PUT" and self.path_has in path and ("/.staging-" in path) == self.staging
+
+
+@pytest.fixture
+def refusing_s3(monkeypatch, request):
+    """(FlakyS3 server, a fresh bucket on it, its Refusing switch): an upload into the staging folder
+    (`staging=True`) or a copy into place (`staging=False`) of the qa train shard 2 keeps failing while on."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: s3fs still retries a 503 five times
+    refuse = Refusing("/qa/train-00002", staging=request.param)
+    with FlakyS3(refuse, times=10**6) as s3:
+        bucket = f"refusing-{request.node.name[5:25].replace('_', '-')}"
+        s3fs.S3FileSystem(endpoint_url=s3.endpoint, skip_instance_cache=True).mkdir(bucket)
+        yield s3, bucket, refuse
+
+
+@pytest.mark.parametrize("refusing_s3", [True], indirect=True)
+def test_s3_upload_failing_halfway_keeps_previous_version(run, refusing_s3):
+    """A publish that cannot upload one shard: the previous version stays whole and nothing new shows."""
     import s3fs
     from datasets import load_dataset
 
-    endpoint, bucket = s3_bucket
-    dest = f"s3://{bucket}/journal"
+    s3, bucket, refuse = refusing_s3
+    endpoint, dest = s3.endpoint, f"s3://{bucket}/journal"
     v1 = publish(open_run(run.root), dest, _s3(endpoint)).version
     rewrite_qa(run, "v2", n_train=31)
 
-    real_put = s3fs.S3FileSystem._put_file
-
-    async def flaky_put(self, lpath, rpath, *args, **kwargs):
-        if "qa/train-00002" in rpath:
-            raise ConnectionError("connection reset while uploading")
-        return await real_put(self, lpath, rpath, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", flaky_put)
-    with pytest.raises(UserError, match="connection reset"):
+    refuse.on = True
+    with pytest.raises(UserError, match="reduce your request rate"):
         publish(open_run(run.root), dest, _s3(endpoint))
+    assert len({p for _, p in s3.injected}) == 1 and "/qa/train-00002-of-00004-" in s3.injected[0][1]
 
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
     manifest = json.loads(fs.cat_file(f"{bucket}/journal/manifest.json"))
@@ -308,7 +328,7 @@ def test_s3_upload_failing_halfway_keeps_previous_version(run, s3_bucket, monkey
     glob_rows = _read_s3_glob(endpoint, f"{dest}/qa/train-*.parquet").column("id").to_pylist()
     assert len(glob_rows) == 23 and all(i.startswith("v1-") for i in glob_rows)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", real_put)
+    refuse.on = False
     v2 = publish(open_run(run.root), dest, _s3(endpoint))
     assert v2.changed and v2.version != v1
     qa = load_dataset("parquet", data_files=f"{dest}/qa/train-*.parquet",
@@ -317,34 +337,30 @@ def test_s3_upload_failing_halfway_keeps_previous_version(run, s3_bucket, monkey
     assert not [p for p in fs.find(f"{bucket}/journal") if "/.staging-" in p]
 
 
-def test_s3_crash_while_moving_into_place_keeps_manifest_readers_on_previous(run, s3_bucket, monkeypatch):
-    """Killed after the upload, while moving new shards into their folders: readers that follow the
+@pytest.mark.parametrize("refusing_s3", [False], indirect=True)
+def test_s3_crash_while_moving_into_place_keeps_manifest_readers_on_previous(run, refusing_s3):
+    """Failing after the upload, while moving new shards into their folders: readers that follow the
     manifest or the card still get exactly the previous version (bare globs may see the extra new
     files until the next publish sweeps them: docs/publishing.md), and a retry completes."""
     import s3fs
     from datasets import load_dataset
 
-    endpoint, bucket = s3_bucket
-    dest, opts = f"s3://{bucket}/journal", {"client_kwargs": {"endpoint_url": endpoint}}
+    s3, bucket, refuse = refusing_s3
+    endpoint, dest = s3.endpoint, f"s3://{bucket}/journal"
+    opts = {"client_kwargs": {"endpoint_url": endpoint}}
     v1 = publish(open_run(run.root), dest, _s3(endpoint)).version
     v1_files = data_files(dest, "qa", _s3(endpoint))
     rewrite_qa(run, "v2", n_train=31)
 
-    real_cp = s3fs.S3FileSystem._cp_file
-
-    async def flaky_cp(self, path1, path2, *args, **kwargs):
-        if "qa/train-00002" in path2 and "/.staging-" not in path2:
-            raise ConnectionError("connection reset while copying")
-        return await real_cp(self, path1, path2, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_cp_file", flaky_cp)
-    with pytest.raises(UserError, match="connection reset"):
+    refuse.on = True
+    with pytest.raises(UserError, match="reduce your request rate"):
         publish(open_run(run.root), dest, _s3(endpoint))
+    assert len({p for _, p in s3.injected}) == 1 and "/qa/train-00002-of-00004-" in s3.injected[0][1]
     assert data_files(dest, "qa", _s3(endpoint)) == v1_files
     qa = load_dataset("parquet", data_files=v1_files, storage_options=opts)
     assert qa["train"].num_rows == 23 and set(qa["train"]["id"]) == {f"v1-train-{i}" for i in range(23)}
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_cp_file", real_cp)
+    refuse.on = False
     v2 = publish(open_run(run.root), dest, _s3(endpoint))
     assert v2.version != v1
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
