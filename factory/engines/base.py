@@ -87,8 +87,10 @@ def backend(engine: str) -> Backend:
     return BACKENDS[engine]
 
 
-def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, output_model: type[BaseModel] | None = None):
-    """Rows of `ds` (id, messages[, prompt_hash, max_tokens, temperature]) plus the call's outcome."""
+def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, output_model: type[BaseModel] | None = None,
+            prompt_file: str | None = None):
+    """Rows of `ds` (id, messages[, prompt_hash, max_tokens, temperature]) plus the call's outcome. `task` names
+    the call-cache folder and the stats; rows without a prompt_hash get that of `prompt_file` (default: `task`)."""
     import ray
 
 
@@ -144,7 +146,7 @@ def run_llm(run: Any, rec: Any, ds: Any, role_cfg: EngineConfig, task: str, outp
     return keyed.map_batches(
         _attach,
         fn_kwargs={"results": [ray.put(results)], "engine": engine, "model": model,
-                   "prompt_hash": _prompt_hash(task), "missing": missing},
+                   "prompt_hash": _prompt_hash(prompt_file or task), "missing": missing},
         batch_format="pyarrow",
     )
 

@@ -71,7 +71,7 @@ class LLMTask:
 
         if not self.prompted:
             ds = ds.map_batches(_with_messages, fn_kwargs={"task": self}, batch_format="pyarrow")
-        out = run_llm(run, rec, ds, engine, self.name, output_model=self.output_model)
+        out = run_llm(run, rec, ds, engine, self.name, output_model=self.output_model, prompt_file=self.prompt_file)
         return out.map_batches(_parsed, fn_kwargs={"task": self}, batch_format="pyarrow")
 
     def run_rows(self, run: Any, rec: Any, rows: list[dict], engine: Any) -> list[dict]:

@@ -24,6 +24,7 @@ import ray
 import ray.data
 
 from factory.cluster import cpu_actors
+from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
 from factory.synth import questions as Q
@@ -32,7 +33,7 @@ from factory.synth.answers import answer_from_chunks, answer_global, describe_ro
 from factory.synth.local import FocusIndex, LocalRows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import from_table, llm_enabled
+from factory.synth.rows import from_table
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
@@ -54,7 +55,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     retriever = Retriever.build(chunks, s.retriever)
     clock.lap("retriever_index")
 
-    llm = llm_enabled(cfg.teacher)
+    llm = cfg.teacher.enabled
     subjects = pa.Table.from_pylist(Q.subject_questions(entities, relationships, t, cfg.seed, llm, s.max_source_chunks),
                                     schema=Q.QUESTION_SCHEMA)
     is_template = pc.equal(subjects.column("task"), Q.DESCRIBE)
@@ -87,7 +88,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
                                    voice=voice, title_types=title_types))
     clock.lap("global")
 
-    limits = quality.Limits.of(s, judged=llm_enabled(cfg.judge))
+    limits = quality.Limits.of(s, judged=enabled(cfg.judge))
     scored = quality.score_rows(parts[0].union(*parts[1:]), limits).materialize()
     rows = quality.compact(scored)
     clock.lap("answers_and_scores")
@@ -107,7 +108,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
     judged = {}
-    if llm_enabled(cfg.judge):
+    if enabled(cfg.judge):
         judged = quality.judge_rows(run, rec, scored, s.min_judge_score)
         for r in rows:
             if r["id"] in judged:

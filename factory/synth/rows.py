@@ -66,8 +66,3 @@ def from_table(table: pa.Table):
     import ray.data
 
     return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(table.num_rows, 1), BLOCK_ROWS)])
-
-
-def llm_enabled(engine) -> bool:
-    """Whether a role (an EngineConfig or None) calls an LLM; `engine: none` is the rule-based path."""
-    return engine is not None and engine.engine != "none"
