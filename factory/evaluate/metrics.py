@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from factory.text import content_words, without_think
+from factory.text import content_words, sentences, without_think
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -75,7 +75,7 @@ def rouge_l(prediction: str | None, reference: str | None) -> float:
 
 
 def is_refusal(text: str | None) -> bool:
-    head = re.split(r"(?<=[.!?])\s+", final_answer(text), maxsplit=1)[0]
+    head = next(iter(sentences(final_answer(text))), "")
     return bool(_REFUSAL.search(head))
 
 

@@ -40,13 +40,12 @@ from pydantic import BaseModel, Field, field_validator
 
 import schemas
 from factory.engines.task import LLMTask
-from factory.text import CHARS_PER_TOKEN, estimate_tokens, norm_key, plain_sentences
+from factory.text import CHARS_PER_TOKEN, estimate_tokens, norm_key, plain_sentences, words
 from factory.pipeline import Run, StageRecord, log
 
 _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
 _SUMMARY_SENTENCES = 3
 _MAX_POOL = 80  # sentences TextRank ranks per community (its cost is pairwise)
-_WORD = re.compile(r"[a-z0-9']+")
 # A citation note in a report's text ("[Data: Entities (2, 3); Relationships (1)]").
 _CITATION = re.compile(r"\s*\[\s*(?:Data|Entities|Relationships|Sources|Reports)\b[^\]]*\]", re.IGNORECASE)
 
@@ -247,10 +246,10 @@ def textrank(sents: list[str], k: int, damping: float = 0.85, iterations: int = 
     sum of the log lengths; done with numpy because networkx's per-edge Python
     cost made it most of the reports stage on a 1M-token corpus.
     """
-    words = [set(_WORD.findall(s.lower())) for s in sents]
-    vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))} if words else {}
+    sent_words = [set(words(s)) for s in sents]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*sent_words)))} if sent_words else {}
     x = np.zeros((len(sents), max(len(vocab), 1)))
-    for i, ws in enumerate(words):
+    for i, ws in enumerate(sent_words):
         x[i, [vocab[w] for w in ws]] = 1.0
     lens = x.sum(axis=1)
     logs = np.log(np.maximum(lens, 1.0))
