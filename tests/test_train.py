@@ -17,7 +17,7 @@ import yaml
 from factory.config import TrainConfig, validate_config
 from factory.pipeline import Run
 from factory.train.data import IGNORE, collate, group_samples, make_rows, tokenize_conversation
-from factory.train.loop import AssistantLoss, Plan, evaluate, load_student, run_training
+from factory.train.loop import STATE_FILE, AssistantLoss, Plan, evaluate, load_student, run_training
 from factory.train.session import LocalSession
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,10 @@ def base_loss_on(tiny_llama, tokenizer, ids) -> float:
     return evaluate(model, rows, True, 0, False, torch.device("cpu"))
 
 
-def test_two_workers_train_export_and_continue(ray_session, tiny_llama, tokenizer, tmp_path):
+@pytest.mark.slow
+def test_two_workers_train_and_export(ray_session, tiny_llama, tokenizer, tmp_path):
+    """Two Ray Train workers (DDP on CPU). Resuming is tested once per path, not here: the loop alone
+    (a longer plan continues), FSDP's sharded state, and Ray Train's storage (a killed CLI run on S3)."""
     from transformers import AutoModelForCausalLM
 
     from factory.train import finetune
@@ -191,11 +194,8 @@ def test_two_workers_train_export_and_continue(ray_session, tiny_llama, tokenize
     assert (Path(out["adapter"]) / "adapter_config.json").is_file()
     assert (Path(out["merged"]) / "tokenizer_config.json").is_file()
 
-    cfg.train.max_steps = 8  # the same run, trained further: continues from the step-6 checkpoint
-    out2 = finetune(cfg)
-    assert out2["resumed_from"] == 6 and out2["step"] == 8
 
-
+@pytest.mark.slow
 def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
     import fsspec
 
@@ -205,7 +205,7 @@ def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
         "s3": {"endpoint_url": endpoint},
         "ray": {"num_cpus": 2, "cpu_actors": 1},
         "train": {"model": str(tiny_llama), "output": f"s3://{bucket}/student", "name": "lantern",
-                  "num_workers": 1, "batch_tokens": 128, "max_steps": 12, "checkpoint_every": 1},
+                  "num_workers": 1, "batch_tokens": 128, "max_steps": 12, "checkpoint_every": 1, "keep_checkpoints": 2},
     }
     cfg = validate_config(cfg_data)
     write_qa(cfg)
@@ -214,16 +214,23 @@ def test_cli_killed_run_resumes_on_s3(s3_bucket, tiny_llama, tmp_path):
     cmd = [sys.executable, "-m", "jobs.finetune", "--config", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
-    snapshot = f"{bucket}/student/lantern/checkpoint_manager_snapshot.json"
+    seen: set[str] = set()
+
+    def a_checkpoint_was_retired() -> bool:
+        """Our checkpoint folders (the loop's state file in each): with keep_checkpoints 2, Ray Train deletes
+        the oldest only after it has taken a newer one, so a folder seen and gone means one to resume from."""
+        now = {p.rsplit("/", 1)[0] for p in fs.glob(f"{bucket}/student/lantern/checkpoint_*/{STATE_FILE}")}
+        seen.update(now)
+        return bool(seen - now)
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300  # to the first checkpoint: Ray start, tokenizing, model load (slow on a busy machine)
-    while not fs.exists(snapshot) and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # Ray start, tokenizing, model load, 3 checkpoints (slow on a busy machine)
+    while not a_checkpoint_was_retired() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     err = proc.communicate()[1].decode()
-    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    assert proc.returncode == -signal.SIGKILL and len(seen) >= 3, err[-2000:]
     assert not fs.exists(f"{bucket}/student/lantern/export/summary.json")
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
