@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -19,7 +17,6 @@ from factory.pipeline import Run, StageRecord
 import factory.synth.report as synth_report
 from factory.synth import target
 from factory.synth.report import final_answer, figures, quality_report
-from factory.text import content_words, shingles, words
 
 # Texts where a vectorized measure could part from the per-text code it stands for: curly and straight
 # apostrophes, hyphens, non-ASCII letters and spaces, capitals, stopwords only, long words, nothing at all.
@@ -93,41 +90,6 @@ def test_final_answers_of_a_batch_are_final_answer_of_each_row(mode):
     expected = [final_answer(r["messages"], r["answer"], r["reasoning"], mode) for r in rows]
     assert synth_report._final_answers(batch, mode).to_pylist() == expected
     assert expected[:5] == ["It rained.", "Sun.", "column 2", "column 3", "column 4"] and expected[6] == "last"
-
-
-def test_words_and_shingle_hashes_are_those_of_the_text_functions():
-    """The report splits words from Arrow's bytes and hashes bigrams without making them: each text's
-    words, content words and shingle crc32s must be those text.py and crc32 give, one text at a time."""
-    vocabulary = synth_report._Words()
-    texts = TRICKY + [None, "ｆｕｌｌwidth Ｗords"]
-    row, word = vocabulary.encode(pa.array(texts, pa.string()))
-    row_hashes, hashes = synth_report._shingle_hashes(row, word, vocabulary)
-    names = {i: w for w, i in vocabulary.ids.items()}
-    for i, text in enumerate(texts):
-        mine = word[row == i]
-        assert [names[w] for w in mine] == words(text or "")
-        assert [names[w] for w in mine if vocabulary.content[w]] == content_words(text or "")
-        assert set(hashes[row_hashes == i].tolist()) == {zlib.crc32(g.encode()) for g in shingles(text or "")}
-
-
-def test_near_pairs_are_every_pair_the_signatures_call_near_equal():
-    """LSH with 16 bands of 8 cannot miss a pair at >= 0.9 (at most 12 of 128 values differ, so 4 bands
-    are whole): the pairs must be exactly those a comparison of every pair finds."""
-    rng = np.random.default_rng(7)
-    base = rng.integers(0, 2**32, (30, synth_report.NUM_PERM), dtype=np.uint32)
-    sig = [base]
-    for changed in (0, 0, 3, 10, 12, 13, 20):  # identical copies, near twins, and some just too far
-        copy = base[rng.integers(0, len(base), 6)]
-        for c in copy:
-            c[rng.choice(synth_report.NUM_PERM, changed, replace=False)] ^= np.uint32(1)
-        sig.append(copy)
-    sig = np.concatenate(sig)
-    group, neighbours = synth_report.near_pairs(sig)
-    same = (sig[:, None, :] == sig[None, :, :]).mean(axis=2)
-    assert ((group[:, None] == group[None, :]) == (same == 1)).all()
-    near = np.nonzero((same >= synth_report.NEAR_EQUAL) & (same < 1))
-    found = {(int(group[a]), int(group[b])) for a, b in zip(*near)}
-    assert found and found == {(a, b) for a, close in neighbours.items() for b in close}
 
 
 def test_arrow_prefilters_flag_every_text_the_patterns_find():
@@ -260,7 +222,8 @@ def test_generated_run_has_a_quality_section_card_table_and_plots(tmp_path, jour
     from datasets import load_dataset
 
     from factory.generate import generate
-    from factory.publish import open_run, publish
+    from factory.publish import publish
+    from factory.pipeline import open_run
 
     cfg = validate_config({"corpus": {"path": str(journal)}, "output": {"path": str(tmp_path / "run")},
                            "ray": {"cpu_actors": 1}})

@@ -9,12 +9,11 @@ import pyarrow as pa
 
 from factory.config import validate_config
 from factory.pipeline import StageRecord
-from factory.synth import DECISIONS, qa_batch, target
+from factory.synth import qa_batch, target
 from factory.synth import extractive as X
 from factory.synth import questions as Q
 from factory.synth import quality
-from factory.synth.near import NearIndex, jaccard_estimate, signatures
-from factory.synth.split import split_rows
+from factory.synth.split import DECISIONS, split_rows
 from factory.synth.templates import load_templates
 from factory.text import clean_target, is_refusal, relevance, topic_terms
 from factory.voice import detect_voice, to_second_person
@@ -160,37 +159,43 @@ def test_scoring_marks_the_first_failed_check():
     assert scored["ok"]["reasoning"] == "The entry says so." and scored["ok"]["groundedness"] == 1.0
     assert len(scored["ok"]["answer_sig"]) == 256
     rec = StageRecord("t")
-    kept = quality.count_drops(rec, list(scored.values()))
-    assert {r["id"] for r in kept} == {"ok", "unanswerable"} and "llm_error" not in rec.drops  # run_llm counted it
+    kept = quality.count_drops(rec, quality.score_batch(pa.Table.from_pylist(rows), limits))
+    assert set(kept.column("id").to_pylist()) == {"ok", "unanswerable"} and "llm_error" not in rec.drops  # run_llm counted it
 
 
 def test_near_duplicates_are_found_from_signatures():
     a = "Tomas Eriksen signed the lease on his unit on Quay Road this afternoon."
-    sigs = signatures([a, a.replace("afternoon", "evening"), "Pottery class was cancelled because of the snow."])
-    assert jaccard_estimate(sigs[0], sigs[0]) == 1.0 and jaccard_estimate(sigs[0], sigs[2]) < 0.2
-    index = NearIndex(0.6)
-    index.add(sigs[0], "first")
-    assert index.similar(sigs[1]) == "first" and index.similar(sigs[2]) is None
+    sigs = quality.FILTER.signatures(pa.array([a, a.replace("afternoon", "evening"), "Pottery class was cancelled.", a]))
+    same = (sigs[:, None] == sigs[None]).mean(axis=2)
+    assert same[0, 3] == 1.0 and 0.6 <= same[0, 1] < 1.0 and same[0, 2] < 0.2
+    group, near = quality.FILTER.near_pairs(sigs, 0.6)
+    assert group[0] == group[3] and near[group[0]] == {group[1]} and group[2] not in near
 
 
 def _compact(i: str, kind: str, question: str, answer: str, score: float = 1.0, **keys) -> dict:
-    q, a = signatures([question, answer])
+    q, a = quality.FILTER.signatures(pa.array([question, answer]))
     return {"id": i, "kind": kind, "question_set": keys.pop("question_set", "main"), "drop": None, "groundedness": score,
             "judge_score": None, "answer_sig": a.tobytes(), "question_sig": q.tobytes(), "source_chunk_id": None,
             "entity_ids": [], "community_ids": [], **keys}
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=quality.COMPACT_SCHEMA)
 
 
 def test_dedup_keeps_the_better_row_of_equal_answers_or_questions():
     rows = [_compact("a", "local", "What did I cook on Sunday?", "Shakshuka with bread.", 0.7),
             _compact("b", "entity", "Who is Tomas?", "Shakshuka with bread.", 0.9),
             _compact("c", "local", "What did I cook on Sunday ?", "A roast.", 0.8),
-            _compact("d", "global", "Main themes?", "Work and bread.", 0.5, question_set="hard_global")]
+            _compact("d", "global", "Main themes?", "Work and bread.", 0.5, question_set="hard_global"),
+            _compact("e", "local", "What did I bake on Sunday?", "Shakshuka with bread.", 0.95)]
     rec = StageRecord("t")
-    kept = quality.dedup(rec, rows, 0.8, 0.9)
-    assert [r["id"] for r in kept] == ["d", "b", "c"] and dict(rec.drops) == {"duplicate_answer": 1}
+    kept = quality.dedup(rec, _table(rows), 0.8, 0.9)
+    # e outranks b and a (same answer); c keeps its question, a's twin, because a went for its answer
+    assert kept.column("id").to_pylist() == ["d", "e", "c"] and dict(rec.drops) == {"duplicate_answer": 2}
     many = [_compact(str(i), "local" if i < 4 else "unanswerable", f"q{i}", f"a{i}", i / 10) for i in range(6)]
-    kept = quality.keep_top(rec, many, 0.5)
-    assert sorted(r["id"] for r in kept) == ["2", "3", "4", "5"] and rec.drops["below_keep_top_fraction"] == 2
+    kept = quality.keep_top(rec, quality.dedup(rec, _table(many), 0.8, 0.9), 0.5)
+    assert sorted(kept.column("id").to_pylist()) == ["2", "3", "4", "5"] and rec.drops["below_keep_top_fraction"] == 2
 
 
 def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
@@ -205,8 +210,9 @@ def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
              for i in range(6)]  # communities {0,2} and {1,3}: two groups
     rows += [_compact("h", "global", "Hard question?", "h", question_set="hard_global", community_ids=["0"])]
     rows += [_compact("near", "local", "What did I write about subject 0 number 0 ?", "other", source_chunk_id="c99")]
-    decided = split_rows(StageRecord("t"), rows, 0.2, 3, 0.9)
-    again = split_rows(StageRecord("t"), list(reversed(rows)), 0.2, 3, 0.9)
+    as_dict = lambda t: {r["id"]: (r["split"], r["group_id"]) for r in t.to_pylist()}  # noqa: E731
+    decided = as_dict(split_rows(StageRecord("t"), _table(rows), 0.2, 3, 0.9))
+    again = as_dict(split_rows(StageRecord("t"), _table(list(reversed(rows))), 0.2, 3, 0.9))
     assert decided == again  # seeded, independent of row order
     split = {i: d[0] for i, d in decided.items()}
     assert split["h"] == "test"
@@ -260,8 +266,9 @@ def test_targets_and_qa_rows(ray_session):
 
     rows = [{**_answered(id=i), "evidence_chunk_ids": ["c"], "source_chunk_id": "c", "retrieved_source": True,
              "question_source": "template", "groundedness": 1.0, "relevance": 1.0} for i in ("a", "b", "c")]
-    decisions = ray.put(pa.table({"id": ["a", "b"], "split": ["train", "test"], "group_id": ["g1", "g2"],
-                                  "judge_score": [None, 7.0]}, schema=DECISIONS))
+    decisions = ray.put(pa.table({"id": ["a", "b"], "kind": ["local", "local"], "question_set": ["main", "main"],
+                                  "split": ["train", "test"], "group_id": ["g1", "g2"], "judge_score": [None, 7.0]},
+                                 schema=DECISIONS))
     table = pa.Table.from_pylist(rows)
     train = qa_batch(table, [decisions], "train", "think_tags", "sys").to_pylist()
     test = qa_batch(table, [decisions], "test", "none", "sys").to_pylist()

@@ -38,9 +38,6 @@ from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
 
-KINDS = ("local", "global", "entity", "relationship", "unanswerable")
-
-
 def synthesize(run: Run, rec: StageRecord) -> None:
     cfg, s = run.cfg, run.cfg.synth
     chunks = run.read_arrow("chunks", columns=["id", "text", "title", "date"])
@@ -93,27 +90,21 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rows = quality.compact(scored)
     clock.lap("answers_and_scores")
     # Unanswerable rows make up their share of the answerable ones; they are written and checked here.
-    answerable = sum(r["drop"] is None for r in rows)
+    answerable = rows.column("drop").null_count
     unanswerable = Q.unanswerable_questions(Q.unanswerable_count(answerable, s.unanswerable_fraction),
                                             entities, relationships, retriever.texts, t, cfg.seed)
     if unanswerable:
         refusals = quality.score_batch(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable]), limits)
         scored = scored.union(ray.data.from_arrow(refusals))
-        rows += quality.compact_table(refusals)
+        rows = pa.concat_tables([rows, refusals.select(quality.COMPACT)])
     clock.lap("unanswerable")
-    rec.stats["questions"] = {k: sum(r["kind"] == k and r["question_set"] != "hard_global" for r in rows) for k in KINDS}
-    rec.stats["questions"]["hard_global"] = sum(r["question_set"] == "hard_global" for r in rows)
-    rec.rows_in = len(rows)
+    rec.stats["questions"] = quality.kind_counts(rows)
+    rec.rows_in = rows.num_rows
     if not rec.rows_in:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
-    judged = {}
     if enabled(cfg.judge):
-        judged = quality.judge_rows(run, rec, scored, s.min_judge_score)
-        for r in rows:
-            if r["id"] in judged:
-                r["judge_score"], drop = judged[r["id"]]
-                r["drop"] = r["drop"] or drop
+        rows = quality.with_judgement(rows, quality.judge_rows(run, rec, scored, s.min_judge_score))
     _record_scores(rec, s, rows)
     kept = quality.count_drops(rec, rows)
     kept = quality.dedup(rec, kept, s.answer_dedup_threshold, s.dedup_threshold)
@@ -121,8 +112,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     clock.lap("filters_and_split")
 
-    shared = ray.put(pa.Table.from_pylist([{"id": i, "split": split, "group_id": group, "judge_score": judged.get(i, (None, None))[0]}
-                                           for i, (split, group) in decisions.items()], schema=DECISIONS))
+    shared = ray.put(decisions)
     system_prompt = s.system_prompt or t.system_prompt
     counts = {}
     for split in ("train", "test"):
@@ -131,19 +121,17 @@ def synthesize(run: Run, rec: StageRecord) -> None:
         counts[split] = run.write_table("qa", qa, split=split)
     clock.lap("write")
     rec.rows_out = sum(counts.values())
-    kinds = {r["id"]: r["kind"] for r in kept}
-    rec.stats["rows"] = {split: {k: sum(1 for i, d in decisions.items() if d[0] == split and kinds[i] == k) for k in KINDS}
+    rec.stats["rows"] = {split: quality.kind_counts(decisions.filter(pc.equal(decisions.column("split"), split)))
                          for split in ("train", "test")}
-    rec.stats["rows"]["test"]["hard_global"] = sum(1 for r in kept if r["question_set"] == "hard_global" and r["id"] in decisions)
     rec.stats["reasoning"] = s.reasoning
     run.update_manifest(quality=quality_report(run, rec))
 
 
-def _record_scores(rec: StageRecord, s, rows: list[dict]) -> None:
+def _record_scores(rec: StageRecord, s, rows: pa.Table) -> None:
     """Retrieval recall of local questions' sources, and the groundedness distribution the threshold cuts."""
-    hits = [r["retrieved_source"] for r in rows if r.get("retrieved_source") is not None]
+    hits = rows.column("retrieved_source").drop_null()
     rec.stats["retrieval"] = {"method": s.retriever, "k": s.top_k, "questions": len(hits),
-                              "recall_at_k": round(sum(hits) / len(hits), 4) if hits else None}
+                              "recall_at_k": round(pc.sum(hits.cast(pa.int64())).as_py() / len(hits), 4) if len(hits) else None}
     rec.stats["groundedness"] = {"min_groundedness": s.min_groundedness, "quantiles": quality.groundedness_quantiles(rows)}
 
 
@@ -172,7 +160,6 @@ def target(answer: str, reasoning: str | None, mode: str) -> str:
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",
               "entity_ids", "relationship_ids", "community_ids", "level", "question_source", "question_set", "engine",
               "model", "prompt_hash", "groundedness", "relevance")
-DECISIONS = pa.schema([("id", pa.string()), ("split", pa.string()), ("group_id", pa.string()), ("judge_score", pa.float64())])
 
 
 def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, system_prompt: str) -> pa.Table:

@@ -250,7 +250,12 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     qtable = collect(questions)
     report_rows = [_report(r) for r in reports.to_pylist()]
     titles = X.TitleTypes(title_types or {})
-    findings = {r["community"]: X.report_findings(r, titles) for r in report_rows}
+    findings: dict[int, list[X.Finding]] = {}  # filled as pools need them: most questions share one pool
+
+    def findings_of(r: dict) -> list[X.Finding]:
+        if r["community"] not in findings:
+            findings[r["community"]] = X.report_findings(r, titles)
+        return findings[r["community"]]
 
     def pool_of(q: dict) -> list[dict]:
         scope = set(q.get("scope") or [])
@@ -260,7 +265,7 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     if llm:
         points_by_q = _llm_map(run, rec, qrows, pool_of, engine, batch_tokens)
     else:
-        points_by_q = {q["id"]: _extract_map(q, pool_of(q), findings) for q in qrows}
+        points_by_q = {q["id"]: _extract_map(q, pool_of(q), findings_of) for q in qrows}
 
     schema = qtable.schema
     for name, type_ in {"community_ids": STRS, **ANSWER_FIELDS}.items():
@@ -290,10 +295,10 @@ def answer_global(run: Run, rec: StageRecord, questions, reports: pa.Table, engi
     return ray.data.from_arrow(out)
 
 
-def _extract_map(q: dict, pool: list[dict], findings: dict[int, list[X.Finding]]) -> list[dict]:
+def _extract_map(q: dict, pool: list[dict], findings_of) -> list[dict]:
     """No-LLM map: every finding of the pool as a key point for the question (extractive.finding_point)."""
     terms, wanted = X.question_terms(q["question"], q.get("cues")), frozenset(q.get("types") or ())
-    points = (X.finding_point(f, terms, wanted) for r in pool for f in findings[r["community"]])
+    points = (X.finding_point(f, terms, wanted) for r in pool for f in findings_of(r))
     return X.distinct_points([p for p in points if p])
 
 

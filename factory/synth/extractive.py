@@ -42,6 +42,12 @@ class Sentences:
     def __init__(self, text: str):
         self.sents = [s for s, _ in sentence_words(text)]
         self.lowered = [s.lower() for s in self.sents]
+        self._plain: dict[int, str] = {}  # a sentence is quoted for many focuses: made plain once
+
+    def plain(self, i: int) -> str:
+        if i not in self._plain:
+            self._plain[i] = plain(self.sents[i])
+        return self._plain[i]
 
     def naming(self, names: list[str], max_sentences: int = MAX_SENTENCES) -> list[str]:
         """The sentences that name every one of `names` (lower-case; else any of them), in reading order.
@@ -54,7 +60,7 @@ class Sentences:
                     j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
                     if j not in picked:
                         picked.append(j)
-            out = [p for p in (plain(sents[i]) for i in sorted(picked)) if len(p.split()) >= 3]
+            out = [p for p in map(self.plain, sorted(picked)) if len(p.split()) >= 3]
             if out:
                 return out[:max_sentences]
         return []

@@ -24,21 +24,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, field_validator
 
 from factory.engines.structured import BUDGET, INVALID_OUTPUT, LLM_ERROR
 from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord
-from factory.synth.answers import REFUSED
 from factory.synth.extractive import question_terms
-from factory.synth.near import NUM_PERM, NearIndex, band_keys, signatures
+from factory.synth.lexical import MinHash, Vocabulary, evidence_words, support
 from factory.synth.rows import collect
-from factory.text import clean_target, is_refusal, relevance, support
+from factory.text import clean_target, is_refusal, relevance
 from schemas import STRS
 
 # Error kinds the engine layer counts itself (the first word of `error`).
 ENGINE_ERRORS = (LLM_ERROR, INVALID_OUTPUT, BUDGET)
-SIG = pa.binary(NUM_PERM * 4)  # fixed size: a column is one buffer of signatures
+# Answers and questions near-equal at 0.8-0.9 Jaccard: 12 bands of 5 of 64 values make a pair at 0.8 a
+# candidate with p ~ 0.99, at 0.9 ~ 0.99998, at 0.3 ~ 0.03 (the signatures then decide).
+FILTER = MinHash(num_perm=64, bands=12, rows=5, seed=20250601)
+SIG = pa.binary(FILTER.num_perm * 4)  # fixed size: a column is one buffer of signatures
+KINDS = ("local", "global", "entity", "relationship", "unanswerable")
+HARD = "hard_global"  # the question set of the separately written test questions
 
 # Every answered row, whatever made it, conformed to one shape before scoring.
 ANSWERED_SCHEMA = pa.schema([
@@ -86,19 +91,22 @@ def score_rows(ds, limits: Limits):
 def score_batch(batch: pa.Table, limits: Limits) -> pa.Table:
     """Column by column: only the texts the checks read become Python values."""
     t = conform(batch)
-    kinds, questions, evidence, errors, cues = (t.column(c).to_pylist() for c in ("kind", "question", "evidence", "error", "cues"))
+    kinds, questions, errors, cues = (t.column(c).to_pylist() for c in ("kind", "question", "error", "cues"))
     answers = [clean_target(a) for a in t.column("answer").to_pylist()]
     reasonings = [clean_target(r) for r in t.column("reasoning").to_pylist()]
-    checked = [_check(*row, limits) for row in zip(kinds, questions, answers, evidence, errors, cues)]
-    t = (t.set_column(t.schema.get_field_index("answer"), "answer", pa.array(answers, pa.string()))
+    answer_column = pa.array(answers, pa.string())
+    vocab = Vocabulary()
+    grounded = _groundedness(answer_column, t.column("evidence"), vocab).tolist()
+    checked = [_check(*row, limits) for row in zip(kinds, questions, answers, grounded, errors, cues)]
+    t = (t.set_column(t.schema.get_field_index("answer"), "answer", answer_column)
           .set_column(t.schema.get_field_index("reasoning"), "reasoning", pa.array(reasonings, pa.string())))
     new = {
         "groundedness": pa.array([c[1] for c in checked], pa.float64()),
         "relevance": pa.array([c[2] for c in checked], pa.float64()),
         "judge_score": pa.nulls(t.num_rows, pa.float64()),
         "drop": pa.array([c[0] for c in checked], pa.string()),
-        "answer_sig": _sig_array(signatures([a or "" for a in answers])),
-        "question_sig": _sig_array(signatures([q or "" for q in questions])),
+        "answer_sig": _sig_array(FILTER.signatures(answer_column, vocab)),
+        "question_sig": _sig_array(FILTER.signatures(t.column("question"), vocab)),
     }
     for name, column in new.items():
         t = t.append_column(pa.field(name, SCORE_FIELDS[name]), column)
@@ -110,7 +118,19 @@ def _sig_array(sigs: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(SIG, len(sigs), [None, pa.py_buffer(np.ascontiguousarray(sigs))])
 
 
-def _check(kind: str, question: str | None, answer: str | None, evidence: str | None, error: str | None,
+def _groundedness(answers: pa.Array, evidence: pa.ChunkedArray, vocab: Vocabulary) -> np.ndarray:
+    """text.support() of every answer against its evidence, for the whole batch: the distinct evidence
+    texts (a source chunk backs every question asked of it) are split into words once."""
+    distinct = pc.dictionary_encode(pc.fill_null(evidence, "").combine_chunks())
+    number = distinct.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    row, word = vocab.encode(distinct.dictionary)
+    in_evidence = evidence_words(np.arange(len(distinct.dictionary)), row, word, vocab)
+    row, word = vocab.encode(answers)
+    content = vocab.content[word]
+    return np.round(support(row[content], word[content], number, in_evidence), 4)
+
+
+def _check(kind: str, question: str | None, answer: str | None, grounded: float, error: str | None,
            cues: list[str] | None, lim: Limits) -> tuple[str | None, float | None, float | None]:
     """(the first failed check or None, groundedness, relevance)."""
     if error:
@@ -127,7 +147,6 @@ def _check(kind: str, question: str | None, answer: str | None, evidence: str | 
         return "answer_too_long", None, None
     if kind == "unanswerable":
         return None, None, None  # written and checked against the chunks when it was made
-    grounded = round(support(answer, evidence or ""), 4)
     if grounded < (lim.min_source_support if kind == "local" else lim.min_groundedness):
         return "ungrounded", grounded, None
     relevant = relevance(question_terms(question, cues), answer)
@@ -180,91 +199,128 @@ def judge_rows(run: Run, rec: StageRecord, scored, min_score: float) -> dict[str
     return verdicts
 
 
-# ---- corpus-wide decisions on the driver ---------------------------------------------------------
+# ---- corpus-wide decisions on the driver, over Arrow columns ------------------------------------
 COMPACT = ["id", "kind", "question_set", "drop", "groundedness", "judge_score", "answer_sig", "question_sig",
            "source_chunk_id", "retrieved_source", "entity_ids", "community_ids"]
 
 
-def rank_key(r: dict) -> tuple:
-    """Best first: the separately written test questions, then the judge's score or groundedness."""
-    if r.get("judge_score") is not None:
-        score = r["judge_score"] / 10
-    else:
-        score = r["groundedness"] if r.get("groundedness") is not None else 1.0
-    return (r.get("question_set") != "hard_global", -score, r["id"])
+COMPACT_SCHEMA = pa.schema([SCORED_SCHEMA.field(c) for c in COMPACT])
 
 
-def count_drops(rec: StageRecord, rows: list[dict]) -> list[dict]:
-    """The rows still kept; the others counted by reason (engine errors were counted by run_llm)."""
-    kept = []
-    for r in rows:
-        if r["drop"] is None:
-            kept.append(r)
-        elif r["drop"] not in ENGINE_ERRORS:
-            rec.drop(r["drop"])
-    return kept
-
-
-def dedup(rec: StageRecord, rows: list[dict], answer_threshold: float, question_threshold: float) -> list[dict]:
-    """Near-duplicate answers, then near-duplicate questions; the better-ranked row of a pair stays."""
-    rows = sorted(rows, key=rank_key)
-    answer_sigs, question_sigs = sigs_of(rows, "answer_sig"), sigs_of(rows, "question_sig")
-    answer_bands, question_bands = band_keys(answer_sigs).tolist(), band_keys(question_sigs).tolist()
-    answers, questions = NearIndex(answer_threshold), NearIndex(question_threshold)
-    kept = []
-    for i, r in enumerate(rows):
-        if answers.similar(answer_sigs[i], answer_bands[i]) is not None:
-            rec.drop("duplicate_answer")
-        elif questions.similar(question_sigs[i], question_bands[i]) is not None:
-            rec.drop("duplicate_question")
-        else:
-            answers.add(answer_sigs[i], bands=answer_bands[i])
-            questions.add(question_sigs[i], bands=question_bands[i])
-            kept.append(r)
-    return kept
-
-
-def keep_top(rec: StageRecord, rows: list[dict], fraction: float) -> list[dict]:
-    if fraction >= 1:
-        return rows
-    by_kind: dict[str, list[dict]] = {}
-    for r in rows:
-        by_kind.setdefault(r["kind"], []).append(r)
-    kept = []
-    for kind, group in sorted(by_kind.items()):
-        if kind == "unanswerable":
-            kept += group
-            continue
-        group.sort(key=rank_key)
-        n = math.ceil(fraction * len(group))
-        rec.drop("below_keep_top_fraction", len(group) - n)
-        kept += group[:n]
-    return kept
-
-
-def sigs_of(rows: list[dict], column: str) -> np.ndarray:
-    """The rows' signatures in `column` as one (n, NUM_PERM) array."""
-    return np.frombuffer(b"".join(r[column] for r in rows), dtype=np.uint32).reshape(len(rows), NUM_PERM)
-
-
-def compact(scored) -> list[dict]:
+def compact(scored) -> pa.Table:
     """What the driver decides on: ids, kinds, scores, signatures and group keys, never the texts."""
-    return compact_table(collect(scored.select_columns(COMPACT)))
+    table = collect(scored.select_columns(COMPACT))
+    return table if table.num_rows else COMPACT_SCHEMA.empty_table()
 
 
-def compact_table(table: pa.Table) -> list[dict]:
-    return table.select(COMPACT).to_pylist() if table.num_rows else []
+def with_judgement(t: pa.Table, judged: dict[str, tuple[float | None, str | None]]) -> pa.Table:
+    """`t` with the judge's score and drop reason (judge_rows) of the rows it judged."""
+    if not judged:
+        return t
+    at = pc.index_in(t.column("id"), value_set=pa.array(list(judged), pa.string()))
+    scores = pc.take(pa.array([v[0] for v in judged.values()], pa.float64()), at)
+    drops = pc.take(pa.array([v[1] for v in judged.values()], pa.string()), at)
+    t = t.set_column(t.schema.get_field_index("judge_score"), "judge_score", scores)
+    return t.set_column(t.schema.get_field_index("drop"), "drop", pc.coalesce(t.column("drop"), drops))
 
 
-def groundedness_quantiles(rows: list[dict]) -> dict[str, dict[str, float]]:
+def rank_order(t: pa.Table) -> pa.Array:
+    """Row indices best first: the separately written test questions, then the judge's score (0-10,
+    scaled) or groundedness (1.0 when neither), then the id (a stable order)."""
+    judge = pc.divide(t.column("judge_score"), 10.0)
+    score = pc.coalesce(judge, t.column("groundedness"), pa.scalar(1.0))
+    keys = pa.table({"later": pc.fill_null(pc.not_equal(t.column("question_set"), HARD), True),
+                     "score": score, "id": t.column("id")})
+    return pc.sort_indices(keys, sort_keys=[("later", "ascending"), ("score", "descending"), ("id", "ascending")])
+
+
+def count_drops(rec: StageRecord, t: pa.Table) -> pa.Table:
+    """The rows still kept; the others counted by reason (engine errors were counted by run_llm)."""
+    for reason, n in _counts(t.column("drop").drop_null()).items():
+        if reason not in ENGINE_ERRORS:
+            rec.drop(reason, n)
+    return t.filter(pc.is_null(t.column("drop")))
+
+
+def dedup(rec: StageRecord, t: pa.Table, answer_threshold: float, question_threshold: float) -> pa.Table:
+    """Near-duplicate answers, then near-duplicate questions: walking the rows best first (rank_order), a
+    row whose answer, else whose question, is near that of a row kept before it is dropped. Rows in
+    rank order."""
+    t = t.take(rank_order(t))
+    a_group, a_near = FILTER.near_pairs(sigs_of(t, "answer_sig"), answer_threshold)
+    q_group, q_near = FILTER.near_pairs(sigs_of(t, "question_sig"), question_threshold)
+    keep = np.ones(t.num_rows, bool)
+    # Only rows that share a signature with, or are near, another row can be dropped: walk those alone.
+    contested = _shared(a_group, a_near) | _shared(q_group, q_near)
+    kept_a: set[int] = set()
+    kept_q: set[int] = set()
+    answers = questions = 0
+    walk = np.flatnonzero(contested)
+    for i, a, q in zip(walk.tolist(), a_group[walk].tolist(), q_group[walk].tolist()):
+        if a in kept_a or not a_near.get(a, set()).isdisjoint(kept_a):
+            keep[i], answers = False, answers + 1
+        elif q in kept_q or not q_near.get(q, set()).isdisjoint(kept_q):
+            keep[i], questions = False, questions + 1
+        else:
+            kept_a.add(a)
+            kept_q.add(q)
+    rec.drop("duplicate_answer", answers)
+    rec.drop("duplicate_question", questions)
+    return t.filter(pa.array(keep))
+
+
+def _shared(group: np.ndarray, near: dict[int, set[int]]) -> np.ndarray:
+    """Rows whose group has other rows or near neighbours."""
+    size = np.bincount(group, minlength=int(group.max()) + 1 if len(group) else 0)
+    has_near = np.zeros(len(size), bool)
+    has_near[list(near)] = True
+    return (size[group] > 1) | has_near[group]
+
+
+def keep_top(rec: StageRecord, t: pa.Table, fraction: float) -> pa.Table:
+    """The best `fraction` of each answerable kind (rows in rank order, as dedup leaves them)."""
+    if fraction >= 1:
+        return t
+    kinds = t.column("kind").to_numpy(zero_copy_only=False)
+    keep = np.ones(t.num_rows, bool)
+    for kind in np.unique(kinds).tolist():
+        if kind == "unanswerable":
+            continue
+        mine = np.flatnonzero(kinds == kind)
+        n = math.ceil(fraction * len(mine))
+        keep[mine[n:]] = False
+        rec.drop("below_keep_top_fraction", len(mine) - n)
+    return t.filter(pa.array(keep))
+
+
+def sigs_of(t: pa.Table, column: str) -> np.ndarray:
+    """The rows' signatures in `column` as one (n, num_perm) array, from the column's buffer."""
+    sigs = t.column(column).combine_chunks()
+    if not len(sigs):
+        return np.zeros((0, FILTER.num_perm), np.uint32)
+    data = np.frombuffer(sigs.buffers()[1], np.uint32)
+    return data[sigs.offset * FILTER.num_perm:(sigs.offset + len(sigs)) * FILTER.num_perm].reshape(len(sigs), -1)
+
+
+def _counts(values: pa.Array | pa.ChunkedArray) -> dict:
+    return {c["values"].as_py(): c["counts"].as_py() for c in pc.value_counts(values)}
+
+
+def kind_counts(t: pa.Table) -> dict[str, int]:
+    """Rows per kind, the hard global test questions apart."""
+    hard = pc.fill_null(pc.equal(t.column("question_set"), HARD), False)
+    counts = _counts(t.column("kind").filter(pc.invert(hard)))
+    return {**{k: counts.get(k, 0) for k in KINDS}, "hard_global": int(pc.sum(hard).as_py() or 0)}
+
+
+def groundedness_quantiles(t: pa.Table) -> dict[str, dict[str, float]]:
     """Per kind, quantiles of groundedness over every scored row (dropped ones included): what
     `min_groundedness` cuts, so the threshold can be checked against real rows."""
+    kinds = t.column("kind").to_numpy(zero_copy_only=False)
+    g = pc.fill_null(t.column("groundedness"), np.nan).to_numpy(zero_copy_only=False)
     out = {}
-    by_kind: dict[str, list[float]] = {}
-    for r in rows:
-        if r.get("groundedness") is not None:
-            by_kind.setdefault(r["kind"], []).append(r["groundedness"])
-    for kind, values in sorted(by_kind.items()):
-        q = np.quantile(np.asarray(values), [0.05, 0.25, 0.5, 0.75, 0.95])
+    for kind in sorted(set(kinds[~np.isnan(g)].tolist())):
+        values = g[(kinds == kind) & ~np.isnan(g)]
+        q = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
         out[kind] = {"n": len(values), **{f"p{p}": round(float(v), 3) for p, v in zip((5, 25, 50, 75, 95), q)}}
     return out

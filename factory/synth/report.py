@@ -11,7 +11,7 @@ target with its threshold and whether it holds. `figures(quality)` draws the car
 from that dict alone, so a published copy can redraw them without the run's tables.
 
 Speed (about 3 s of CPU per 100k rows): each measure runs on whole Arrow columns of a batch.
-Words are split from the UTF-8 bytes and looked up once per distinct word (_Words), exactly
+Words are split from the UTF-8 bytes and looked up once per distinct word (lexical.Vocabulary), exactly
 as text.words() splits them; shingle hashes, MinHash, support and duplicates are numpy
 over word ids; the citation and voice patterns are first searched by Arrow's RE2 as
 supersets, and only the rows it flags by the Python patterns themselves.
@@ -25,14 +25,12 @@ local rows; and one entry per distinct word.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import os
 import re
 import sys
 import time
-import zlib
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -42,7 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from factory.text import content_words, without_think
+from factory.synth.lexical import MinHash, Vocabulary, support
+from factory.text import without_think
 from factory.voice import PERSONAL_THRESHOLD, SAMPLE_WORDS, first_person_rate
 
 if TYPE_CHECKING:
@@ -66,7 +65,10 @@ LENGTH_EDGES = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800)  # chars; th
 GROUNDEDNESS_BINS = 10
 BATCH_ROWS = 2048
 EXAMPLES = 5  # qa ids kept per failing measure, to look at
-NUM_PERM, BANDS = 128, 16  # LSH: 16 bands of 8 find pairs at Jaccard 0.9 with p > 0.9999
+# Its own MinHash, wider than the filters' (quality.FILTER): 16 bands of 8 find pairs at Jaccard 0.9 with
+# p > 0.9999, so a near pair the filters missed shows here.
+NUM_PERM = 128
+MEASURE = MinHash(NUM_PERM, bands=16, rows=8, seed=20250314)
 
 # What a clean target never contains: lineage belongs in its columns, not in the text.
 CITATIONS = {
@@ -132,212 +134,6 @@ def _final_answers(b: pa.RecordBatch, mode: str) -> pa.Array:
     return pa.array(answers, pa.string())
 
 
-# ---- words, vectorized ------------------------------------------------------------------
-# text.words() splits on every character but ASCII letters, digits, ' - and ’, and lower-cases. Seen as UTF-8
-# bytes: a word byte maps to itself (a capital to its small letter), every other byte to a space (a multi-byte
-# character to a run of them), ’ is put back, and Arrow's whitespace split finds the same runs.
-_BYTE_MAP = np.full(256, ord(" "), np.uint8)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789'-":
-    _BYTE_MAP[_c] = _c
-for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ":
-    _BYTE_MAP[_c] = _c + 32
-_RSQUO = np.frombuffer("’".encode(), np.uint8)
-
-
-def _utf8(texts: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """`texts` (nulls as ""), its offsets rebased to 0, and its UTF-8 bytes, without a copy."""
-    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-        texts = texts.cast(pa.large_string())
-    if texts.null_count:
-        texts = pc.fill_null(texts, "")
-    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
-    offsets = np.frombuffer(texts.buffers()[1], width)[texts.offset:texts.offset + len(texts) + 1]
-    return texts, offsets - offsets[0], np.frombuffer(texts.buffers()[2] or b"", np.uint8)[offsets[0]:offsets[-1]]
-
-
-def _runs(texts: pa.Array) -> pa.ListArray:
-    """Each text's runs of word characters, lower-cased: text.words() before it drops leading ' and -."""
-    texts, offsets, data = _utf8(texts)
-    mapped = _BYTE_MAP[data]
-    at = np.flatnonzero(data[:-2] == _RSQUO[0])
-    at = at[(data[at + 1] == _RSQUO[1]) & (data[at + 2] == _RSQUO[2])]
-    for i in range(3):
-        mapped[at + i] = _RSQUO[i]
-    spaced = pa.Array.from_buffers(texts.type, len(texts), [None, pa.py_buffer(offsets), pa.py_buffer(mapped)])
-    return pc.ascii_split_whitespace(spaced)
-
-
-class _Words:
-    """Word ids for whole Arrow columns, tokenized as text.words() does, and per distinct word what the
-    measures need: whether it is a content word (text.content_words) and the crc32 hashes shingles use."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}  # word -> id
-        self._of_run: dict[str, int] = {}  # a run as split -> its word's id, -1 for none
-        self._new: list[str] = []
-        self.content = np.zeros(0, bool)
-        self.crc = np.zeros(0, np.uint32)  # crc32 of the word
-        self.crc_space = np.zeros(0, np.uint32)  # crc32 of the word and a space: a bigram's first half
-        self.size = np.zeros(0, np.int64)  # its UTF-8 bytes
-
-    def encode(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """(row, word id) of every word of every text, in order."""
-        runs = _runs(texts)
-        row = pc.list_parent_indices(runs).to_numpy()
-        found = pc.dictionary_encode(pc.list_flatten(runs))
-        ids = np.fromiter(map(self._id, found.dictionary.to_pylist()), np.int64, len(found.dictionary))
-        word = ids[found.indices.to_numpy()]
-        if self._new:
-            new, self._new = self._new, []
-            crc = np.fromiter((zlib.crc32(w.encode()) for w in new), np.uint32, len(new))
-            self.crc = np.concatenate([self.crc, crc])
-            self.crc_space = np.concatenate([self.crc_space, [zlib.crc32(b" ", c) for c in crc.tolist()]]).astype(np.uint32)
-            self.content = np.concatenate([self.content, [bool(content_words(w)) for w in new]])
-            self.size = np.concatenate([self.size, [len(w.encode()) for w in new]]).astype(np.int64)
-        keep = word >= 0
-        return row[keep], word[keep]
-
-    def _id(self, run: str) -> int:
-        found = self._of_run.get(run)
-        if found is None:
-            word = run.lstrip("'’-").replace("’", "'")
-            found = self.ids.get(word, -1) if word else -1
-            if word and found < 0:
-                found = self.ids[word] = len(self.ids)
-                self._new.append(word)
-            self._of_run[run] = found
-        return found
-
-
-# ---- near-equal answers -------------------------------------------------------------
-_RNG = np.random.default_rng(20250314)
-# datasketch's "affine32" scheme (a shingle's crc32 mixed by murmur's finalizer, then h -> a*h + b
-# mod 2^32 with a odd per permutation), applied to a whole block of shingles at once.
-_A = _RNG.integers(0, 2**31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-_B = _RNG.integers(0, 2**32, NUM_PERM, dtype=np.uint64).astype(np.uint32)
-_BLOCK = 8192  # shingles, signatures or pairs handled at once: 8k x NUM_PERM x 4 bytes = 4 MB, in cache
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-@functools.lru_cache(maxsize=None)
-def _crc_shift_table(size: int) -> np.ndarray:
-    """(4, 256) table of crc32's shift over `size` bytes, a linear map: crc32(x + y) is
-    shift(crc32(x)) ^ crc32(y) for len(y) == size, and shift(c) the xor of table[i][byte i of c]."""
-    zeros = bytes(size)
-    empty = zlib.crc32(zeros)
-    basis = np.array([zlib.crc32(zeros, 1 << bit) ^ empty for bit in range(32)], np.uint32)  # the shift of each bit
-    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
-    return np.stack([np.bitwise_xor.reduce(bits * basis[8 * i:8 * i + 8], axis=1) for i in range(4)]).astype(np.uint32)
-
-
-def _shingle_hashes(row: np.ndarray, word: np.ndarray, words: _Words) -> tuple[np.ndarray, np.ndarray]:
-    """crc32 of each text's shingles (text.shingles: its content words, or all its words when it has
-    none, and their bigrams), from its words: (row, hash), grouped by row. A bigram's crc32 is its first
-    word's (with the space) shifted over the second word's bytes, xor the second's, so no string is made."""
-    content = words.content[word]
-    keep = content | (np.bincount(row[content], minlength=row[-1] + 1 if len(row) else 0) == 0)[row]
-    row, word = row[keep], word[keep]
-    pair = np.flatnonzero(row[1:] == row[:-1])
-    first, second = word[pair], word[pair + 1]
-    size = words.size[second]
-    sizes = np.flatnonzero(np.bincount(size))  # few: word lengths
-    at = np.zeros(sizes[-1] + 1 if len(sizes) else 0, np.int64)
-    at[sizes] = np.arange(len(sizes))
-    at = at[size]
-    table = np.stack([_crc_shift_table(int(n)) for n in sizes]) if len(sizes) else np.zeros((0, 4, 256), np.uint32)
-    shifted = np.zeros(len(pair), np.uint32)
-    for i in range(4):
-        shifted ^= table[at, i, (words.crc_space[first] >> np.uint32(8 * i)) & np.uint32(255)]
-    # Unigram i at 2i, the bigram of words i and i + 1 at 2i + 1: still grouped by row.
-    hashes = np.zeros(2 * len(word), np.uint32)
-    present = np.zeros(2 * len(word), bool)
-    hashes[0::2], present[0::2] = words.crc[word], True
-    hashes[2 * pair + 1], present[2 * pair + 1] = shifted ^ words.crc[second], True
-    return np.repeat(row, 2)[present], hashes[present]
-
-
-def _signatures(row: np.ndarray, hashes: np.ndarray, n: int) -> np.ndarray:
-    """MinHash signatures (n x NUM_PERM, uint32) of n texts from their shingles' hashes (rows sorted)."""
-    out = np.full((n, NUM_PERM), np.iinfo(np.uint32).max, dtype=np.uint32)
-    bounds = np.searchsorted(row, np.arange(n + 1))
-    buffer = np.empty(NUM_PERM * _BLOCK, np.uint32)  # one for all blocks: fresh memory per block costs more
-    start = 0
-    while start < n:
-        end = max(start + 1, int(np.searchsorted(bounds, bounds[start] + _BLOCK, side="right")) - 1)
-        rows = start + np.flatnonzero(np.diff(bounds[start:end + 1]))  # those with shingles
-        if len(rows):
-            flat = _fmix32(hashes[bounds[start]:bounds[end]])
-            hashed = buffer[:NUM_PERM * len(flat)].reshape(NUM_PERM, -1) if len(flat) <= _BLOCK else None
-            # wraps mod 2^32; a row per permutation: reduced along memory
-            hashed = np.multiply(_A[:, None], flat, out=hashed)
-            hashed += _B[:, None]
-            out[rows] = np.minimum.reduceat(hashed, bounds[rows] - bounds[start], axis=1).T
-        start = end
-    return out
-
-
-# Odd 64-bit multipliers, one per pair of permutations: a band's key is its values mixed into one number.
-_KEY_MIX = np.random.default_rng(20250315).integers(0, 2**63, NUM_PERM // 2, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-
-def _band_keys(sig: np.ndarray) -> np.ndarray:
-    """(n, BANDS) 64-bit keys, one per band of each signature: equal bands, equal keys."""
-    pairs = np.ascontiguousarray(sig).view(np.uint64)  # two permutations' values a number: reduced along memory
-    out = np.empty((len(sig), BANDS), np.uint64)
-    for start in range(0, len(sig), _BLOCK):
-        mixed = pairs[start:start + _BLOCK] * _KEY_MIX  # wraps
-        out[start:start + _BLOCK] = mixed.reshape(len(mixed), BANDS, -1).sum(axis=2)
-    return out
-
-
-def near_pairs(sig: np.ndarray) -> tuple[np.ndarray, dict[int, set[int]]]:
-    """Group identical signatures, then find pairs of distinct ones whose estimated Jaccard
-    is at least NEAR_EQUAL (LSH bands propose, the signatures decide). Returns each row's
-    group and each group's near-equal neighbours."""
-    if not len(sig):
-        return np.zeros(0, dtype=np.int64), {}
-    bands = _band_keys(sig)
-    _, first, group = np.unique((bands * _KEY_MIX[:BANDS]).sum(axis=1), return_index=True, return_inverse=True)
-    unique, bands = sig[first], bands[first]
-    again = np.flatnonzero(first[group] != np.arange(len(sig)))  # rows after the first of their key
-    if not (unique[group[again]] == sig[again]).all():  # two signatures with one key: sort the signatures themselves
-        unique, group = np.unique(sig, axis=0, return_inverse=True)
-        bands = _band_keys(unique)
-    pairs = np.zeros(0, np.int64)
-    for band in range(BANDS):
-        pairs = np.union1d(pairs, _pairs_sharing(bands[:, band]))  # a pair once, however many bands it shares
-    neighbours: dict[int, set[int]] = defaultdict(set)
-    for start in range(0, len(pairs), _BLOCK):
-        a, b = np.divmod(pairs[start:start + _BLOCK], len(unique))
-        close = (unique[a] == unique[b]).mean(axis=1) >= NEAR_EQUAL
-        for x, y in zip(a[close].tolist(), b[close].tolist()):
-            neighbours[x].add(y)
-            neighbours[y].add(x)
-    return group.ravel(), neighbours
-
-
-def _pairs_sharing(key: np.ndarray) -> np.ndarray:
-    """Every pair of rows with the same key, as a * len(key) + b with a < b."""
-    order = np.argsort(key)
-    ordered = key[order]
-    starts = np.flatnonzero(np.append(True, ordered[1:] != ordered[:-1]))
-    sizes = np.diff(starts, append=len(key))
-    out = [np.zeros(0, np.int64)]
-    for size in np.unique(sizes[sizes > 1]).tolist():  # most keys are one row's alone
-        members = order[starts[sizes == size, None] + np.arange(size)]
-        i, j = np.triu_indices(size, 1)
-        a, b = members[:, i].ravel(), members[:, j].ravel()
-        out.append(np.minimum(a, b) * len(key) + np.maximum(a, b))
-    return np.concatenate(out)
-
-
 # ---- citations and voice, searched by Arrow ------------------------------------------------
 # Supersets of what CITATIONS find (RE2's (?i) matches every character Python's does for these letters,
 # and "." any one code point but a newline, which \d never is): Arrow's RE2 scans whole columns for
@@ -396,16 +192,6 @@ def _hashes(texts: pa.Array) -> np.ndarray:
     return np.fromiter((hash(" ".join(t.split())) for t in pc.fill_null(texts, "").to_pylist()), np.int64, len(texts))
 
 
-def _support(row: np.ndarray, word: np.ndarray, source: np.ndarray, in_source: np.ndarray) -> np.ndarray:
-    """text.support() of each answer against its source chunk: the share of its content words (`row`,
-    `word`: each occurrence) that are words of its `source` (sorted `in_source`: source << 32 | word)."""
-    key = source[row] << 32 | word
-    at = np.minimum(np.searchsorted(in_source, key), len(in_source) - 1)
-    found = (source[row] >= 0) & (in_source[at] == key) if len(in_source) else np.zeros(len(row), bool)
-    n_words = np.bincount(row, minlength=len(source))
-    return np.where(n_words > 0, np.bincount(row, weights=found, minlength=len(source)) / np.maximum(n_words, 1), 1.0)
-
-
 def _first(mask: np.ndarray, k: int) -> np.ndarray:
     return np.flatnonzero(mask)[:k]
 
@@ -423,7 +209,7 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
     needed -= {None, ""}
     # Pass 2: chunk ids (a target must not quote one), the content words of source chunks, a sample for
     # the corpus's voice.
-    words = _Words()
+    words = Vocabulary()
     chunk_ids: set[str] = set()
     source_of: dict[str, int] = {}  # chunk id -> source number (of the last chunk with that id)
     source_words = []  # source number << 32 | word id of each content word of a source chunk
@@ -485,11 +271,10 @@ def quality_report(run: "Run", rec: "StageRecord | None" = None) -> dict[str, An
         r_valid, r_hit = r.is_valid().to_numpy(zero_copy_only=False), pc.fill_null(r, False).to_numpy(zero_copy_only=False)
 
         row, word = words.encode(answers)
-        row_hashes, hashes = _shingle_hashes(row, word, words)
-        sigs.append(_signatures(row_hashes, hashes, len(b)))
+        sigs.append(MEASURE.of_words(row, word, len(b), words))
         source = np.fromiter((source_of.get(c, -1) for c in b.column("source_chunk_id").to_pylist()), np.int64, len(b))
         content = words.content[word]
-        supported = _support(row[content], word[content], source, in_source)
+        supported = support(row[content], word[content], source, in_source)
         is_local = kind == kind_codes.get("local", -1)
         missing = is_local & (source < 0)
         unsupported = is_local & (source >= 0) & (supported < SUPPORTED)
@@ -603,7 +388,7 @@ def _duplicates(sig: np.ndarray, questions: np.ndarray, exact: np.ndarray, is_te
                 names: list[str], ids: pa.Array, examples: dict[str, list[str]]) -> tuple[dict, dict]:
     """Rows whose answer equals or near-equals that of a row with a different question, and
     test rows whose answer equals or near-equals a train row's. `kinds` are codes into `names`."""
-    group, neighbours = near_pairs(sig)
+    group, neighbours = MEASURE.near_pairs(sig, NEAR_EQUAL)
     is_test = is_test.astype(bool)
     duplicate = _distinct_questions(group, questions) > 1
     # Near-equal groups are few: their rows are checked one by one.
@@ -787,7 +572,7 @@ def format_report(q: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from factory.errors import UserError
-    from factory.publish import open_run
+    from factory.pipeline import open_run
 
     parser = argparse.ArgumentParser(prog="python -m factory.synth.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="run folder (local or s3://)")
