@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from factory.graph.reports import _line_costs
 from factory.text import (
     content_words,
     estimate_tokens,
@@ -53,6 +56,9 @@ def test_words_keys_and_token_estimates():
     assert norm_key("The  “Old Mill” Gardens") == norm_key("old mill gardens") == "old mill gardens"
     # Rounded up: a budget is never under-counted; nothing costs nothing.
     assert [estimate_tokens(t) for t in ("", "x", "x" * 4, "x" * 5, "x" * 400, None)] == [0, 1, 1, 2, 100, 0]
+    # The reports' vectorized count of numbered record lines is the same estimate.
+    lengths = np.array([0, 1, 2, 3, 4, 5, 17, 100, 333] * 3)
+    assert _line_costs(lengths).tolist() == [estimate_tokens(f"{n}|" + "x" * k) + 1 for n, k in enumerate(lengths, 1)]
 
 
 def test_reasoning_is_removed_closed_unclosed_and_in_any_case():

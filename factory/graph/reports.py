@@ -149,7 +149,7 @@ def _line_costs(lengths: np.ndarray) -> np.ndarray:
     """Tokens (estimate_tokens + 1) of the numbered lines f"{n}|{body}" (n = 1, 2, ...) for bodies of these lengths."""
     n = np.arange(1, len(lengths) + 1)
     digits = 1 + sum((n >= 10 ** k).astype(np.int64) for k in range(1, 7))
-    return (digits + lengths + 4) // 4 + 1
+    return (digits + 1 + lengths + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + 1
 
 
 def pack_context(community: dict, idx: _Index, budget: int, children: list[dict] = ()) -> dict:
