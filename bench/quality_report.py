@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from factory.publish import open_run  # noqa: E402
+from factory.pipeline import open_run  # noqa: E402
 from factory.synth.report import _batches, quality_report  # noqa: E402
 from factory.text import shingles  # noqa: E402
 

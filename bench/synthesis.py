@@ -31,7 +31,7 @@ from bench.corpus import PEOPLE, PLACES, THINGS, write_corpus  # noqa: E402
 from factory.chunking import chunk_document, load_tokenizer  # noqa: E402
 from factory.config import validate_config  # noqa: E402
 from factory.ingest import document_id, markdown_title, normalize  # noqa: E402
-from factory.pipeline import Run, Stage  # noqa: E402
+from factory.pipeline import Run, Stage, run_stage  # noqa: E402
 from factory.synth.answers import extract_answer  # noqa: E402
 from factory.synth.retrieval import Retriever  # noqa: E402
 from factory.text import content_words  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
         from factory.synth import synthesize
 
         t = time.perf_counter()
-        rec = run.run_stage(Stage("synthesis", synthesize), "bench")
+        rec = run_stage(run, Stage("synthesis", synthesize))
         total = time.perf_counter() - t
         ray.shutdown()
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 import schemas
+from factory.pipeline import Run
+from factory.snapshot import DEFAULT_CONFIG, Snapshot, snapshot
 
-if TYPE_CHECKING:
-    from factory.publish import Snapshot
-
-# The table that `load_dataset(path)` gives without a config name.
-DEFAULT_CONFIG = "qa"
 SAMPLE_CHARS = 400
 TAGS = ["ragtune", "synthetic", "rag", "graphrag", "knowledge-graph", "rag-tuned-llm"]
 
@@ -36,7 +33,7 @@ def size_category(n: int) -> str:
     return "n>1T" if n >= 10**12 else "1B<n<10B"
 
 
-def front_matter(snap: "Snapshot", data_files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def front_matter(snap: Snapshot, data_files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     output = snap.manifest.get("config", {}).get("output", {})
     rows = snap.rows()
     main = DEFAULT_CONFIG if DEFAULT_CONFIG in data_files else next(iter(data_files), None)
@@ -58,7 +55,7 @@ def front_matter(snap: "Snapshot", data_files: dict[str, dict[str, Any]]) -> dic
     }
 
 
-def pretty_name(snap: "Snapshot") -> str:
+def pretty_name(snap: Snapshot) -> str:
     corpus = snap.manifest.get("config", {}).get("corpus", {}).get("path") or "corpus"
     return f"ragtune: {os.path.basename(corpus.rstrip('/')) or corpus}"
 
@@ -175,7 +172,7 @@ def _quantiles(quantiles: dict | None, form: str) -> str:
     return form.format(**quantiles) if quantiles else "–"
 
 
-def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str, figures: dict[str, str] | None = None) -> str:
+def render(snap: Snapshot, data_files: dict[str, dict[str, Any]], where: str, figures: dict[str, str] | None = None) -> str:
     """The card for `snap`, whose configs point at `data_files` ({table: {split: glob or [paths]}})
     and whose quality plots are at `figures` ({name: path relative to the card})."""
     m = snap.manifest
@@ -256,3 +253,13 @@ def render(snap: "Snapshot", data_files: dict[str, dict[str, Any]], where: str, 
         f"`{json.dumps({t: v for t, v in m.get('schema_versions', {}).items() if t in rows}, sort_keys=True)}`.\n"
     )
     return "\n".join(out)
+
+
+def write_card(run: Run, snap: Snapshot | None = None) -> Snapshot:
+    """Validate `run` and write its README.md (and quality plots) in place: the run folder becomes a loadable dataset."""
+    snap = snap or snapshot(run)
+    paths = snap.figure_paths(published=False)
+    for name, png in snap.figures.items():
+        run.write_bytes(paths[name], png)
+    run.write_bytes("README.md", render(snap, snap.data_files(published=False), run.root, paths).encode())
+    return snap

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -24,8 +25,10 @@ import pyarrow.parquet as pq
 
 from factory.config import Config, CorpusConfig
 from factory.errors import UserError
-from factory.pipeline import Run, StageRecord, log
+from factory.pipeline import Run, StageRecord
 from factory.storage import arrow_filesystem, check_readable, describe_error, filesystem
+
+logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
 RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -403,7 +406,7 @@ def ingest(run: Run, rec: StageRecord) -> None:
         raise UserError(f"{src}: {err.replace('_', ' ')} (corpus.on_error=fail)")
     for reason, n in sorted(Counter(err for _, err in errors).items()):
         rec.drop(reason, n)
-        log(f"[ingest] skipped {n} input record(s): {reason.replace('_', ' ')}")
+        logger.info(f"[ingest] skipped {n} input record(s): {reason.replace('_', ' ')}")
     good = meta.filter(pc.is_null(meta["error"]))
     if good.num_rows == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in rec.drops.items()) or "no text"

@@ -15,12 +15,15 @@ nodes (each would get its own folder) and says where it goes on one node.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 from factory.config import Config, EngineConfig
 from factory.errors import UserError
 from factory.storage import is_remote
+
+logger = logging.getLogger(__name__)
 
 # Values that are not paths.
 KEYWORDS = {"auto", "default"}
@@ -100,7 +103,6 @@ def check_job_outputs(cfg: Config, *keys: str) -> None:
     import ray
 
     from factory.cluster import ensure_ray
-    from factory.pipeline import log
 
     ensure_ray(cfg)  # a submitted job's cluster is already up: this only connects
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -111,9 +113,9 @@ def check_job_outputs(cfg: Config, *keys: str) -> None:
                         f"{nodes} nodes it would be a different temporary folder on each node; use shared storage "
                         f"(--set {key}=s3://bucket/prefix) or an absolute path every node mounts")
     for key, value in inside:
-        log(f"notice: {key} '{os.path.relpath(value, copy)}' is relative, so it is written into Ray's copy of the "
-            f"working dir, {value}; pass an absolute path (--set {key}=$PWD/{os.path.relpath(value, copy)}) to write "
-            "it where you ran `ray job submit`")
+        logger.info(f"notice: {key} '{os.path.relpath(value, copy)}' is relative, so it is written into Ray's copy of the "
+                   f"working dir, {value}; pass an absolute path (--set {key}=$PWD/{os.path.relpath(value, copy)}) to write "
+                   "it where you ran `ray job submit`")
 
 
 def _get(cfg: Config, dotted: str) -> Any:

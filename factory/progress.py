@@ -7,13 +7,15 @@ units, so a long job's log grows by a bounded number of lines.
 
 `stage(label)` names what is running; `current_label()` is how a progress source that does
 not know its stage (Ray Data executions on the driver, see factory.cluster) labels its line.
-`emit(line)` prints a log line without tearing an in-place progress line.
+`emit(line)` prints a log line without tearing an in-place progress line; `ConsoleHandler` is
+how ragtune's loggers (`logging.getLogger(__name__)` in each module) print theirs.
 Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from typing import Any, Callable, Iterator, TextIO
@@ -146,6 +148,26 @@ def emit(line: str, stream: TextIO | None = None) -> None:
     if bar is not None:
         bar.stream.write("\r" + bar.line() + "\x1b[K")
         bar.stream.flush()
+
+
+class ConsoleHandler(logging.Handler):
+    """A log record as the line `ragtune: <message>` on stderr (the one current at the time of the
+    record, so a captured stderr gets it too), without tearing a progress line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            emit(f"ragtune: {self.format(record)}")
+        except Exception:
+            self.handleError(record)
+
+
+def log_to_console(logger: logging.Logger) -> None:
+    """`logger`'s INFO and above printed by a ConsoleHandler, and only there (not also by a root
+    handler an embedding program installed); once, however often it is called."""
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 @contextlib.contextmanager

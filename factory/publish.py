@@ -1,4 +1,4 @@
-"""Publishing a finished run: validate it, write its card, copy it atomically elsewhere.
+"""Publishing a finished run: copy a validated snapshot of it atomically elsewhere.
 
 `publish(run, dest)` sends the dataset tables of a complete, valid run to a
 local folder, `s3://bucket/prefix` or `hf://datasets/owner/name`. The visible
@@ -22,225 +22,30 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError
 
 import schemas
-from factory import __version__, card
-from factory.config import S3Config, validate_config
+from factory import card
+from factory.config import S3Config
 from factory.errors import UserError
-from factory.pipeline import Run, log
+from factory.pipeline import Run
 from factory.provenance import package_versions
-from factory.storage import check_readable, check_writable, describe_error, is_local_fs
+from factory.snapshot import FIGURES, SHARD, Shard, Snapshot, snapshot
+from factory.storage import check_readable, check_writable, describe_error, is_local_fs, write_atomic
 
-SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
-# Run-manifest keys that change without the data changing.
-VOLATILE = ("updated_at",)
-N_SAMPLES = 3
+logger = logging.getLogger(__name__)
+
 STAGING = ".staging-"
-# The card's quality plots (factory/synth/report.py), beside the table folders; no config names it.
-FIGURES = "quality"
-
-
-@dataclass(frozen=True)
-class Shard:
-    table: str
-    split: str
-    index: int
-    total: int
-    src: str  # path on the run's filesystem
-    rows: int
-    size: int
-    sha256: str
-
-    @property
-    def name(self) -> str:
-        """Published name: Hub-style, plus the content hash so that a name never changes meaning."""
-        return f"{self.table}/{self.split}-{self.index:05d}-of-{self.total:05d}-{self.sha256[:16]}.parquet"
-
-
-@dataclass
-class Snapshot:
-    """A validated run: its shards with hashes, and the facts its card shows."""
-
-    run: Run
-    shards: list[Shard]
-    manifest: dict[str, Any]
-    kinds: dict[str, Counter] = field(default_factory=dict)  # qa kind -> split -> rows
-    samples: list[dict] = field(default_factory=list)
-    documents: int = 0
-    corpus_chars: int = 0
-    figures: dict[str, bytes] = field(default_factory=dict)  # quality plot name -> PNG
-
-    def figure_paths(self, published: bool) -> dict[str, str]:
-        """{plot: path}: named by content when published (a name never changes meaning), plainly in the run folder."""
-        return {name: f"{FIGURES}/{name}-{hashlib.sha256(png).hexdigest()[:16]}.png" if published else f"{FIGURES}/{name}.png"
-                for name, png in self.figures.items()}
-
-    def rows(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for s in self.shards:
-            out.setdefault(s.table, {}).setdefault(s.split, 0)
-            out[s.table][s.split] += s.rows
-        return out
-
-    @property
-    def version(self) -> str:
-        material = {
-            "shards": [(s.name, s.rows) for s in self.shards],
-            "manifest": self.manifest,
-            "ragtune": __version__,  # the card's renderer
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def data_files(self, published: bool) -> dict[str, dict[str, Any]]:
-        """{table: {split: files}}: exact names when published, globs in the run folder.
-
-        Empty splits are left out: `datasets` cannot build a split with no rows.
-        """
-        rows = self.rows()
-        out: dict[str, dict[str, Any]] = {}
-        for s in self.shards:
-            if not rows[s.table][s.split]:
-                continue
-            if published:
-                out.setdefault(s.table, {}).setdefault(s.split, []).append(s.name)
-            else:
-                out.setdefault(s.table, {})[s.split] = f"{s.table}/{s.split}-*.parquet"
-        return out
-
-
-# ---- opening and validating a run ------------------------------------------------------
-def open_run(path: str, s3: S3Config | None = None) -> Run:
-    """The run at `path` with the config it was generated with (from its manifest)."""
-    fs, fpath = check_readable(path, s3)
-    mpath = f"{fpath.rstrip('/')}/manifest.json"
-    if not fs.exists(mpath):
-        raise UserError(f"{path}: not a run folder (no manifest.json); run generate first")
-    with fs.open(mpath, "r") as f:
-        manifest = json.load(f)
-    try:
-        cfg = validate_config(manifest.get("config") or {}, f"{path}/manifest.json")
-    except UserError as exc:
-        raise UserError(f"{path}: the run's config no longer validates ({exc}); rerun generate") from None
-    # The manifest holds masked secrets; storage access uses the publisher's.
-    cfg.s3 = s3 or S3Config()
-    return Run(cfg, root=path)
-
-
-def generate_stages() -> list:
-    from factory.generate import STAGES  # read at call time: the stage list grows
-
-    return STAGES
-
-
-def check_complete(run: Run) -> None:
-    """Every stage of `generate` finished, and is up to date with the run's config and inputs."""
-    for stage in generate_stages():
-        marker = run.marker(stage.name)
-        if marker is None:
-            raise UserError(f"{run.root}: incomplete run: stage '{stage.name}' has not finished; run generate")
-        if marker.get("fingerprint") != run.fingerprint(stage):
-            raise UserError(
-                f"{run.root}: stage '{stage.name}' is out of date with the run's config or inputs; rerun generate"
-            )
-
-
-def snapshot(run: Run) -> Snapshot:
-    """Validate every table of a complete run against `schemas` and hash its shards.
-
-    Raises one UserError line for an incomplete run, a missing or extra shard,
-    a file that is not Parquet, a schema violation or a row count that
-    disagrees with the manifest.
-    """
-    check_complete(run)
-    manifest = {k: v for k, v in run.manifest.items() if k not in VOLATILE}
-    # Stages in pipeline order (the manifest file stores keys sorted).
-    order = {s.name: i for i, s in enumerate(generate_stages())}
-    manifest["stages"] = dict(sorted(manifest.get("stages", {}).items(), key=lambda kv: order.get(kv[0], len(order))))
-    snap = Snapshot(run, [], manifest)
-    counts = run.manifest.get("counts", {})
-    # qa first: it is the default config.
-    for table in sorted(schemas.TABLES, key=lambda t: t != card.DEFAULT_CONFIG):
-        by_split: dict[str, list[tuple[int, int, str]]] = {}
-        for path in run.table_files(table):
-            m = SHARD.match(path.rsplit("/", 1)[-1])
-            if not m:
-                raise UserError(f"{run.root}/{table}: unexpected file {path.rsplit('/', 1)[-1]}")
-            by_split.setdefault(m["split"], []).append((int(m["index"]), int(m["total"]), path))
-        for split, files in sorted(by_split.items()):
-            total = files[0][1]
-            if sorted(i for i, _, _ in files) != list(range(total)) or any(t != total for _, t, _ in files):
-                raise UserError(f"{run.root}/{table}: split '{split}' has {len(files)} shards, expected {total}")
-            shards = [_check_shard(run, snap, table, split, index, total, path) for index, _, path in sorted(files)]
-            snap.shards += shards
-            expected = counts.get(f"{table}/{split}")
-            got = sum(s.rows for s in shards)
-            if expected is not None and expected != got:
-                raise UserError(f"{run.root}/{table}: split '{split}' has {got} rows, the manifest says {expected}")
-    if not snap.shards:
-        raise UserError(f"{run.root}: no tables to publish")
-    if manifest.get("quality"):
-        from factory.synth.report import figures
-
-        snap.figures = figures(manifest["quality"])
-    return snap
-
-
-def _check_shard(run: Run, snap: Snapshot, table: str, split: str, index: int, total: int, path: str) -> Shard:
-    rel = f"{table}/{path.rsplit('/', 1)[-1]}"
-    data = run.fs.cat_file(path)
-    try:
-        pf = pq.ParquetFile(io.BytesIO(data))
-        schemas.validate(table, pf.schema_arrow.empty_table())  # undeclared columns, even in an empty shard
-        for i in range(pf.num_row_groups):
-            _learn(snap, table, split, schemas.validate(table, pf.read_row_group(i)))
-    except schemas.SchemaError as exc:
-        raise UserError(f"{run.root}/{rel}: invalid: {exc}") from None
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{run.root}/{rel}: not a readable Parquet file: {exc}") from None
-    return Shard(table, split, index, total, path, pf.metadata.num_rows, len(data), hashlib.sha256(data).hexdigest())
-
-
-def _learn(snap: Snapshot, table: str, split: str, t: pa.Table) -> None:
-    """Collect what the card shows: counts per kind, sample rows, corpus size."""
-    if table == "qa":
-        for kind, n in Counter(t.column("kind").to_pylist()).items():
-            snap.kinds.setdefault(kind, Counter())[split] += n
-        if split == "train":
-            seen = {r["kind"] for r in snap.samples}
-            for row in t.select(["kind", "question", "answer"]).to_pylist():
-                if len(snap.samples) < N_SAMPLES and row["kind"] not in seen:
-                    snap.samples.append(row)
-                    seen.add(row["kind"])
-    elif table == "documents":
-        snap.documents += t.num_rows
-        snap.corpus_chars += sum(v or 0 for v in t.column("n_chars").to_pylist())
-
-
-def write_card(run: Run, snap: Snapshot | None = None) -> Snapshot:
-    """Validate `run` and write its README.md in place: the run folder becomes a loadable dataset."""
-    snap = snap or snapshot(run)
-    paths = snap.figure_paths(published=False)
-    if snap.figures:
-        run.fs.makedirs(run.uri(FIGURES), exist_ok=True)
-    for name, png in snap.figures.items():
-        _write_bytes(run.fs, run.uri(paths[name]), png)
-    text = card.render(snap, snap.data_files(published=False), run.root, paths)
-    _write_bytes(run.fs, run.uri("README.md"), text.encode())
-    return snap
 
 
 def data_files(path: str, table: str = "qa", s3: S3Config | None = None) -> dict[str, list[str]]:
@@ -286,16 +91,6 @@ def published_manifest(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Readers see the old file or the new one: one PUT on S3, write-then-rename locally."""
-    if is_local_fs(fs):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
 class FolderTarget:
     """A local folder or an s3:// prefix."""
 
@@ -322,7 +117,7 @@ class FolderTarget:
             self.fs.rm(staging, recursive=True)
         present = self._shards()
         todo = [s for s in snap.shards if present.get(s.name) != s.size]
-        log(f"publish: uploading {len(todo)} of {len(snap.shards)} shards to {self.dest}")
+        logger.info(f"publish: uploading {len(todo)} of {len(snap.shards)} shards to {self.dest}")
         for s in todo:
             _copy(snap.run.fs, s.src, self.fs, f"{staging}/{s.name}")
         figures = {path: snap.figures[name] for name, path in snap.figure_paths(published=True).items()
@@ -335,8 +130,8 @@ class FolderTarget:
             if is_local_fs(self.fs):
                 self.fs.makedirs(self._p(rel.rsplit("/", 1)[0]), exist_ok=True)
             self.fs.mv(f"{staging}/{rel}", self._p(rel))
-        _write_bytes(self.fs, self._p("README.md"), card_text.encode())
-        _write_bytes(self.fs, self._p("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
+        write_atomic(self.fs, self._p("README.md"), card_text.encode())
+        write_atomic(self.fs, self._p("manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
         # After the switch: drop shards and plots no longer named, and staging left by crashed publishes.
         keep = {s.name for s in snap.shards} | set(snap.figure_paths(published=True).values())
         for rel in self._shards():
@@ -453,11 +248,11 @@ def publish(run: Run, dest: str, s3: S3Config | None = None) -> Published:
     try:
         previous = target.current()
         if previous and previous.get("version") == version:
-            log(f"publish: {dest} already has version {version}; nothing to do")
+            logger.info(f"publish: {dest} already has version {version}; nothing to do")
             return Published(dest, version, False, snap.rows())
         card_text = card.render(snap, snap.data_files(published=True), dest, snap.figure_paths(published=True))
         target.commit(snap, card_text, published_manifest(snap), previous)
     except (OSError, BotoCoreError) as exc:  # s3fs and local storage failures, as one line
         raise UserError(describe_error(dest, exc)) from None
-    log(f"publish: {dest} now at version {version} (was {previous.get('version') if previous else 'empty'})")
+    logger.info(f"publish: {dest} now at version {version} (was {previous.get('version') if previous else 'empty'})")
     return Published(dest, version, True, snap.rows())

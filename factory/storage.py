@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from typing import Any
 
 import fsspec
@@ -111,6 +112,18 @@ def _check_local_folder(path: str, fpath: str) -> None:
         raise UserError(f"{path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{path}: no permission to write in {existing}")
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Readers see the old file or the new one, never half: one PUT on an object store,
+    write-then-rename locally (the parent folder is created with the file)."""
+    if not is_local_fs(fs):
+        fs.pipe_file(path, data)
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
 
 
 def remove_empty_folders(path: str, s3: S3Config | None = None, keep_root: bool = False) -> None:

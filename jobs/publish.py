@@ -24,11 +24,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load(args)
 
+    from factory.card import write_card
     from factory.paths import resolve
     from factory.pipeline import no_empty_folder_left
-    from factory.publish import open_run, publish, write_card
+    from factory.publish import publish
+    from factory.pipeline import open_run
 
-    run = open_run(resolve(args.run, os.getcwd()) if args.run else cfg.output.path, cfg.s3)
+    # Publishing elsewhere only reads the run; the card in place is written into it.
+    run = open_run(resolve(args.run, os.getcwd()) if args.run else cfg.output.path, cfg.s3, read_only=bool(args.dest))
     if not args.dest:
         snap = write_card(run)
         print(f"ragtune: {run.root} is valid; card written ({len(snap.shards)} shards, version {snap.version})",

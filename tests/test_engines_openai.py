@@ -17,6 +17,7 @@ from factory.engines import run_llm
 from factory.engines.cache import CallCache
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
+from factory.pipeline.manifest import update_manifest
 from tests.support.openai_server import FakeOpenAIServer, Fault
 
 
@@ -271,7 +272,7 @@ def test_api_key_from_env_sent_and_never_recorded(ray_session, tmp_path, monkeyp
         run = Run(cfg)
         rec = StageRecord("t")
         out = run_llm(run, rec, prompts(ray_session, 3), cfg.teacher, "keyed").take_all()
-        run.update_manifest(stages={"t": {"tokens": rec.tokens}})
+        update_manifest(run, stages={"t": {"tokens": rec.tokens}})
         assert all(r["error"] is None for r in out)
         assert server.headers[0]["Authorization"] == "Bearer sk-secret-123"
         files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]

@@ -14,7 +14,8 @@ import s3fs
 
 from factory.config import load_config
 from factory.generate import generate
-from factory.publish import open_run, publish
+from factory.pipeline import open_run
+from factory.publish import publish
 from tests.support import teacher
 from tests.support.flaky_s3 import FlakyS3
 from tests.support.openai_server import FakeOpenAIServer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,11 +20,14 @@ import pytest
 import yaml
 
 import schemas
+from factory.card import write_card
 from factory.config import S3Config, validate_config
 from factory.errors import UserError
 from factory.generate import STAGES
-from factory.pipeline import Run
-from factory.publish import data_files, open_run, publish, snapshot, write_card
+from factory.pipeline import Run, open_run, run_stages
+from factory.pipeline.folder import ReadOnlyRun
+from factory.publish import data_files, publish
+from factory.snapshot import snapshot
 from tests.support.flaky_s3 import FlakyS3
 
 GRAPH = ("documents", "chunks", "entities", "relationships", "communities", "community_reports")
@@ -76,7 +80,7 @@ def make_run(root: Path | str, journal: Path, tag: str = "v1", n_train: int = 23
         rec.add_tokens("openai/teacher-7b", 1000, 400, 5)
         rec.stats["retrieval_recall@5"] = 0.8
 
-    run.run_stages([dataclasses.replace(s, fn=done) for s in STAGES])
+    run_stages(run, [dataclasses.replace(s, fn=done) for s in STAGES])
     return run
 
 
@@ -196,6 +200,28 @@ def test_refuses_row_count_disagreeing_with_manifest(run):
     shard = Path(run.root, "qa", "test-00000-of-00001.parquet")
     pq.write_table(pq.read_table(shard).slice(0, 2), shard)
     with pytest.raises(UserError, match="has 2 rows, the manifest says 5"):
+        snapshot(open_run(run.root))
+
+
+def test_publishes_with_its_corpus_gone_and_opened_read_only(tmp_path, journal):
+    corpus = tmp_path / "journal"
+    shutil.copytree(journal, corpus)
+    run = make_run(tmp_path / "run", corpus)
+    shutil.rmtree(corpus)  # the run's own files are all publish reads
+    ro = open_run(run.root)
+    assert publish(ro, str(tmp_path / "out")).changed
+    with pytest.raises(ReadOnlyRun):
+        ro.write_table("qa", qa_rows(1, "train", "x"))
+
+
+def test_refuses_a_stage_older_than_the_stage_it_reads(tmp_path, journal):
+    corpus = tmp_path / "journal"
+    shutil.copytree(journal, corpus)
+    run = make_run(tmp_path / "run", corpus)
+    (corpus / "2030-01-01.md").write_text("# A new day\n\nA new entry.\n")
+    # `generate --until ingest` after the corpus changed: chunk and the rest were made from the old documents.
+    run_stages(run, [dataclasses.replace(s, fn=lambda run, rec: None) for s in STAGES], until="ingest")
+    with pytest.raises(UserError, match="stage 'chunk' is out of date"):
         snapshot(open_run(run.root))
 
 

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from factory.publish import open_run, publish
+from factory.pipeline import open_run
+from factory.publish import publish
 from tests.test_publish import make_run
 
 

@@ -6,8 +6,11 @@ import json
 
 import pytest
 
+from factory.card import write_card
 from factory.config import validate_config
-from factory.publish import open_run, publish, snapshot, write_card
+from factory.pipeline import open_run
+from factory.publish import publish
+from factory.snapshot import snapshot
 
 
 @pytest.mark.slow
@@ -20,7 +23,7 @@ def test_generated_run_loads_and_publishes(tmp_path, journal, ray_session, monke
     cfg = validate_config({"corpus": {"path": str(journal)}, "output": {"path": str(tmp_path / "run")},
                            "ray": {"cpu_actors": 1}})
     run = generate(cfg)
-    snap = write_card(open_run(run.root))
+    snap = write_card(open_run(run.root, read_only=False))
     assert {s.name for s in STAGES} <= set(json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"])
     assert snap.rows()["documents"]["train"] > 0 and snap.rows()["chunks"]["train"] > 0
     for table, splits in snap.rows().items():

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from factory.errors import UserError
-from factory.publish import open_run, publish
+from factory.pipeline import open_run
+from factory.publish import publish
 from tests.support.loopback import Served
 from tests.test_publish import make_run, rewrite_qa
 

@@ -222,7 +222,8 @@ def test_generated_run_has_a_quality_section_card_table_and_plots(tmp_path, jour
     from datasets import load_dataset
 
     from factory.generate import generate
-    from factory.publish import open_run, publish
+    from factory.pipeline import open_run
+    from factory.publish import publish
 
     cfg = validate_config({"corpus": {"path": str(journal)}, "output": {"path": str(tmp_path / "run")},
                            "ray": {"cpu_actors": 1}})

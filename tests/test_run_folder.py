@@ -1,12 +1,18 @@
-"""The run folder's Ray writes keep row order: reruns of a stage are byte-comparable."""
+"""The run folder (Ray writes keep row order, so reruns are byte-comparable; a read-only mode) and the
+stage scheduler (fingerprints, markers, the skip rule, stage declarations)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from factory.config import load_config
-from factory.pipeline import Run
+from factory.errors import UserError
+from factory.pipeline import Run, Stage, check_finished, plan, run_stage, run_stages
+from factory.pipeline.folder import ReadOnlyRun
+
+DOCS = pa.Table.from_pylist([{"id": f"d{i}", "text": "text", "n_chars": 4} for i in range(2)])
 
 
 def test_ray_write_keeps_row_order_across_blocks_and_shards(ray_session, tmp_path):
@@ -50,3 +56,52 @@ def test_a_one_shard_table_is_read_in_a_block_per_cpu_in_order(ray_session, tmp_
 
     run.write_table("chunks", pa.Table.from_pylist(rows[:100]))
     assert run.read_ray("chunks").materialize().num_blocks() == 1  # too small to be worth a split
+
+
+def test_read_only_run_needs_the_folder_creates_nothing_and_refuses_writes(tmp_path):
+    cfg = load_config(None, [f"output.path={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match="no such file or folder"):
+        Run(cfg, read_only=True)
+    Run(cfg)  # a writable run also creates nothing until its first write
+    assert not (tmp_path / "run").exists()
+    Run(cfg).write_table("documents", DOCS)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    ro = Run(cfg, read_only=True)
+    assert ro.read_arrow("documents").num_rows == 2 and ro.manifest["counts"] == {"documents/train": 2}
+    for write in (lambda: ro.write_table("documents", DOCS), lambda: ro.write_json("x.json", {}),
+                  lambda: run_stage(ro, Stage("s", lambda run, rec: None))):
+        with pytest.raises(ReadOnlyRun):
+            write()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_skip_rule_fingerprints_and_markers(tmp_path):
+    cfg = load_config(None, [f"output.path={tmp_path / 'run'}"])
+    run = Run(cfg)
+    calls: list[str] = []
+
+    def stage(name: str, **kw) -> Stage:
+        return Stage(name, lambda run, rec: calls.append(name), **kw)
+
+    stages = [stage("a", sections=("corpus",), writes=("documents",)),
+              stage("b", sections=("chunking",), inputs=("a",), reads=("documents",), writes=("chunks",)),
+              stage("c", sections=("seed",))]
+    run_stages(run, stages)
+    assert calls == ["a", "b", "c"] and run.manifest["stage_order"] == ["a", "b", "c"]
+    assert not any(step.runs for step in plan(run, stages))
+    check_finished(run, ["a", "b", "c"])
+    # A missing marker reruns its stage and every stage downstream of it, not the others.
+    run.remove("_stages/a.json")
+    assert [s.stage.name for s in plan(run, stages) if s.runs] == ["a", "b"]
+    # A changed config section reruns its stage; a downstream stage's fingerprint follows the upstream's.
+    run_stages(run, stages)
+    changed = Run(load_config(None, [f"output.path={tmp_path / 'run'}", "corpus.path=elsewhere"]))
+    steps = {s.stage.name: s for s in plan(changed, stages)}
+    assert steps["a"].runs and steps["b"].runs and steps["b"].fingerprint != run.marker("b")["fingerprint"]
+    # The run's own files tell a stage older than its input, with no access to the input.
+    run_stages(changed, stages, until="a")
+    with pytest.raises(UserError, match="stage 'b' is out of date"):
+        check_finished(changed, ["a", "b"])
+    # A stage must not read a table no stage upstream of it writes.
+    with pytest.raises(ValueError, match="stage c reads documents, written by a, which is not upstream of it"):
+        plan(run, [stages[0], stage("c", reads=("documents",))])

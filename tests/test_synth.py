@@ -12,7 +12,7 @@ import pytest
 
 import schemas
 from factory.config import validate_config
-from factory.pipeline import Run, Stage, StageRecord
+from factory.pipeline import Run, Stage, StageRecord, run_stage, run_stages
 from factory.synth import synthesize
 from factory.synth.retrieval import Retriever
 from factory.synth.templates import load_templates
@@ -51,7 +51,7 @@ def journal_chunks(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("journal-run")
     run = Run(make_cfg(JOURNAL, out))
     run.write_table("chunks", journal_chunk_table(run.cfg))
-    run.run_stages([s for s in STAGES if s.name in ("graph", "reports")])
+    run_stages(run, [s for s in STAGES if s.name in ("graph", "reports")])
     return out
 
 
@@ -59,7 +59,7 @@ def synth_run(journal, src, dest, **synth) -> Run:
     run = Run(make_cfg(journal, dest, **synth))
     for name in ("chunks", "entities", "relationships", "communities", "community_reports"):
         run.write_table(name, Run(make_cfg(journal, src)).read_arrow(name))
-    run.run_stage(Stage("synthesis", synthesize), "test")
+    run_stage(run, Stage("synthesis", synthesize))
     return run
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from factory.config import validate_config
-from factory.pipeline import Run, Stage
+from factory.pipeline import Run, Stage, run_stage
 from factory.synth import synthesize
 from factory.text import support
 from tests.conftest import JOURNAL
@@ -76,7 +76,7 @@ def llm_run(journal_chunks, tmp_path_factory):  # noqa: F811
         src = Run(validate_config({"output": {"path": str(journal_chunks)}}))
         for name in ("chunks", "entities", "relationships", "communities", "community_reports"):
             run.write_table(name, src.read_arrow(name))
-        run.run_stage(Stage("synthesis", synthesize), "test")
+        run_stage(run, Stage("synthesis", synthesize))
         requests = list(server.requests)
     return run, scripted, requests
 

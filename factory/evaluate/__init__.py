@@ -22,7 +22,7 @@ from factory.config import Config, EngineConfig
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.evaluate import benchmark, judge, metrics, report, systems
-from factory.pipeline import Run, Stage, StageRecord
+from factory.pipeline import Run, Stage, StageRecord, plan, run_stages
 from factory.storage import check_readable, filesystem, join
 
 
@@ -90,8 +90,7 @@ class Evaluation:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        check_readable(source_root(cfg), cfg.s3)
-        self.src = Run(cfg, root=source_root(cfg))
+        self.src = Run(cfg, root=source_root(cfg), read_only=True)
         self.systems = list(dict.fromkeys([*cfg.evaluate.systems, *cfg.evaluate.answer_files]))
         self.judged = enabled(cfg.judge)
         # Config mistakes fail here, in one line, before any model is loaded.
@@ -126,9 +125,7 @@ class Evaluation:
     def preflight(self, run: Run, force: bool) -> None:
         """Every engine the stages about to run will call, checked before Ray starts, as generate does."""
         from factory.engines.base import backend
-        from factory.engines.preflight import stages_to_run
-
-        todo = {s.name for s in stages_to_run(run, self.stages(), force)}
+        todo = {step.stage.name for step in plan(run, self.stages(), force) if step.runs}
         calls: list[tuple[str, EngineConfig]] = []
         if "answer" in todo:
             calls += [(s, systems.engine_for(self.cfg, s)) for s in self.systems if s in systems.SYSTEMS]
@@ -228,5 +225,5 @@ def evaluate(cfg: Config, force: bool = False) -> Run:
     run = Run(cfg, root=output_root(cfg))
     evaluation.preflight(run, force)  # and so do unreachable engines and missing model folders
     ensure_ray(cfg)
-    run.run_stages(evaluation.stages(), force=force)
+    run_stages(run, evaluation.stages(), force=force)
     return run

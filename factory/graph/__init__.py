@@ -15,6 +15,7 @@ missing ones and decide for themselves (global questions have nothing to use).
 from __future__ import annotations
 
 import io
+import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -22,11 +23,13 @@ import pyarrow as pa
 import schemas
 from factory.engines.task import LLMTask
 from factory.graph.extract import extract_graph
-from factory.pipeline import Run, StageRecord, log
+from factory.pipeline import Run, StageRecord
 from factory.voice import detect_voice
 
 if TYPE_CHECKING:
     import networkx as nx
+
+logger = logging.getLogger(__name__)
 
 # GraphRAG's default entity types; reference corpora (manuals, glossaries) add concept.
 DEFAULT_ENTITY_TYPES = ("person", "organization", "geo", "event")
@@ -68,8 +71,8 @@ def build_graph(run: Run, rec: StageRecord) -> None:
     communities, cstats = build_communities(merged.graph, cfg.max_cluster_size, cfg.seed, cfg.keep_all_components, order)
     rec.stats.update(merge=merged.stats, communities=cstats)
     if cstats["oversized"]:
-        log(f"[{rec.name}] {cstats['oversized']} communities stay larger than max_cluster_size={cfg.max_cluster_size} "
-            f"(dense cores Leiden will not split; largest leaf {cstats['largest_leaf']}); their reports pack a budgeted context")
+        logger.info(f"[{rec.name}] {cstats['oversized']} communities stay larger than max_cluster_size={cfg.max_cluster_size} "
+                   f"(dense cores Leiden will not split; largest leaf {cstats['largest_leaf']}); their reports pack a budgeted context")
     run.write_table("entities", entities)
     run.write_table("relationships", relationships)
     run.write_table("communities", communities)
@@ -90,8 +93,8 @@ def _count_failures(extractions: pa.Table, rec: StageRecord) -> int:
 
 def _write_empty(run: Run, rec: StageRecord, n_chunks: int, failed: int, stats: dict) -> None:
     detail = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if v) or "nothing extracted"
-    log(f"[{rec.name}] the graph is empty: no entities in {n_chunks} chunks ({failed} failed; {detail}); "
-        "writing empty entities/relationships/communities tables")
+    logger.info(f"[{rec.name}] the graph is empty: no entities in {n_chunks} chunks ({failed} failed; {detail}); "
+               "writing empty entities/relationships/communities tables")
     rec.stats.update(empty_graph=True, merge=stats)
     for table in ("entities", "relationships", "communities"):
         run.write_table(table, schemas.schema_of(table).empty_table())

@@ -30,6 +30,7 @@ import bisect
 import functools
 import itertools
 import json
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -41,7 +42,9 @@ from pydantic import BaseModel, Field, field_validator
 import schemas
 from factory.engines.task import LLMTask
 from factory.text import CHARS_PER_TOKEN, estimate_tokens, norm_key, plain_sentences, words
-from factory.pipeline import Run, StageRecord, log
+from factory.pipeline import Run, StageRecord
+
+logger = logging.getLogger(__name__)
 
 _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
 _SUMMARY_SENTENCES = 3
@@ -414,8 +417,8 @@ def write_reports(run: Run, rec: StageRecord) -> None:
     communities = run.read_arrow("communities").to_pylist()
     rec.rows_in = len(communities)
     if not communities:
-        log(f"[{rec.name}] no communities (the graph is empty or has no relationships): "
-            "writing an empty community_reports table; global questions will have nothing to draw on")
+        logger.info(f"[{rec.name}] no communities (the graph is empty or has no relationships): "
+                   "writing an empty community_reports table; global questions will have nothing to draw on")
         rec.stats["empty"] = True
         run.write_table("community_reports", schemas.schema_of("community_reports").empty_table())
         return

@@ -27,6 +27,7 @@ from factory.cluster import cpu_actors
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
+from factory.pipeline.manifest import update_manifest
 from factory.synth import questions as Q
 from factory.synth import quality
 from factory.synth.answers import answer_from_chunks, answer_global, describe_rows
@@ -124,7 +125,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rec.stats["rows"] = {split: quality.kind_counts(decisions.filter(pc.equal(decisions.column("split"), split)))
                          for split in ("train", "test")}
     rec.stats["reasoning"] = s.reasoning
-    run.update_manifest(quality=quality_report(run, rec))
+    update_manifest(run, quality=quality_report(run, rec))
 
 
 def _record_scores(rec: StageRecord, s, rows: pa.Table) -> None:

@@ -17,6 +17,7 @@ by (config seed, the row's own key), so a row does not depend on which other row
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 import re
@@ -25,10 +26,12 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from factory.engines.task import LLMTask
-from factory.pipeline import Run, StageRecord, log
+from factory.pipeline import Run, StageRecord
 from factory.synth.templates import GlobalTemplate, Templates
 from factory.text import estimate_tokens, words
 from schemas import STRS
+
+logger = logging.getLogger(__name__)
 
 # How a chunk-grounded row is answered (answers.py): its description, its source chunk, or the teacher
 # writing question and chain of thought together over the subject's sources.
@@ -304,5 +307,5 @@ def _sentence(text: str) -> str:
 
 def log_no_reports(rec: StageRecord, level: int, reports: pa.Table) -> None:
     levels = sorted(set(reports.column("level").to_pylist())) if reports.num_rows else []
-    log(f"[{rec.name}] no community reports at synth.global_level {level} (levels present: {levels or 'none'}); "
-        "no global questions")
+    logger.info(f"[{rec.name}] no community reports at synth.global_level {level} (levels present: {levels or 'none'}); "
+               "no global questions")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import threading
 from pathlib import Path
@@ -18,11 +19,13 @@ from factory import progress
 from factory.cluster import cpu_actors, ensure_ray
 from factory.config import Config
 from factory.errors import UserError
-from factory.pipeline import Run, log
-from factory.storage import arrow_filesystem, check_readable, check_writable, filesystem, is_remote, join
+from factory.pipeline import Run
+from factory.storage import arrow_filesystem, check_writable, filesystem, is_remote, join
 from factory.train.data import Tokenize, pack_batch
 from factory.train.loop import Plan, run_training
 from factory.train.session import RaySession
+
+logger = logging.getLogger(__name__)
 
 # Samples packed together come from windows of this many shuffled rows.
 PACK_WINDOW = 1024
@@ -72,7 +75,7 @@ def scaling(cfg: Config) -> ray.train.ScalingConfig:
         raise UserError("train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu: auto "
                         "(GPUs when there are any, else CPU) or false")
     if t.use_gpu == "auto" and not gpus:
-        log("[finetune] no GPU in the Ray cluster: training on CPU (train.use_gpu: auto)")
+        logger.info("[finetune] no GPU in the Ray cluster: training on CPU (train.use_gpu: auto)")
     # What Ray Train asks per worker: resources_per_worker, else one GPU (use_gpu) or one CPU.
     need = {r: amount for r, amount in t.resources_per_worker.items() if amount} or ({} if use_gpu else {"CPU": 1.0})
     if use_gpu:
@@ -148,8 +151,7 @@ def finetune(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     model = student_model(cfg)
     dataset = t.dataset or cfg.output.path
-    check_readable(dataset, cfg.s3)
-    run = Run(cfg, root=dataset)
+    run = Run(cfg, root=dataset, read_only=True)
     if not run.has_table("qa", "train"):
         raise UserError(f"{dataset}: no qa/train table (run `ragtune generate` or point train.dataset at a published dataset)")
     ensure_ray(cfg)
@@ -167,9 +169,9 @@ def finetune(cfg: Config) -> dict[str, Any]:
     storage_path, storage_fs = storage(cfg)
     plan = Plan(model=model, total_steps=total, steps_per_epoch=steps_per_epoch,
                 export_to=join(t.output, t.name, "export"), pad_id=pad_id)
-    log(f"[finetune] {rows} train micro-batches ({steps_per_epoch} steps/epoch on {t.num_workers} "
-        f"{'GPU' if scaling_config.use_gpu else 'CPU'} worker{'s' * (t.num_workers != 1)}), {test.count()} test; "
-        f"training to step {total}; checkpoints in {join(t.output, t.name)}")
+    logger.info(f"[finetune] {rows} train micro-batches ({steps_per_epoch} steps/epoch on {t.num_workers} "
+               f"{'GPU' if scaling_config.use_gpu else 'CPU'} worker{'s' * (t.num_workers != 1)}), {test.count()} test; "
+               f"training to step {total}; checkpoints in {join(t.output, t.name)}")
     board = TrainProgress.remote()
     trainer = TorchTrainer(
         train_worker,

@@ -1,90 +1,38 @@
-"""The run folder: tables, stage markers, manifest and resume.
+"""The run folder: tables, small JSON files, atomic writes and reads.
 
 Layout of `output.path` (local or s3://), loadable by `datasets.load_dataset`:
 
     <table>/<split>-00000-of-00002.parquet   one folder per table, Hub-style shard names
-    _stages/<stage>.json                      completion marker: fingerprint, counts, timings
+    _stages/<stage>.json                      completion marker (factory.pipeline.stages)
     _cache/llm/<task>/*.parquet               every finished LLM call (see factory.engines.cache)
-    manifest.json                             provenance: config + hash, versions, per-stage stats
+    manifest.json                             provenance and per-stage stats (factory.pipeline.manifest)
 
-A stage is skipped when its marker's fingerprint equals the fingerprint it
-would have now: a hash of its config sections, its upstream fingerprints and,
-for the first stage, a listing of the input files. A stage deletes its marker
-before it starts and writes it only after all its tables are committed, so a
-crash never leaves a half-written stage that looks finished.
+`Run` knows files, not stages: which stages run and when is the scheduler's
+(`factory.pipeline.stages`). Opened `read_only` (publish, evaluate's source run,
+finetune's dataset), it needs only read access and refuses every write.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime as dt
-import hashlib
 import itertools
 import json
-import sys
-import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from factory import __version__, progress, provenance
-from factory.config import Config, S3Config
-from factory.storage import arrow_filesystem, check_writable, filesystem, is_remote, remove_empty_folders
+from factory.config import Config, S3Config, validate_config
+from factory.errors import UserError
+from factory.pipeline.manifest import update_manifest
+from factory.storage import (arrow_filesystem, check_readable, check_writable, filesystem, is_remote,
+                             remove_empty_folders, write_atomic)
 
 PARQUET_ARGS = {"compression": "zstd"}
 MIN_BLOCK_ROWS = 64
-
-
-@dataclass
-class StageRecord:
-    """What a stage reports: counts, drops by reason, tokens, extra statistics."""
-
-    name: str
-    rows_in: int = 0
-    rows_out: int = 0
-    drops: Counter = field(default_factory=Counter)
-    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        if n:
-            self.drops[reason] += n
-
-    def add_tokens(self, engine_model: str, input_tokens: int, output_tokens: int, calls: int) -> None:
-        t = self.tokens.setdefault(engine_model, {"input": 0, "output": 0, "calls": 0})
-        t["input"] += input_tokens
-        t["output"] += output_tokens
-        t["calls"] += calls
-
-    def summary(self) -> str:
-        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.drops.items())) or "none"
-        return (
-            f"[{self.name}] {self.rows_in} rows in -> {self.rows_out} rows out; "
-            f"drops: {drops}; {self.seconds:.1f} s"
-        )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of a job. `sections` are the config sections its output depends on."""
-
-    name: str
-    fn: Callable[["Run", StageRecord], None]
-    sections: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = ()
-    # Extra fingerprint material, e.g. a listing of the input files.
-    fingerprint_extra: Callable[["Run"], str] | None = None
-
-
-def log(message: str) -> None:
-    progress.emit(f"ragtune: {message}", sys.stderr)
 
 
 @contextlib.contextmanager
@@ -114,22 +62,27 @@ def _block_rows(block: pa.Table) -> int:
     return block.num_rows
 
 
-class Run:
-    """A run folder and the stages recorded in it."""
+class ReadOnlyRun(RuntimeError):
+    """A write into a run folder opened read-only: a bug, not something a user can fix."""
 
-    def __init__(self, cfg: Config, root: str | None = None):
+
+class Run:
+    """A run folder: its tables and small files. Creates nothing until the first write."""
+
+    def __init__(self, cfg: Config, root: str | None = None, read_only: bool = False):
         self.cfg = cfg
         self.root = root or cfg.output.path
-        self.fs, self.path = check_writable(self.root, cfg.s3)
+        self.read_only = read_only
+        self.fs, self.path = (check_readable if read_only else check_writable)(self.root, cfg.s3)
         self.arrow_fs = arrow_filesystem(self.fs)
-        self.manifest = self._load_json("manifest.json") or {}
 
     # ---- paths and small files -------------------------------------------------
     def uri(self, *parts: str) -> str:
         """Path as the filesystem names it (no scheme)."""
         return "/".join([self.path, *parts])
 
-    def _load_json(self, rel: str) -> dict | None:
+    def read_json(self, rel: str) -> dict | None:
+        """`rel` parsed, or None when there is no such file."""
         p = self.uri(rel)
         if not self.fs.exists(p):
             return None
@@ -138,67 +91,31 @@ class Run:
 
     def write_json(self, rel: str, data: dict) -> None:
         """Write JSON atomically: a reader sees the old file or the new one, never half."""
-        p = self.uri(rel)
-        self.fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-        self.fs.mv(tmp, p)
+        self.write_bytes(rel, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
-    # ---- stages ---------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a small file atomically."""
+        self._check_writable(rel)
+        write_atomic(self.fs, self.uri(rel), data)
+
+    def remove(self, rel: str) -> None:
+        """Remove a file if it is there."""
+        self._check_writable(rel)
+        if self.fs.exists(self.uri(rel)):
+            self.fs.rm(self.uri(rel))
+
+    @property
+    def manifest(self) -> dict:
+        """manifest.json as it is now ({} before the first stage); written by factory.pipeline.manifest."""
+        return self.read_json("manifest.json") or {}
+
     def marker(self, stage: str) -> dict | None:
-        return self._load_json(f"_stages/{stage}.json")
+        """`stage`'s completion marker, or None while it has not finished."""
+        return self.read_json(f"_stages/{stage}.json")
 
-    def fingerprint(self, stage: Stage) -> str:
-        upstream = {}
-        for name in stage.inputs:
-            m = self.marker(name)
-            upstream[name] = m["fingerprint"] if m else None
-        material = {
-            "stage": stage.name,
-            "version": __version__,
-            "config": self.cfg.section_hash(*stage.sections),
-            "upstream": upstream,
-            "extra": stage.fingerprint_extra(self) if stage.fingerprint_extra else None,
-        }
-        blob = json.dumps(material, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def run_stages(self, stages: Iterable[Stage], force: bool = False) -> dict[str, StageRecord]:
-        records = {}
-        for stage in stages:
-            fp = self.fingerprint(stage)
-            done = self.marker(stage.name)
-            if done and done.get("fingerprint") == fp and not force:
-                log(f"[{stage.name}] up to date, skipped (finished {done.get('finished_at')})")
-                continue
-            records[stage.name] = self.run_stage(stage, fp)
-        return records
-
-    def run_stage(self, stage: Stage, fingerprint: str) -> StageRecord:
-        marker = self.uri("_stages", f"{stage.name}.json")
-        if self.fs.exists(marker):
-            self.fs.rm(marker)
-        rec = StageRecord(stage.name)
-        start = time.perf_counter()
-        log(f"[{stage.name}] started")
-        with progress.stage(stage.name):
-            stage.fn(self, rec)
-        rec.seconds = time.perf_counter() - start
-        entry = {
-            "fingerprint": fingerprint,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(rec.seconds, 3),
-            "rows_in": rec.rows_in,
-            "rows_out": rec.rows_out,
-            "drops": dict(rec.drops),
-            "tokens": rec.tokens,
-            "stats": rec.stats,
-        }
-        self.write_json(f"_stages/{stage.name}.json", entry)
-        self.update_manifest(stages={stage.name: entry})
-        log(rec.summary())
-        return rec
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyRun(f"{self.root}: opened read-only; refusing to write {what}")
 
     # ---- tables ---------------------------------------------------------------
     def table_files(self, table: str, split: str | None = None) -> list[str]:
@@ -221,6 +138,7 @@ class Run:
         Shards land in a temporary folder first and replace the old ones only
         when all were written. Returns the number of rows written.
         """
+        self._check_writable(f"{table}/{split}")
         tmp = self.uri(table, f".tmp-{split}-{uuid.uuid4().hex[:8]}")
         self.fs.makedirs(tmp, exist_ok=True)
         try:
@@ -233,7 +151,7 @@ class Run:
                 self.fs.rm(tmp, recursive=True)
             raise
         self._commit(table, split, tmp)
-        self.update_manifest(counts={f"{table}/{split}": n})
+        update_manifest(self, counts={f"{table}/{split}": n})
         return n
 
     def _write_arrow(self, table: str, data: pa.Table, tmp: str) -> int:
@@ -327,15 +245,21 @@ class Run:
             blocks = max(blocks, min(cpus, self._footer_rows(files) // MIN_BLOCK_ROWS))
         return ray.data.read_parquet(files, filesystem=self.arrow_fs, override_num_blocks=blocks)
 
-    # ---- manifest -------------------------------------------------------------
-    def update_manifest(self, **sections: dict) -> None:
-        m = self.manifest
-        m.setdefault("ragtune_version", __version__)
-        m["config_hash"] = self.cfg.hash
-        m["config"] = self.cfg.public_dict()
-        m["schema_versions"] = schemas.versions()
-        m.update(provenance.describe(self.cfg))  # packages, prompt hashes, engines per role
-        m["updated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        for key, value in sections.items():
-            m.setdefault(key, {}).update(value)
-        self.write_json("manifest.json", m)
+
+def open_run(path: str, s3: S3Config | None = None, read_only: bool = True) -> Run:
+    """The run at `path` with the config it was generated with (from its manifest): how a job that
+    did not make a run opens it (publish, the quality report). Read-only unless the caller writes
+    into it (the card in place)."""
+    fs, fpath = check_readable(path, s3)
+    mpath = f"{fpath.rstrip('/')}/manifest.json"
+    if not fs.exists(mpath):
+        raise UserError(f"{path}: not a run folder (no manifest.json); run generate first")
+    with fs.open(mpath, "r") as f:
+        manifest = json.load(f)
+    try:
+        cfg = validate_config(manifest.get("config") or {}, f"{path}/manifest.json")
+    except UserError as exc:
+        raise UserError(f"{path}: the run's config no longer validates ({exc}); rerun generate") from None
+    # The manifest holds masked secrets; storage access uses the publisher's.
+    cfg.s3 = s3 or S3Config()
+    return Run(cfg, root=path, read_only=read_only)
