@@ -34,7 +34,7 @@ from factory.synth.answers import answer_from_chunks, answer_global, describe_ro
 from factory.synth.local import FocusIndex, LocalRows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import from_table
+from factory.synth.rows import from_table, target
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
@@ -147,15 +147,6 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self.last, 3)
         self.last = now
-
-
-def target(answer: str, reasoning: str | None, mode: str) -> str:
-    """The assistant turn: the answer, with the reasoning inline or in <think> tags before it."""
-    if mode == "none" or not reasoning:
-        return answer
-    if mode == "think_tags":
-        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
-    return f"{reasoning}\n\nAnswer: {answer}"
 
 
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from factory.synth.lexical import MinHash, Vocabulary, support
+from factory.synth.rows import target
 from factory.text import without_think
 from factory.voice import PERSONAL_THRESHOLD, SAMPLE_WORDS, first_person_rate
 
@@ -109,8 +110,6 @@ def final_answer(messages: list[dict] | None, answer: str, reasoning: str | None
 
 def _answer_in(turn: str | None, answer: str | None, reasoning: str | None, mode: str) -> str:
     """The answer in an assistant `turn` (None when the row has none: the answer column is it)."""
-    from factory.synth import target  # not at import: synthesis imports this module
-
     if turn is None:
         return answer or ""
     prefix = target("", reasoning, mode) if reasoning else ""

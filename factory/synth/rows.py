@@ -16,6 +16,15 @@ from schemas import MESSAGE
 MESSAGES = pa.list_(MESSAGE)
 
 
+def target(answer: str, reasoning: str | None, mode: str) -> str:
+    """The assistant turn: the answer, with the reasoning inline or in <think> tags before it."""
+    if mode == "none" or not reasoning:
+        return answer
+    if mode == "think_tags":
+        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+    return f"{reasoning}\n\nAnswer: {answer}"
+
+
 def map_rows(
     ds,
     fn: Callable[[dict], dict | None],
