@@ -93,8 +93,9 @@ def bandwidth_gbs(device: str) -> float:
     return 2 * n * reps / (time.perf_counter() - start) / 1e9
 
 
-def plain_loop(model, prompts: list[list[int]], out: int, device: str) -> tuple[int, float]:
-    tokens = 0
+def plain_loop(model, prompts: list[list[int]], out: int, device: str) -> tuple[list[list[int]], float]:
+    """Greedy `generate` one prompt at a time: the generated ids of each prompt, and the seconds."""
+    outputs = []
     sync(device)
     start = time.perf_counter()
     for p in prompts:
@@ -102,12 +103,13 @@ def plain_loop(model, prompts: list[list[int]], out: int, device: str) -> tuple[
         with torch.inference_mode():
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=out,
                                  do_sample=False, pad_token_id=0)
-        tokens += gen.shape[1] - len(p)
+        outputs.append(gen[0, len(p):].tolist())
     sync(device)
-    return tokens, time.perf_counter() - start
+    return outputs, time.perf_counter() - start
 
 
-def engine(gen: HFGenerator, prompts: list[list[int]], out: int, device: str) -> tuple[int, float]:
+def engine(gen: HFGenerator, prompts: list[list[int]], out: int, device: str) -> tuple[list, float]:
+    """The engine's greedy results for all prompts (length-sorted micro-batches, left padding), and the seconds."""
     sync(device)
     start = time.perf_counter()
     results = gen.generate(prompts, [out] * len(prompts), [0.0] * len(prompts))
@@ -115,7 +117,13 @@ def engine(gen: HFGenerator, prompts: list[list[int]], out: int, device: str) ->
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(errors[0])
-    return sum(r.output_tokens for r in results), time.perf_counter() - start
+    return results, time.perf_counter() - start
+
+
+def differing_rows(tok, plain: list[list[int]], results: list) -> list[int]:
+    """Rows whose engine text is not the plain loop's: batching and left padding must not change what a
+    greedy row generates (bf16 near-ties of a random-init model can still flip a token)."""
+    return [i for i, (ids, r) in enumerate(zip(plain, results)) if tok.decode(ids, skip_special_tokens=True) != r.text]
 
 
 def main() -> None:
@@ -147,7 +155,8 @@ def main() -> None:
 
     rows = []
     plain_loop(model, prompts[:1], 4, device)  # warm-up: kernels, allocator
-    n, s = plain_loop(model, prompts[: args.baseline_prompts], args.out, device)
+    plain, s = plain_loop(model, prompts[: args.baseline_prompts], args.out, device)
+    n = sum(map(len, plain))
     base_tps = n / s
     rows.append({"variant": "plain loop (batch 1)", "prompts": args.baseline_prompts, "tokens": n, "seconds": s,
                  "tokens_per_s": base_tps, "floor_tokens_per_s": 1 / step_floor_s})
@@ -161,9 +170,11 @@ def main() -> None:
                           max_batch_tokens=args.batch * (args.in_len + args.out), cache_implementation=cache,
                           pad_to_multiple_of=args.in_len if cache == "static" else 8)
         _, ws = engine(gen, prompts[: args.batch], args.out, device)  # warm-up (compiles the static variant)
-        n, s = engine(gen, prompts, args.out, device)
+        results, s = engine(gen, prompts, args.out, device)
+        n = sum(r.output_tokens for r in results)
         rows.append({"variant": name, "prompts": args.prompts, "tokens": n, "seconds": s, "tokens_per_s": n / s,
-                     "warmup_s": ws, "floor_tokens_per_s": args.batch / step_floor_s})
+                     "warmup_s": ws, "floor_tokens_per_s": args.batch / step_floor_s,
+                     "rows_unlike_plain_loop": len(differing_rows(tok, plain, results))})
 
     print(f"\n{card}; {args.shape} ({params / 1e6:,.1f} M params, {str(dtype).split('.')[-1]}, random init); "
           f"prompts {args.in_len // 2}-{args.in_len} tokens, {args.out} out; micro-batch {args.batch}")
@@ -176,6 +187,9 @@ def main() -> None:
         print(f"| {r['variant']} | {r['prompts']} | {r['tokens']:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.1f} | "
               f"{r['tokens_per_s'] / base_tps:.2f} | {r['floor_tokens_per_s']:,.0f} | "
               f"{100 * r['tokens_per_s'] / r['floor_tokens_per_s']:.0f}% |")
+    for r in rows[1:]:
+        print(f"{r['variant']}: {args.baseline_prompts - r['rows_unlike_plain_loop']} of the plain loop's "
+              f"{args.baseline_prompts} greedy outputs generated exactly")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "card": card, "shape": args.shape, "params": params, "dtype": str(dtype), "bandwidth_gbs": bw,
