@@ -17,13 +17,16 @@ itself (a declared refusal) or return None to leave the row out.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
 
 from factory.engines.structured import INVALID_OUTPUT
 from schemas import MESSAGE
+
+if TYPE_CHECKING:
+    from factory.config import EngineConfig
 
 MESSAGES = pa.list_(MESSAGE)
 # What run_llm adds that no step reads after its task has parsed the reply.
@@ -34,6 +37,8 @@ LINEAGE = {"engine": pa.string(), "model": pa.string(), "prompt_hash": pa.string
 
 
 class LLMTask:
+    """One LLM step (see the module docstring); subclasses set the attributes and override messages/parse."""
+
     name: str = ""
     prompt_file: str | None = None
     output_model: type[BaseModel] | None = None
@@ -64,7 +69,7 @@ class LLMTask:
         return {}
 
     # ---- the same for every task ---------------------------------------------------------
-    def run(self, run: Any, rec: Any, ds: Any, engine: Any):
+    def run(self, run: Any, rec: Any, ds: Any, engine: EngineConfig):
         """A Ray Dataset of input rows -> the same rows (failed ones kept or not) with `fields`, `error`
         and, with `lineage`, engine/model/prompt_hash."""
         from factory.engines.base import run_llm
@@ -74,7 +79,7 @@ class LLMTask:
         out = run_llm(run, rec, ds, engine, self.name, output_model=self.output_model, prompt_file=self.prompt_file)
         return out.map_batches(_parsed, fn_kwargs={"task": self}, batch_format="pyarrow")
 
-    def run_rows(self, run: Any, rec: Any, rows: list[dict], engine: Any) -> list[dict]:
+    def run_rows(self, run: Any, rec: Any, rows: list[dict], engine: EngineConfig) -> list[dict]:
         """`run` for rows the driver holds (a few per question or community): output rows, in no set order."""
         import ray.data
 
