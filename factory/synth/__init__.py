@@ -27,14 +27,13 @@ from factory.cluster import cpu_actors
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
-from factory.pipeline.manifest import update_manifest
 from factory.synth import questions as Q
 from factory.synth import quality
 from factory.synth.answers import answer_from_chunks, answer_global, describe_rows
 from factory.synth.local import FocusIndex, LocalRows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import from_table, target
+from factory.synth.rows import from_table
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
@@ -86,8 +85,9 @@ def synthesize(run: Run, rec: StageRecord) -> None:
                                    voice=voice, title_types=title_types))
     clock.lap("global")
 
-    limits = quality.Limits.of(s, judged=enabled(cfg.judge))
-    scored = quality.score_rows(parts[0].union(*parts[1:]), limits).materialize()
+    judged = enabled(cfg.judge)
+    limits = quality.Limits.of(s, judged=judged)
+    scored = quality.score_rows(parts[0].union(*parts[1:]), limits, keep_evidence=judged).materialize()
     rows = quality.compact(scored)
     clock.lap("answers_and_scores")
     # Unanswerable rows make up their share of the answerable ones; they are written and checked here.
@@ -95,7 +95,8 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     unanswerable = Q.unanswerable_questions(Q.unanswerable_count(answerable, s.unanswerable_fraction),
                                             entities, relationships, retriever.texts, t, cfg.seed)
     if unanswerable:
-        refusals = quality.score_batch(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable]), limits)
+        refusals = quality.score_batch(pa.Table.from_pylist([{**u, "engine": "none"} for u in unanswerable]), limits,
+                                       keep_evidence=judged)
         scored = scored.union(ray.data.from_arrow(refusals))
         rows = pa.concat_tables([rows, refusals.select(quality.COMPACT)])
     clock.lap("unanswerable")
@@ -104,7 +105,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     if not rec.rows_in:
         raise UserError("synthesis: no questions could be made: the graph has no entities and no community reports "
                         "(see the graph stage's counts in manifest.json; a larger or richer corpus is needed)")
-    if enabled(cfg.judge):
+    if judged:
         rows = quality.with_judgement(rows, quality.judge_rows(run, rec, scored, s.min_judge_score))
     _record_scores(rec, s, rows)
     kept = quality.count_drops(rec, rows)
@@ -125,7 +126,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rec.stats["rows"] = {split: quality.kind_counts(decisions.filter(pc.equal(decisions.column("split"), split)))
                          for split in ("train", "test")}
     rec.stats["reasoning"] = s.reasoning
-    update_manifest(run, quality=quality_report(run, rec))
+    run.update_manifest(quality=quality_report(run, rec))
 
 
 def _record_scores(rec: StageRecord, s, rows: pa.Table) -> None:
@@ -147,6 +148,15 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self.last, 3)
         self.last = now
+
+
+def target(answer: str, reasoning: str | None, mode: str) -> str:
+    """The assistant turn: the answer, with the reasoning inline or in <think> tags before it."""
+    if mode == "none" or not reasoning:
+        return answer
+    if mode == "think_tags":
+        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+    return f"{reasoning}\n\nAnswer: {answer}"
 
 
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",

@@ -83,13 +83,15 @@ def conform(batch: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=ANSWERED_SCHEMA)
 
 
-def score_rows(ds, limits: Limits):
+def score_rows(ds, limits: Limits, keep_evidence: bool):
     """Scores and the first failed check of every row (see the module docstring), on Ray."""
-    return ds.map_batches(score_batch, fn_kwargs={"limits": limits}, batch_format="pyarrow", batch_size=4096)
+    return ds.map_batches(score_batch, fn_kwargs={"limits": limits, "keep_evidence": keep_evidence},
+                          batch_format="pyarrow", batch_size=4096)
 
 
-def score_batch(batch: pa.Table, limits: Limits) -> pa.Table:
-    """Column by column: only the texts the checks read become Python values."""
+def score_batch(batch: pa.Table, limits: Limits, keep_evidence: bool) -> pa.Table:
+    """Column by column: only the texts the checks read become Python values. The evidence texts
+    (the larger part of a row) are dropped after scoring unless the judge is to read them."""
     t = conform(batch)
     kinds, questions, errors, cues = (t.column(c).to_pylist() for c in ("kind", "question", "error", "cues"))
     answers = [clean_target(a) for a in t.column("answer").to_pylist()]
@@ -110,7 +112,7 @@ def score_batch(batch: pa.Table, limits: Limits) -> pa.Table:
     }
     for name, column in new.items():
         t = t.append_column(pa.field(name, SCORE_FIELDS[name]), column)
-    return t
+    return t if keep_evidence else t.drop_columns(["evidence", "cues"])
 
 
 def _sig_array(sigs: np.ndarray) -> pa.Array:
