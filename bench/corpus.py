@@ -123,12 +123,15 @@ def _name(rng: random.Random, kind: str, given: list[str]) -> str:
 
 
 def _vocabulary(rng: random.Random, n: int, kind: str, given: list[str], taken: set[str]) -> list[str]:
-    """`n` distinct names of one kind (fewer for concepts, whose combinations run out)."""
+    """`n` distinct names of one kind. Concepts ("adjective noun") run out of combinations in a large
+    corpus: a taken one gets a qualifying word, as a reference work's "Soft matter (physics)" does."""
     out: list[str] = []
     for _ in range(n * 20):
         if len(out) == n:
             break
         name = _name(rng, kind, given)
+        if kind == "concept" and name.lower() in taken:
+            name = f"{name} ({_word(rng, 2)})"
         if name.lower() not in taken:
             taken.add(name.lower())
             out.append(name)
