@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Callable
 
@@ -43,7 +44,10 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
 
 
 def find_user_error(exc: BaseException) -> UserError | None:
-    """Ray wraps exceptions raised in tasks; find a UserError in the cause chain."""
+    """Ray wraps exceptions raised in tasks; find a UserError in the cause chain. Ray's wrapper
+    RayTaskError(UserError) is a UserError too, but its message is the worker's traceback: the
+    UserError raised is its `cause`. Ray Data appends its retry note to the message of an exception
+    raised in a UDF (cluster.configure_data has it raised as itself): that note is not the user's."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -51,7 +55,15 @@ def find_user_error(exc: BaseException) -> UserError | None:
         if cur is None or id(cur) in seen:
             continue
         seen.add(id(cur))
-        if isinstance(cur, UserError):
+        cause = getattr(cur, "cause", None)
+        if isinstance(cur, UserError) and not isinstance(cause, UserError):
+            message = str(cur)
+            if (cut := _RAY_RETRY_NOTE.search(message)) is not None:
+                return UserError(message[:cut.start()])
             return cur
-        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "cause", None)])
+        stack.extend([cur.__cause__, cur.__context__, cause])
     return None
+
+
+# ray/data/_internal/util.py _annotate_exception_with_retry_context: "\nFailed to <what> after 1/1 attempts (total backoff ...".
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to [^\n]* after \d+/\d+ attempts \(total backoff", re.DOTALL)

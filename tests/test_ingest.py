@@ -258,15 +258,7 @@ def in_a_ray_data_udf(ray, fn) -> None:
     ray.data.range(2).map_batches(fn).materialize()
 
 
-@pytest.mark.parametrize("where", [
-    pytest.param(in_a_task, marks=pytest.mark.xfail(strict=True, reason=(
-        "factory/errors.py find_user_error returns Ray's RayTaskError(UserError), whose message is the "
-        "worker's whole traceback, not its `.cause` (the UserError raised)"))),
-    pytest.param(in_a_ray_data_udf, marks=pytest.mark.xfail(strict=True, reason=(
-        "factory/errors.py find_user_error: Ray Data wraps a UDF's exception in UserCodeException, whose "
-        "__cause__ does not survive pickling, so the UserError is not found and the job prints a traceback "
-        "(with DataContext.raise_original_map_exception it is found, but with Ray's retry hint in its message)"))),
-])
+@pytest.mark.parametrize("where", [in_a_task, in_a_ray_data_udf])
 def test_a_user_error_raised_in_a_ray_worker_is_one_line_and_other_errors_propagate(ray_session, capsys, where):
     """What every stage relies on: a UserError raised on a Ray worker, which Ray wraps, reaches the
     user as one `ragtune: error:` line and exit 2; any other exception is not swallowed."""
