@@ -94,6 +94,32 @@ def journal() -> Path:
     return JOURNAL
 
 
+@pytest.fixture(scope="session")
+def journal_chunks(ray_session, tmp_path_factory) -> Path:
+    """A run folder with the journal's chunks and the real no-LLM graph and report stages over them;
+    built once, the synthesis tests (no-LLM and scripted-LLM) start from its tables."""
+    from factory.config import validate_config
+    from factory.generate import STAGES
+    from factory.pipeline import Run, run_stages
+    from tests.support.runs import journal_chunk_table
+
+    out = tmp_path_factory.mktemp("journal-run")
+    run = Run(validate_config({"corpus": {"path": str(JOURNAL)}, "output": {"path": str(out)}, "ray": {"cpu_actors": 1}}))
+    run.write_table("chunks", journal_chunk_table(run.cfg))
+    run_stages(run, [s for s in STAGES if s.name in ("graph", "reports")])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A separate local Ray cluster (head process, 2 CPUs) for tests that run jobs in their own processes."""
+    from tests.support.ray_cluster import RayCluster
+
+    with RayCluster(num_cpus=2) as c:
+        yield c
+    c.cleanup()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_datasets_cache(tmp_path, monkeypatch):
     """A private `datasets` cache per test: its env var is read once at import, so set the

@@ -22,7 +22,6 @@ import pytest
 
 import schemas
 from tests.conftest import free_port
-from tests.support.ray_cluster import RayCluster
 from tests.support.runs import JOURNAL, job, journal_corpus, sets, user_error_lines
 
 pytestmark = pytest.mark.slow
@@ -156,13 +155,6 @@ ROWS: dict[str, Callable[[Path, str], Row]] = {
     "a corpus with no entities": lambda d, s3: Row("generate", generate_on(no_entities(d), d), "graph has no entities",
                                                    absent=("run/_stages/synthesis.json", "run/qa", "run/README.md")),
 }
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with RayCluster(num_cpus=2) as c:
-        yield c
-    c.cleanup()
 
 
 @pytest.fixture(scope="module")

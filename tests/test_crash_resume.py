@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.ray_cluster import RayCluster, kill_tree
+from tests.support.ray_cluster import kill_tree
 from tests.support.runs import (
     ROOT,
     events,
@@ -31,13 +31,6 @@ from tests.support.runs import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with RayCluster(num_cpus=2) as c:
-        yield c
-    c.cleanup()
 
 
 def test_generate_killed_half_way_resumes_without_loss(cluster, tmp_path):

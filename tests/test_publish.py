@@ -94,11 +94,6 @@ def run(tmp_path, journal) -> Run:
     return make_run(tmp_path / "run", journal)
 
 
-@pytest.fixture(autouse=True)
-def _datasets_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-
-
 def test_snapshot_validates_and_counts(run):
     snap = snapshot(run)
     rows = snap.rows()

@@ -12,11 +12,10 @@ from tests.test_publish import make_run
 
 
 @pytest.mark.slow
-def test_trl_sft_trains_on_published_qa(tmp_path, journal, tiny_llama, monkeypatch):
+def test_trl_sft_trains_on_published_qa(tmp_path, journal, tiny_llama):
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     run = make_run(tmp_path / "run", journal)
     dest = tmp_path / "published"
     publish(open_run(run.root), str(dest))

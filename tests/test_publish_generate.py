@@ -14,12 +14,11 @@ from factory.snapshot import snapshot
 
 
 @pytest.mark.slow
-def test_generated_run_loads_and_publishes(tmp_path, journal, ray_session, monkeypatch):
+def test_generated_run_loads_and_publishes(tmp_path, journal, ray_session):
     from datasets import load_dataset
 
     from factory.generate import STAGES, generate
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     cfg = validate_config({"corpus": {"path": str(journal)}, "output": {"path": str(tmp_path / "run")},
                            "ray": {"cpu_actors": 1}})
     run = generate(cfg)

@@ -7,17 +7,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-import pyarrow as pa
 import pytest
 
-import schemas
 from factory.config import validate_config
-from factory.pipeline import Run, Stage, StageRecord, run_stage, run_stages
+from factory.pipeline import Run, Stage, StageRecord, run_stage
 from factory.synth import synthesize
 from factory.synth.retrieval import Retriever
 from factory.synth.templates import load_templates
-from factory.text import support
 from tests.conftest import JOURNAL
+from tests.support.runs import journal_chunk_table
 
 
 def make_cfg(journal, out, **synth):
@@ -27,32 +25,6 @@ def make_cfg(journal, out, **synth):
         "ray": {"cpu_actors": 1},
         "synth": {"unanswerable_fraction": 0.1, "test_fraction": 0.2, **synth},
     })
-
-
-def journal_chunk_table(cfg) -> pa.Table:
-    """The journal's chunks as the chunk stage makes them (same functions, without Ray)."""
-    from factory.chunking import chunk_document, load_tokenizer
-    from factory.ingest import document_id, markdown_title, normalize
-
-    tok = load_tokenizer(cfg.chunking.tokenizer)
-    rows = []
-    for path in sorted(JOURNAL.glob("*.md")):
-        text = normalize(path.read_text(encoding="utf-8"))
-        doc = {"id": document_id(text), "text": text, "title": markdown_title(text), "date": path.stem}
-        rows += chunk_document(doc, tok, cfg.chunking)
-    return schemas.validate("chunks", pa.Table.from_pylist(rows))
-
-
-@pytest.fixture(scope="module")
-def journal_chunks(ray_session, tmp_path_factory):
-    """The journal's chunks and the real no-LLM graph and report stages over them, in a run folder."""
-    from factory.generate import STAGES
-
-    out = tmp_path_factory.mktemp("journal-run")
-    run = Run(make_cfg(JOURNAL, out))
-    run.write_table("chunks", journal_chunk_table(run.cfg))
-    run_stages(run, [s for s in STAGES if s.name in ("graph", "reports")])
-    return out
 
 
 def synth_run(journal, src, dest, **synth) -> Run:
@@ -66,6 +38,25 @@ def synth_run(journal, src, dest, **synth) -> Run:
 @pytest.fixture(scope="module")
 def no_llm_run(journal_chunks, tmp_path_factory):
     return synth_run(JOURNAL, journal_chunks, tmp_path_factory.mktemp("synth"))
+
+
+# The answer speaks to the journal's owner: "I"/"we" in a passage become "you", "my"/"our" "your"...
+SECOND_PERSON = {"you": "(?:i|me|we|us|you)", "your": "(?:my|our|your)", "yours": "(?:mine|ours|yours)",
+                 "yourself": "(?:myself|ourselves|yourself)", "were": "(?:was|were)", "are": "(?:am|are)",
+                 "you're": "(?:i'm|we're|you're)", "you've": "(?:i've|we've|you've)", "you'd": "(?:i'd|we'd|you'd)",
+                 "you'll": "(?:i'll|we'll|you'll)"}
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def unquoted(answer: str, source: str) -> list[str]:
+    """The answer's sentences that are not a run of the source's words (in the owner's voice turned to the
+    second person): checked here without the synthesis code's own support measure."""
+    text = f" {' '.join(words(source))} "
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", answer) if words(s)]
+    return [s for s in sentences if not re.search(f" {' '.join(SECOND_PERSON.get(w, re.escape(w)) for w in words(s))} ", text)]
 
 
 def rows_of(run: Run) -> list[dict]:
@@ -87,11 +78,11 @@ def test_no_llm_run_yields_every_kind_from_the_right_evidence(no_llm_run):
         assert r["messages"][2]["content"].endswith(r["answer"])
         if r["kind"] == "local":
             # Every local answer comes from the chunk its question names, never from another entry.
-            assert support(r["answer"], chunks[r["source_chunk_id"]]) == 1.0, (r["question"], r["answer"])
+            assert not unquoted(r["answer"], chunks[r["source_chunk_id"]]), (r["question"], r["answer"])
             assert r["evidence_chunk_ids"] == [r["source_chunk_id"]] and r["retrieved_source"] is not None
             assert any(titles[e].lower() in r["answer"].lower() for e in r["entity_ids"]), (r["question"], r["answer"])
         elif r["kind"] == "entity":  # the authors' pair: a template question answered by the description
-            assert r["question_source"] == "template" and support(r["answer"], descriptions[r["entity_ids"][0]]) == 1.0
+            assert r["question_source"] == "template" and not unquoted(r["answer"], descriptions[r["entity_ids"][0]])
         elif r["kind"] == "global":
             assert r["community_ids"] and r["answer"].count("\n- ") >= 1
         if r["kind"] != "unanswerable":

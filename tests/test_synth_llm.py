@@ -19,7 +19,6 @@ from factory.text import support
 from tests.conftest import JOURNAL
 from tests.support import teacher
 from tests.support.openai_server import FakeOpenAIServer, Fault
-from tests.test_synth import journal_chunks  # noqa: F401  (module fixture: chunks + no-LLM graph)
 
 HEX_ID = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{16}\b")
 
@@ -69,7 +68,7 @@ def llm_cfg(out, server, **synth):
 
 
 @pytest.fixture(scope="module")
-def llm_run(journal_chunks, tmp_path_factory):  # noqa: F811
+def llm_run(journal_chunks, tmp_path_factory):
     scripted = Teacher()
     with FakeOpenAIServer(scripted) as server:
         run = Run(llm_cfg(tmp_path_factory.mktemp("synth-llm"), server))

@@ -91,3 +91,18 @@ def manifest(root: str | Path) -> dict:
 
 def user_error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ragtune: error:")]
+
+
+def journal_chunk_table(cfg) -> pa.Table:
+    """The journal's chunks as the chunk stage makes them (same functions, without Ray)."""
+    import schemas
+    from factory.chunking import chunk_document, load_tokenizer
+    from factory.ingest import document_id, markdown_title, normalize
+
+    tok = load_tokenizer(cfg.chunking.tokenizer)
+    rows = []
+    for path in sorted(JOURNAL.glob("*.md")):
+        text = normalize(path.read_text(encoding="utf-8"))
+        doc = {"id": document_id(text), "text": text, "title": markdown_title(text), "date": path.stem}
+        rows += chunk_document(doc, tok, cfg.chunking)
+    return schemas.validate("chunks", pa.Table.from_pylist(rows))
