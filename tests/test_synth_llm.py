@@ -20,6 +20,7 @@ from tests.conftest import JOURNAL
 from tests.support import teacher
 from tests.support.openai_server import FakeOpenAIServer, Fault
 
+FRIENDS_GLOBAL = "As a friend, how did things around"
 HEX_ID = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{16}\b")
 
 
@@ -30,7 +31,8 @@ def user_of(request: dict) -> str:
 class Teacher:
     """The scripted teacher behind faults: the first call of every local answer fails with a 500;
     local questions about Aunt Rosa come back as prose (invalid output); passages from February are
-    declined; the judge's replies about the teacher's global training questions are not JSON."""
+    declined; the judge's replies about the global training questions written for the friend persona are
+    not JSON (those for the coach are judged, so their answers reach the table and are checked)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -50,7 +52,7 @@ class Teacher:
                 return json.dumps({"declined": True, "question": "", "reasoning": "too thin"})
             if teacher.line_after(user, "Focus:").startswith("Aunt Rosa"):
                 return "I would rather not answer in JSON."
-        if task == "JudgeOut" and "how did things around" in teacher.line_after(user, "Question:"):
+        if task == "JudgeOut" and teacher.line_after(user, "Question:").startswith(FRIENDS_GLOBAL):
             return "no score today"
         return teacher.reply(req)
 
@@ -114,16 +116,18 @@ def test_a_prompt_without_its_source_is_refused():
 
 
 def test_llm_paths_parse_retry_and_filter(llm_run):
-    run, scripted, _ = llm_run
+    run, scripted, requests = llm_run
     rows = run.read_arrow("qa").to_pylist()
     stage = run.manifest["stages"]["synthesis"]
     drops, llm = stage["drops"], stage["stats"]["llm"]
     kinds = Counter((r["kind"], r["question_source"]) for r in rows)
     assert kinds[("entity", "template")] and kinds[("entity", "llm")] and kinds[("relationship", "llm")], kinds
-    assert not [r for r in rows if "how did things around" in r["question"]]  # the judge failed those
+    assert not [r for r in rows if r["question"].startswith(FRIENDS_GLOBAL)]  # the judge failed those
     assert drops["question_declined"] > 0  # the February passages
     assert drops["invalid_output"] > 0  # Aunt Rosa questions and the judge's global replies
-    assert llm["groundedness"]["errors"] >= 2
+    friends = {user_of(q) for q in requests if teacher.schema_name(q) == "JudgeOut"
+               and teacher.line_after(user_of(q), "Question:").startswith(FRIENDS_GLOBAL)}
+    assert friends and llm["groundedness"]["errors"] == len(friends)
     # Every local answer call failed once with a 500 and was retried to success.
     assert llm["local_answer"]["errors"] == 0
     assert scripted.calls["LocalAnswerOut"] == 2 * llm["local_answer"]["rows"]
@@ -140,6 +144,22 @@ def test_llm_paths_parse_retry_and_filter(llm_run):
         if r["kind"] in ("entity", "relationship"):
             assert r["question"].startswith("What is known about ") and r["reasoning"]
     assert not [r for r in rows if r["kind"] == "local" and ("February" in r["question"] or "Aunt Rosa" in r["question"])]
+
+
+def test_global_answers_are_written_from_their_communities_reports(llm_run):
+    """The scripted map step keeps each report's summary as a key point and the reduce answers with the
+    first two points it is shown, so an LLM-written global answer is two report summaries, and both are
+    reports of the communities the row names."""
+    run, _, _ = llm_run
+    summaries = {str(r["community"]): r["summary"] for r in run.read_arrow("community_reports").to_pylist()}
+    written = [r for r in run.read_arrow("qa").to_pylist() if r["kind"] == "global" and r["question_source"] == "llm"]
+    main = [r for r in written if r["question_set"] == "main"]
+    assert main and all(r["question"].startswith("As a coach, how did things around") for r in main), \
+        [(r["question"], r["answer"][:80]) for r in written]
+    for r in written:
+        used = [summaries[c] for c in r["community_ids"] if summaries[c] in r["answer"]]
+        assert len(used) == 2 and not r["answer"].replace(used[0], "").replace(used[1], "").strip(), r["answer"]
+        assert r["judge_score"] is not None and (r["engine"], r["model"]) == ("openai", "teacher")
 
 
 def test_the_hard_global_test_set_names_no_entity(llm_run):

@@ -142,6 +142,7 @@ def fsdp_worker(rank: int, port: int, model: str, root: str, steps: int, rows: l
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoints_resume_and_export(tiny_llama, tokenizer, tmp_path):
     import json
 

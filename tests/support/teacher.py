@@ -166,10 +166,12 @@ def reply(request: dict) -> str:
         topics = names(section(user, "Summary of the corpus", "Persona:") or "")[:4] or ["the corpus"]
         return json.dumps({"questions": [f"As {persona}, how did things around {t} change over the whole period?"
                                          for t in topics]})
-    if name == "MapOut":
-        reports = re.findall(r"^Report (\d+): [^\n]*\n([^\n]+)", user, re.MULTILINE)
-        return json.dumps({"points": [{"description": summary, "score": 60, "reports": [int(n)]}
-                                      for n, summary in reports if summary.strip()]})
+    if name == "MapOut":  # each report's summary is a point, more important where the report names what is asked
+        asked = [n for n in names(line_after(user, "Question:")) if n != "As"]
+        reports = re.findall(r"^Report (\d+): ([^\n]*)\n([^\n]+)", user, re.MULTILINE)
+        return json.dumps({"points": [{"description": summary, "reports": [int(n)],
+                                       "score": 90 if any(a in f"{title} {summary}" for a in asked) else 60}
+                                      for n, title, summary in reports if summary.strip()]})
     if name == "AnswerOut":  # the reduce: the key points it was shown
         points = re.findall(r"^- \(importance \d+\) (.+)$", user, re.MULTILINE)
         return json.dumps({"reasoning": " ".join(points[:3]) or " ".join(sentences[:3]),
