@@ -150,7 +150,6 @@ def run_stages(run: Run, stages: Iterable[Stage], force: bool = False, until: st
     """
     stages = list(stages)
     steps = steps if steps is not None else plan(run, stages, force)
-    update_manifest(run, stage_order=[s.name for s in stages])
     records = {}
     for step in steps:
         if step.runs:
@@ -159,6 +158,8 @@ def run_stages(run: Run, stages: Iterable[Stage], force: bool = False, until: st
             logger.info(f"[{step.stage.name}] up to date, skipped (finished {run.marker(step.stage.name).get('finished_at')})")
         if step.stage.name == until:
             break
+    if records:  # not before: a job whose first stage fails leaves no file behind
+        update_manifest(run, stage_order=[s.name for s in stages])
     return records
 
 
