@@ -27,13 +27,14 @@ from factory.cluster import cpu_actors
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
+from factory.pipeline.manifest import update_manifest
 from factory.synth import questions as Q
 from factory.synth import quality
 from factory.synth.answers import answer_from_chunks, answer_global, describe_rows
 from factory.synth.local import FocusIndex, LocalRows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import from_table
+from factory.synth.rows import from_table, target
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
@@ -126,7 +127,7 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     rec.stats["rows"] = {split: quality.kind_counts(decisions.filter(pc.equal(decisions.column("split"), split)))
                          for split in ("train", "test")}
     rec.stats["reasoning"] = s.reasoning
-    run.update_manifest(quality=quality_report(run, rec))
+    update_manifest(run, quality=quality_report(run, rec))
 
 
 def _record_scores(rec: StageRecord, s, rows: pa.Table) -> None:
@@ -148,15 +149,6 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self.last, 3)
         self.last = now
-
-
-def target(answer: str, reasoning: str | None, mode: str) -> str:
-    """The assistant turn: the answer, with the reasoning inline or in <think> tags before it."""
-    if mode == "none" or not reasoning:
-        return answer
-    if mode == "think_tags":
-        return f"<think>\n{reasoning}\n</think>\n\n{answer}"
-    return f"{reasoning}\n\nAnswer: {answer}"
 
 
 QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_ids", "source_chunk_id", "retrieved_source",
