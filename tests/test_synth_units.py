@@ -208,6 +208,8 @@ def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
                  for j in range(2)]
     rows += [_compact(f"g{i}", "global", f"Global question {i}?", f"g {i}", community_ids=[str(i % 2), str(i % 2 + 2)])
              for i in range(6)]  # communities {0,2} and {1,3}: two groups
+    rows += [_compact(f"r{j}", "relationship", f"How are the two linked, take {j}?", f"linked {j}", entity_ids=pair)
+             for j, pair in enumerate((["E1", "E2"], ["E2", "E1"], ["E1", "E3"]))]  # an entity set, in any order
     rows += [_compact("h", "global", "Hard question?", "h", question_set="hard_global", community_ids=["0"])]
     rows += [_compact("near", "local", "What did I write about subject 0 number 0 ?", "other", source_chunk_id="c99")]
     as_dict = lambda t: {r["id"]: (r["split"], r["group_id"]) for r in t.to_pylist()}  # noqa: E731
@@ -227,6 +229,7 @@ def test_split_keeps_groups_whole_and_puts_hard_questions_in_test():
     if split["l00"] == "test":
         assert "near" not in decided  # a train question near a test question is dropped
     assert len({d[1] for i, d in decided.items() if i.startswith("l0")}) == 1  # one group id per group
+    assert decided["r0"][1] == decided["r1"][1] != decided["r2"][1]
 
 
 # ---- unanswerable -----------------------------------------------------------------------------------

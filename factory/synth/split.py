@@ -33,27 +33,54 @@ DECISIONS = pa.schema([("id", pa.string()), ("kind", pa.string()), ("question_se
                        ("split", pa.string()), ("group_id", pa.string()), ("judge_score", pa.float64())])
 
 
-def group_keys(t: pa.Table) -> tuple[np.ndarray, list[str]]:
-    """(row, key) of every link: each row has one key, a global row one per community."""
-    ids, kinds = t.column("id").to_pylist(), t.column("kind").to_pylist()
-    hard = pc.fill_null(pc.equal(t.column("question_set"), HARD), False).to_pylist()
-    sources, entities = t.column("source_chunk_id").to_pylist(), t.column("entity_ids").to_pylist()
-    communities = t.column("community_ids").to_pylist()
+def _codes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Dictionary codes of `values` (-1 for null or empty)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pc.dictionary_encode(pc.if_else(pc.equal(values, ""), None, values))
+    return pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+
+
+def _flat(lists: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, code) of every value of a list column."""
+    lists = lists.combine_chunks()
+    return pc.list_parent_indices(lists).to_numpy().astype(np.int64), _codes(pc.list_flatten(lists))
+
+
+def links(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(row, key) of every link, keys as numbers: a local row's source chunk, an entity or relationship
+    row's entity set (an order-free 64-bit hash of its ids' codes), each community of a global row. A
+    hard global row, or a row with none of these, has no link: a group of its own."""
+    kinds = t.column("kind")
+    open_ = pc.invert(pc.fill_null(pc.equal(t.column("question_set"), HARD), False)).to_numpy(zero_copy_only=False)
+    parts = []
+    source = _codes(t.column("source_chunk_id"))
+    local = np.flatnonzero(open_ & pc.equal(kinds, "local").to_numpy(zero_copy_only=False) & (source >= 0))
+    parts.append((local, source[local].astype(np.uint64)))
+    row, entity = _flat(t.column("entity_ids"))
+    mixed = _splitmix64(entity.astype(np.uint64))  # a set's key: the sum of its members' hashes, order-free
+    entity_set = np.zeros(t.num_rows, np.uint64)
+    np.add.at(entity_set, row, mixed)
+    subject = pc.is_in(kinds, value_set=pa.array(["entity", "relationship"])).to_numpy(zero_copy_only=False)
+    has_entities = np.bincount(row, minlength=t.num_rows) > 0
+    subjects = np.flatnonzero(open_ & subject & has_entities)
+    parts.append((subjects, entity_set[subjects]))
+    row, community = _flat(t.column("community_ids"))
+    is_global = (open_ & pc.equal(kinds, "global").to_numpy(zero_copy_only=False))[row]
+    parts.append((row[is_global], community[is_global].astype(np.uint64)))
     rows, keys = [], []
-    for i, (id_, kind, is_hard, source, ents, comms) in enumerate(zip(ids, kinds, hard, sources, entities, communities)):
-        if is_hard:  # written apart from the rest, and test rows by construction
-            found = [f"row:{id_}"]
-        elif kind == "local" and source:
-            found = [f"chunk:{source}"]
-        elif kind in ("entity", "relationship") and ents:
-            found = ["entities:" + ",".join(sorted(ents))]
-        elif kind == "global" and comms:
-            found = [f"community:{c}" for c in comms]
-        else:
-            found = [f"row:{id_}"]
-        rows += [i] * len(found)
-        keys += found
-    return np.asarray(rows, np.int64), keys
+    for kind, (r, k) in enumerate(parts):  # one key space per kind of link
+        rows.append(r)
+        keys.append(np.unique(k, return_inverse=True)[1].ravel() * len(parts) + kind)
+    return np.concatenate(rows), np.concatenate(keys).astype(np.int64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit mix of each value (wrapping arithmetic): sums of these are sums of random numbers."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _digest(*parts: object) -> str:
@@ -62,11 +89,10 @@ def _digest(*parts: object) -> str:
 
 def _groups(t: pa.Table) -> np.ndarray:
     """Each row's group number: connected components of rows linked through shared keys."""
-    rows, keys = group_keys(t)
-    key = pc.dictionary_encode(pa.array(keys, pa.string())).indices.to_numpy().astype(np.int64)
+    rows, keys = links(t)
     n = t.num_rows
-    size = n + int(key.max()) + 1  # every row has a key
-    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, n + key)), shape=(size, size))
+    size = n + (int(keys.max()) + 1 if len(keys) else 0)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, n + keys)), shape=(size, size))
     return connected_components(graph, directed=False)[1][:n]
 
 
@@ -79,22 +105,20 @@ def split_rows(rec: StageRecord, t: pa.Table, test_fraction: float, seed: int, q
     # A group's members sorted by id: its id and its kind (its first member's) do not depend on row order.
     order = np.lexsort((np.asarray(ids, object).astype(str), group))
     starts = np.flatnonzero(np.append(True, group[order][1:] != group[order][:-1]))
-    members = np.split(order, starts[1:])
-    group_id = [_digest(*(ids[i] for i in m)) for m in members]
-    number = np.empty(len(group), np.int64)
+    bounds = np.append(starts, len(order)).tolist()
+    sorted_ids = [ids[i] for i in order.tolist()]
+    group_id = [_digest(*sorted_ids[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    number = np.empty(len(group), np.int64)  # group -> its position in sorted order
     number[group[order[starts]]] = np.arange(len(starts))
-    kinds = t.column("kind").to_pylist()
+    of_row = number[group]
+    size = np.diff(bounds)
     hard = pc.fill_null(pc.equal(t.column("question_set"), HARD), False).to_numpy(zero_copy_only=False)
+    test_group = np.bincount(of_row, weights=hard, minlength=len(starts)) > 0
+    kinds = np.asarray(t.column("kind").to_pylist(), object)[order[starts]]
 
-    test = np.zeros(t.num_rows, bool)
-    by_kind: dict[str, list[int]] = {}
-    for g, m in enumerate(members):
-        if hard[m].any():
-            test[m] = True
-        else:
-            by_kind.setdefault(kinds[m[0]], []).append(g)
-    for kind, groups in sorted(by_kind.items()):
-        n_rows = sum(len(members[g]) for g in groups)
+    for kind in sorted(set(kinds[~test_group].tolist())):
+        groups = np.flatnonzero((kinds == kind) & ~test_group).tolist()
+        n_rows = int(size[groups].sum())
         target = round(test_fraction * n_rows)
         if test_fraction > 0 and target == 0 and len(groups) >= 2:
             target = 1
@@ -102,11 +126,12 @@ def split_rows(rec: StageRecord, t: pa.Table, test_fraction: float, seed: int, q
         for g in sorted(groups, key=lambda g: _digest(seed, "split", group_id[g])):
             if taken >= target:
                 break
-            if taken + len(members[g]) <= max(target, 1):
-                test[members[g]] = True
-                taken += len(members[g])
+            if taken + size[g] <= max(target, 1):
+                test_group[g] = True
+                taken += int(size[g])
+    test = test_group[of_row]
 
-    # A train question as near a test question as the dedup threshold: the test row would be learned.
+    # A train question this near a test question (test_overlap_threshold): the test row would be learned.
     q_group, q_near = FILTER.near_pairs(sigs_of(t, "question_sig"), question_threshold)
     asked_in_test = np.zeros(int(q_group.max()) + 1, bool)
     asked_in_test[q_group[test]] = True
@@ -119,6 +144,6 @@ def split_rows(rec: StageRecord, t: pa.Table, test_fraction: float, seed: int, q
     out = pa.table({
         "id": t.column("id"), "kind": t.column("kind"), "question_set": t.column("question_set"),
         "split": pa.array(np.where(test, "test", "train").tolist(), pa.string()),
-        "group_id": pa.array([group_id[n] for n in number[group].tolist()], pa.string()),
+        "group_id": pa.array([group_id[n] for n in of_row.tolist()], pa.string()),
         "judge_score": t.column("judge_score")}).filter(keep)
     return out.cast(DECISIONS)
