@@ -96,9 +96,18 @@ def _driver_progress(quiet: bool) -> None:
     streaming_executor.get_progress_manager = _quiet_progress_manager if quiet else get_progress_manager
 
 
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
 def cpu_actors(cfg: Config) -> int:
     """Actor-pool size for CPU stages: leave one CPU free so write tasks are never starved."""
     if cfg.ray.cpu_actors:
         return cfg.ray.cpu_actors
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus - 1)
+    return max(1, cluster_cpus() - 1)
+
+
+def block_count(rows: int, min_rows: int) -> int:
+    """Blocks for `rows` rows of CPU work on Ray: a few per CPU (one each would leave CPUs idle at
+    the tail), none smaller than `min_rows` (a task costs more than a small block's work)."""
+    return max(1, min(rows // min_rows, 4 * cluster_cpus()))

@@ -40,6 +40,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
 import schemas
+from factory.cluster import block_count
 from factory.engines.task import LLMTask
 from factory.text import CHARS_PER_TOKEN, estimate_tokens, norm_key, plain_sentences, words
 from factory.pipeline import Run, StageRecord
@@ -438,9 +439,8 @@ def write_reports(run: Run, rec: StageRecord) -> None:
     waiting: list[int] = []
     while todo:
         items = [{"community": n, "children_reports": reports} for n, reports in todo]
-        # A few blocks per CPU: each block is a task, and from_items' default (up to ~200) costs more than the work.
-        blocks = max(1, min(len(items) // 32, 4 * int(ray.cluster_resources().get("CPU", 1))))
-        prepared = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        # A few blocks per CPU (from_items' default, up to ~200 tasks, costs more than the work).
+        prepared = ray.data.from_items(items, override_num_blocks=block_count(len(items), min_rows=32)).map_batches(
             prepare, batch_format="pyarrow", fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm},
         ).take_all()
         waiting += [p["community"] for p in prepared if p["deferred"]]

@@ -54,8 +54,11 @@ def no_empty_folder_left(path: str, s3: S3Config | None = None) -> Iterator[None
 
 def _write_shard(fs: Any, path: str, row_group_rows: int, offset: int, length: int, *blocks: pa.Table) -> None:
     """Rows [offset, offset + length) of consecutive blocks as one Parquet file (a Ray task)."""
+    # An empty block can reach here without the map that conforms blocks having seen it (Ray Data
+    # skips empty ones; an upstream step may make them without columns): it holds no row to write.
+    table = pa.concat_tables([b for b in blocks if b.num_rows])
     with fs.open(path, "wb") as f:
-        pq.write_table(pa.concat_tables(blocks).slice(offset, length), f, row_group_size=row_group_rows, **PARQUET_ARGS)
+        pq.write_table(table.slice(offset, length), f, row_group_size=row_group_rows, **PARQUET_ARGS)
 
 
 def _block_rows(block: pa.Table) -> int:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from factory.cluster import cpu_actors
+from factory.cluster import block_count
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
@@ -31,7 +31,7 @@ from factory.pipeline.manifest import update_manifest
 from factory.synth import questions as Q
 from factory.synth import quality
 from factory.synth.answers import answer_from_chunks, answer_global, describe_rows
-from factory.synth.local import FocusIndex, LocalRows, written_questions
+from factory.synth.local import FocusIndex, local_rows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
 from factory.synth.rows import from_table, target
@@ -58,12 +58,12 @@ def synthesize(run: Run, rec: StageRecord) -> None:
                                     schema=Q.QUESTION_SCHEMA)
     is_template = pc.equal(subjects.column("task"), Q.DESCRIBE)
     parts = [describe_rows(from_table(subjects.filter(is_template)), voice)]
-    local = from_table(chunks).map_batches(
-        LocalRows, fn_constructor_kwargs={
-            "index": FocusIndex(entities, relationships), "voice": voice, "seed": cfg.seed, "per_chunk": s.local_per_chunk,
-            "teacher": llm, "teacher_questions": s.llm_local_questions, "retriever": None if llm else retriever,
-            "k": s.top_k, "recall_sample": s.recall_sample},
-        compute=ray.data.ActorPoolStrategy(size=cpu_actors(cfg)), batch_format="pyarrow", batch_size=128)
+    # A block of chunks per task, a few per CPU: the local rows are most of the stage's work.
+    per_task = -(-chunks.num_rows // block_count(chunks.num_rows, min_rows=256))
+    local = local_rows(from_table(chunks, rows=per_task), FocusIndex(entities, relationships, descriptions=llm), per_task,
+                       voice=voice, seed=cfg.seed, per_chunk=s.local_per_chunk, teacher=llm,
+                       teacher_questions=s.llm_local_questions, retriever=None if llm else retriever,
+                       k=s.top_k, recall_sample=s.recall_sample)
     if llm:
         if s.llm_local_questions:
             local = written_questions(run, rec, local, cfg.teacher)
@@ -88,7 +88,10 @@ def synthesize(run: Run, rec: StageRecord) -> None:
 
     judged = enabled(cfg.judge)
     limits = quality.Limits.of(s, judged=judged)
-    scored = quality.score_rows(parts[0].union(*parts[1:]), limits, keep_evidence=judged).materialize()
+    # Each part scored by its own map, so the scores fuse into the tasks that answer (a union between
+    # them would stop the fusion).
+    scored = [quality.score_rows(part, limits, keep_evidence=judged) for part in parts]
+    scored = scored[0].union(*scored[1:]).materialize()
     rows = quality.compact(scored)
     clock.lap("answers_and_scores")
     # Unanswerable rows make up their share of the answerable ones; they are written and checked here.

@@ -4,6 +4,7 @@ One Ray map over the chunks table (the driver never holds the local rows):
 
     FocusIndex(entities, relationships)   per chunk, the entities and relationships citing it
     LocalRows(index, ...)                 a chunk batch -> its local rows
+    local_rows(chunks, index, ...)        the chunks dataset -> its local rows, as plain Ray tasks
 
 Without a teacher a row's question is a template naming the chunk's entry and its answer is
 the chunk's sentences naming the focus (extractive.source_sentences). Two focuses of one chunk
@@ -61,15 +62,18 @@ class FocusIndex:
     """Entities and relationships by the chunks they cite (GraphRAG's text_unit_ids): one focus per
     entity or relationship, shared by every chunk it cites (an entity can cite thousands)."""
 
-    def __init__(self, entities: pa.Table, relationships: pa.Table):
+    def __init__(self, entities: pa.Table, relationships: pa.Table, descriptions: bool = True):
+        """`descriptions`: keep each focus's description (the teacher reads it; without one, leaving them
+        out makes the index a third the size, and it is shipped to every task)."""
         self.focuses: list[dict] = []
         self.by_chunk: dict[str, list[int]] = {}
         ids = entity_ids_by_title(entities)
         for e in entities.select(["id", "title", "description", "text_unit_ids"]).to_pylist():
-            self._add([e["title"]], [e["id"]], [], e["description"], e["text_unit_ids"])
+            self._add([e["title"]], [e["id"]], [], e["description"] if descriptions else None, e["text_unit_ids"])
         for r in relationships.select(["id", "source", "target", "description", "text_unit_ids"]).to_pylist():
             names = [r["source"], r["target"]]
-            self._add(names, [ids[n] for n in names if n in ids], [r["id"]], r["description"], r["text_unit_ids"])
+            self._add(names, [ids[n] for n in names if n in ids], [r["id"]], r["description"] if descriptions else None,
+                      r["text_unit_ids"])
 
     def _add(self, names: list[str], entity_ids: list[str], relationship_ids: list[str], description: str | None,
              chunk_ids: list[str] | None) -> None:
@@ -167,6 +171,23 @@ class LocalRows:
             return
         for r, hits in zip(sample, self.retriever.search([r["question"] for r in sample], self.k)):
             r["retrieved_source"] = r["source_chunk_id"] in {c for c, _ in hits}
+
+
+def local_rows(chunks, index: FocusIndex, batch_chunks: int, **kwargs):
+    """The chunks dataset -> its local rows: LocalRows as plain Ray tasks, `batch_chunks` chunks each.
+    Tasks, not an actor pool: the next map (the scores) fuses into them, every CPU runs both, and
+    no actor holds a CPU while the next step waits for one. The index travels once, by reference."""
+    import ray
+
+    shared = [ray.put(index)]
+    return chunks.map_batches(_local_block, fn_kwargs={"shared": shared, **kwargs}, batch_format="pyarrow",
+                              batch_size=batch_chunks)
+
+
+def _local_block(batch: pa.Table, shared: list, **kwargs) -> pa.Table:
+    import ray
+
+    return LocalRows(ray.get(shared[0]), **kwargs)(batch)
 
 
 def written_questions(run, rec, asks, teacher):

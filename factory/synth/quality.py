@@ -85,8 +85,9 @@ def conform(batch: pa.Table) -> pa.Table:
 
 def score_rows(ds, limits: Limits, keep_evidence: bool):
     """Scores and the first failed check of every row (see the module docstring), on Ray."""
+    # Whole blocks: fused into the task that answered them, a batch size of its own would regroup its blocks.
     return ds.map_batches(score_batch, fn_kwargs={"limits": limits, "keep_evidence": keep_evidence},
-                          batch_format="pyarrow", batch_size=4096)
+                          batch_format="pyarrow", batch_size=None)
 
 
 def score_batch(batch: pa.Table, limits: Limits, keep_evidence: bool) -> pa.Table:

@@ -70,8 +70,8 @@ def to_dataset(rows: list[dict], schema: pa.Schema):
     return from_table(pa.Table.from_pylist(rows, schema=schema))
 
 
-def from_table(table: pa.Table):
-    """A Ray Dataset of an Arrow table, in blocks of at most BLOCK_ROWS rows."""
+def from_table(table: pa.Table, rows: int = BLOCK_ROWS):
+    """A Ray Dataset of an Arrow table, in blocks of at most `rows` rows."""
     import ray.data
 
-    return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(table.num_rows, 1), BLOCK_ROWS)])
+    return ray.data.from_arrow([table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)])
