@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from factory.cluster import block_count
 from factory.engines import enabled
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
@@ -34,7 +33,7 @@ from factory.synth.answers import answer_from_chunks, answer_global, describe_ro
 from factory.synth.local import FocusIndex, local_rows, written_questions
 from factory.synth.report import quality_report
 from factory.synth.retrieval import Retriever
-from factory.synth.rows import from_table, target
+from factory.synth.rows import from_table, in_blocks, target
 from factory.synth.split import split_rows
 from factory.synth.templates import load_templates
 from factory.voice import resolve_voice
@@ -57,9 +56,10 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     subjects = pa.Table.from_pylist(Q.subject_questions(entities, relationships, t, cfg.seed, llm, s.max_source_chunks),
                                     schema=Q.QUESTION_SCHEMA)
     is_template = pc.equal(subjects.column("task"), Q.DESCRIBE)
-    parts = [describe_rows(from_table(subjects.filter(is_template)), voice)]
+    templates = subjects.filter(is_template)
+    parts = [describe_rows(from_table(templates, rows=in_blocks(templates, 1024)), voice)]
     # A block of chunks per task, a few per CPU: the local rows are most of the stage's work.
-    per_task = -(-chunks.num_rows // block_count(chunks.num_rows, min_rows=256))
+    per_task = in_blocks(chunks, 256)
     local = local_rows(from_table(chunks, rows=per_task), FocusIndex(entities, relationships, descriptions=llm), per_task,
                        voice=voice, seed=cfg.seed, per_chunk=s.local_per_chunk, teacher=llm,
                        teacher_questions=s.llm_local_questions, retriever=None if llm else retriever,
@@ -118,11 +118,11 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
     clock.lap("filters_and_split")
 
-    shared = ray.put(decisions)
     system_prompt = s.system_prompt or t.system_prompt
     counts = {}
     for split in ("train", "test"):
-        qa = scored.map_batches(qa_batch, fn_kwargs={"decisions": [shared], "split": split, "reasoning": s.reasoning,
+        mine = ray.put(decisions.filter(pc.equal(decisions.column("split"), split)))
+        qa = scored.map_batches(qa_batch, fn_kwargs={"decisions": [mine], "split": split, "reasoning": s.reasoning,
                                                      "system_prompt": system_prompt}, batch_format="pyarrow")
         counts[split] = run.write_table("qa", qa, split=split)
     clock.lap("write")
@@ -161,7 +161,8 @@ QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_i
 
 def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, system_prompt: str) -> pa.Table:
     """The kept rows of one split as qa rows: lineage columns, scores, and the chat messages. `decisions`
-    holds the ref of an Arrow table (id, split, group_id, judge_score), read zero-copy in every task."""
+    holds the ref of an Arrow table (id, split, group_id, judge_score; the split's rows, or all), read
+    zero-copy in every task."""
     import ray
 
     import schemas

@@ -75,3 +75,10 @@ def from_table(table: pa.Table, rows: int = BLOCK_ROWS):
     import ray.data
 
     return ray.data.from_arrow([table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)])
+
+
+def in_blocks(table: pa.Table, min_rows: int) -> int:
+    """Rows per block for CPU work on `table`: a few blocks per CPU (cluster.block_count)."""
+    from factory.cluster import block_count
+
+    return max(1, -(-table.num_rows // block_count(table.num_rows, min_rows)))
