@@ -107,7 +107,7 @@ def cpu_actors(cfg: Config) -> int:
     return max(1, cluster_cpus() - 1)
 
 
-def block_count(rows: int, min_rows: int) -> int:
+def block_count(rows: int, min_rows: int, per_cpu: int = 4) -> int:
     """Blocks for `rows` rows of CPU work on Ray: a few per CPU (one each would leave CPUs idle at
     the tail), none smaller than `min_rows` (a task costs more than a small block's work)."""
-    return max(1, min(rows // min_rows, 4 * cluster_cpus()))
+    return max(1, min(rows // min_rows, per_cpu * cluster_cpus()))
