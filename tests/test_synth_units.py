@@ -157,7 +157,7 @@ def test_scoring_marks_the_first_failed_check():
         "ok": None, "refusal": "refusal", "ungrounded": "ungrounded", "off_topic": "off_topic", "engine": "llm_error",
         "refused": "refused", "short": "answer_too_short", "unanswerable": None}
     assert scored["ok"]["reasoning"] == "The entry says so." and scored["ok"]["groundedness"] == 1.0
-    assert len(scored["ok"]["answer_sig"]) == 256 and "evidence" not in scored["ok"]  # kept for a judge only
+    assert len(scored["ok"]["answer_sig"]) == 4 * quality.FILTER.num_perm and "evidence" not in scored["ok"]  # kept for a judge only
     rec = StageRecord("t")
     kept = quality.count_drops(rec, quality.score_batch(pa.Table.from_pylist(rows), limits, keep_evidence=True))
     assert set(kept.column("id").to_pylist()) == {"ok", "unanswerable"} and "llm_error" not in rec.drops  # run_llm counted it

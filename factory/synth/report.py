@@ -66,8 +66,8 @@ LENGTH_EDGES = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800)  # chars; th
 GROUNDEDNESS_BINS = 10
 BATCH_ROWS = 2048
 EXAMPLES = 5  # qa ids kept per failing measure, to look at
-# Its own MinHash, wider than the filters' (quality.FILTER): 16 bands of 8 find pairs at Jaccard 0.9 with
-# p > 0.9999, so a near pair the filters missed shows here.
+# Its own MinHash, seeded apart from the filters' (quality.FILTER): 16 bands of 8 find pairs at Jaccard 0.9
+# with p > 0.9999, so a near pair the filters missed shows here.
 NUM_PERM = 128
 MEASURE = MinHash(NUM_PERM, bands=16, rows=8, seed=20250314)
 
