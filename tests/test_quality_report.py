@@ -17,16 +17,8 @@ from factory.pipeline import Run, StageRecord
 import factory.synth.report as synth_report
 from factory.synth import target
 from factory.synth.report import final_answer, figures, quality_report
+from tests.support.texts import TRICKY
 
-# Texts where a vectorized measure could part from the per-text code it stands for: curly and straight
-# apostrophes, hyphens, non-ASCII letters and spaces, capitals, stopwords only, long words, nothing at all.
-TRICKY = [
-    "Maya’s allotment: O’Neil's co-op -- 'quoted' --dash- and ‘single’ “double” quotes…",
-    "CAFÉ déjà-vu naïve İstanbul ıx ſtraße Kelvin K ﬁne 3.14 1 x 42nd", "the of and a I me my", "", "   ",
-    "tab\tnew\nline\u00a0nbsp\u3000ideographic\u2028sep\x1cfs  two  spaces ", "'''--- ’’’ - ' a",
-    "Pneumonoultramicroscopicsilicovolcanoconiosis and supercalifragilisticexpialidocious " * 3, "a" * 300 + " b",
-    "Dr. Smith met Mr. O’Brien at 10:30 on 2025-03-27 (see [Data: Reports (3)]) in chunk-garden.",
-]
 GARDEN = "Maya planted tomatoes in the allotment on Saturday and watered the seedlings twice before the rain came."
 FERRY = "The ferry to Harwick was cancelled because of the storm, so Tomas stayed home and repaired the kitchen shelves."
 CHUNKS = {"chunk-garden": GARDEN, "chunk-ferry": FERRY, "chunk-office": "Nothing of note happened at the office today."}
