@@ -37,6 +37,7 @@ def test_run_survives_bad_teacher_bad_network_and_flaky_s3(ray_session, tmp_path
         run = generate(cfg)
         requests = list(server.requests)
         done = publish(open_run("s3://faults/run", cfg.s3), str(tmp_path / "published"), cfg.s3)
+        manifest = run.manifest  # read from the run folder, while its S3 store is up
 
     # The S3 store refused one write; the client's retry wrote it.
     assert len(s3.injected) == 1
@@ -61,7 +62,7 @@ def test_run_survives_bad_teacher_bad_network_and_flaky_s3(ray_session, tmp_path
     # Every drop is in the manifest: drops count rows, and no two rows of this corpus share a prompt,
     # so one invalid_output per malformed reply and one llm_error per exhausted call.
     drops: Counter = Counter()
-    for stage in run.manifest["stages"].values():
+    for stage in manifest["stages"].values():
         drops.update(stage["drops"])
     assert drops["invalid_output"] == len(kinds["malformed"]), (drops, len(kinds["malformed"]))
     assert drops["llm_error"] == len(kinds["always_500"]), (drops, len(kinds["always_500"]))
