@@ -45,6 +45,32 @@ def test_ray_write_keeps_row_order_across_blocks_and_shards(ray_session, tmp_pat
     assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows <= 100 for f in files)
 
 
+def test_one_pass_writes_each_row_to_its_split_in_order(ray_session, tmp_path):
+    import ray.data
+
+    cfg = load_config(None, [f"output.path={tmp_path / 'run'}", "output.rows_per_shard=70"])
+    run = Run(cfg)
+    message = [{"role": "user", "content": "q"}]
+    # Blocks of uneven size whose rows alternate between the splits irregularly; one block all train.
+    rows = [{"id": f"q{i:03d}", "kind": "local", "question": "q", "answer": "a", "messages": message,
+             "split": "test" if (i % 7 in (2, 5) and i >= 40) else "train"} for i in range(300)]
+    blocks = [pa.Table.from_pylist(rows[lo:hi]) for lo, hi in ((0, 40), (40, 41), (41, 150), (150, 300))]
+    counts = run.write_splits("qa", ray.data.from_arrow(blocks), ("train", "test"))
+
+    for split in ("train", "test"):
+        expected = [r["id"] for r in rows if r["split"] == split]
+        files = run.table_files("qa", split)
+        assert counts[split] == len(expected) and len(files) == -(-len(expected) // 70)
+        got = pq.read_table(files)
+        assert got.column("id").to_pylist() == expected and set(got.column("split").to_pylist()) == {split}
+    assert run.manifest["counts"] == {"qa/train": counts["train"], "qa/test": counts["test"]}
+
+    stray = pa.Table.from_pylist([{**rows[0], "split": "validation"}])
+    with pytest.raises(Exception, match="none of"):  # a row no split takes is an error, never dropped
+        run.write_splits("qa", ray.data.from_arrow(stray), ("train", "test"))
+    assert run.count_rows("qa") == 300 and not [p for p in run.fs.ls(run.uri("qa")) if ".tmp-" in p]
+
+
 def test_a_one_shard_table_is_read_in_a_block_per_cpu_in_order(ray_session, tmp_path):
     cfg = load_config(None, [f"output.path={tmp_path / 'run'}"])
     run = Run(cfg)

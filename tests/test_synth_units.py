@@ -273,9 +273,10 @@ def test_targets_and_qa_rows(ray_session):
                                   "split": ["train", "test"], "group_id": ["g1", "g2"], "judge_score": [None, 7.0]},
                                  schema=DECISIONS))
     table = pa.Table.from_pylist(rows)
-    train = qa_batch(table, [decisions], "train", "think_tags", "sys").to_pylist()
-    test = qa_batch(table, [decisions], "test", "none", "sys").to_pylist()
-    assert [r["id"] for r in train] == ["a"] and [r["id"] for r in test] == ["b"]  # "c" was dropped
-    assert [m["role"] for m in train[0]["messages"]] == ["system", "user", "assistant"]
-    assert train[0]["messages"][0]["content"] == "sys" and train[0]["group_id"] == "g1" and train[0]["entity_ids"] == []
-    assert test[0]["judge_score"] == 7.0 and test[0]["messages"][2]["content"] == test[0]["answer"]
+    train, test = qa_batch(table, [decisions], "think_tags", "sys").to_pylist()  # "c" was dropped
+    assert (train["id"], train["split"], test["id"], test["split"]) == ("a", "train", "b", "test")
+    assert [m["role"] for m in train["messages"]] == ["system", "user", "assistant"]
+    assert train["messages"][0]["content"] == "sys" and train["group_id"] == "g1" and train["entity_ids"] == []
+    assert train["messages"][2]["content"] == target(train["answer"], train["reasoning"], "think_tags")
+    assert test["judge_score"] == 7.0
+    assert qa_batch(table, [decisions], "none", "sys").to_pylist()[1]["messages"][2]["content"] == test["answer"]

@@ -22,6 +22,7 @@ import uuid
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
@@ -52,17 +53,24 @@ def no_empty_folder_left(path: str, s3: S3Config | None = None) -> Iterator[None
         raise
 
 
-def _write_shard(fs: Any, path: str, row_group_rows: int, offset: int, length: int, *blocks: pa.Table) -> None:
-    """Rows [offset, offset + length) of consecutive blocks as one Parquet file (a Ray task)."""
-    # An empty block can reach here without the map that conforms blocks having seen it (Ray Data
-    # skips empty ones; an upstream step may make them without columns): it holds no row to write.
-    table = pa.concat_tables([b for b in blocks if b.num_rows])
+def _write_shard(fs: Any, path: str, row_group_rows: int, slices: list[tuple[int, int]], *blocks: pa.Table) -> None:
+    """Consecutive blocks, `slices[i]` = (offset, length) of blocks[i], as one Parquet file (a Ray task)."""
+    table = pa.concat_tables([b.slice(offset, length) for b, (offset, length) in zip(blocks, slices)])
     with fs.open(path, "wb") as f:
-        pq.write_table(table.slice(offset, length), f, row_group_size=row_group_rows, **PARQUET_ARGS)
+        pq.write_table(table, f, row_group_size=row_group_rows, **PARQUET_ARGS)
 
 
-def _block_rows(block: pa.Table) -> int:
-    return block.num_rows
+def _split_counts(block: pa.Table, splits: tuple[str, ...]) -> list[int]:
+    """Rows of each split in a block sorted by split (one split: all its rows)."""
+    # An empty block can reach here without the map that conforms blocks having seen it (Ray Data
+    # skips empty ones; an upstream step may make them without columns).
+    if len(splits) == 1 or not block.num_rows:
+        return [block.num_rows] + [0] * (len(splits) - 1)
+    column = block.column("split")
+    counts = [pc.sum(pc.equal(column, s)).as_py() or 0 for s in splits]
+    if sum(counts) != block.num_rows:
+        raise ValueError(f"rows whose split is none of {splits}")  # a caller's bug: they would be lost
+    return counts
 
 
 class ReadOnlyRun(RuntimeError):
@@ -141,21 +149,32 @@ class Run:
         Shards land in a temporary folder first and replace the old ones only
         when all were written. Returns the number of rows written.
         """
-        self._check_writable(f"{table}/{split}")
-        tmp = self.uri(table, f".tmp-{split}-{uuid.uuid4().hex[:8]}")
-        self.fs.makedirs(tmp, exist_ok=True)
+        if isinstance(data, pa.Table):
+            return self._write(table, (split,), lambda tmps: {split: self._write_arrow(table, data, tmps[split])})[split]
+        return self.write_splits(table, data, (split,))[split]
+
+    def write_splits(self, table: str, ds: Any, splits: tuple[str, ...]) -> dict[str, int]:
+        """Write a Ray Dataset as `table`, each row into the split its `split` column names (one
+        split: every row), in one pass over the dataset. Returns the rows written per split."""
+        return self._write(table, splits, lambda tmps: self._write_ray(table, ds, tmps))
+
+    def _write(self, table: str, splits: tuple[str, ...], write: Any) -> dict[str, int]:
+        for split in splits:
+            self._check_writable(f"{table}/{split}")
+        tmps = {split: self.uri(table, f".tmp-{split}-{uuid.uuid4().hex[:8]}") for split in splits}
+        for tmp in tmps.values():
+            self.fs.makedirs(tmp, exist_ok=True)
         try:
-            if isinstance(data, pa.Table):
-                n = self._write_arrow(table, data, tmp)
-            else:
-                n = self._write_ray(table, data, tmp)
+            counts = write(tmps)
         except BaseException:
-            if self.fs.exists(tmp):  # a half-written table is no use to a rerun
-                self.fs.rm(tmp, recursive=True)
+            for tmp in tmps.values():
+                if self.fs.exists(tmp):  # a half-written table is no use to a rerun
+                    self.fs.rm(tmp, recursive=True)
             raise
-        self._commit(table, split, tmp)
-        update_manifest(self, counts={f"{table}/{split}": n})
-        return n
+        for split, tmp in tmps.items():
+            self._commit(table, split, tmp)
+        update_manifest(self, counts={f"{table}/{split}": n for split, n in counts.items()})
+        return counts
 
     def _write_arrow(self, table: str, data: pa.Table, tmp: str) -> int:
         data = schemas.validate(table, data)
@@ -167,34 +186,44 @@ class Run:
                 pq.write_table(data.slice(off, step), f, row_group_size=self.cfg.output.row_group_rows, **PARQUET_ARGS)
         return data.num_rows
 
-    def _write_ray(self, table: str, ds: Any, tmp: str) -> int:
+    def _write_ray(self, table: str, ds: Any, tmps: dict[str, str]) -> dict[str, int]:
         import ray
 
         config_hash = self.cfg.hash.encode()
+        splits = tuple(tmps)
 
         def conform(batch: pa.Table) -> pa.Table:
             out = schemas.validate(table, batch)
+            if len(splits) > 1:  # each split's rows together, in their order: a shard slices them out
+                rank = pc.index_in(out.column("split"), value_set=pa.array(splits))
+                out = out.take(pc.sort_indices(pa.table({"rank": rank}), sort_keys=[("rank", "ascending")]))
             return out.replace_schema_metadata({**(out.schema.metadata or {}), b"ragtune.config_hash": config_hash})
 
         # Shards of rows_per_shard rows are cut from the blocks in order, each written by one task:
         # Ray's own write_parquet (2.60) reordered rows within a file, even from a materialized
         # dataset, and reruns must be byte-comparable.
         refs = ds.map_batches(conform, batch_format="pyarrow", zero_copy_batch=True).materialize().to_arrow_refs()
-        rows = ray.remote(num_cpus=0)(_block_rows)
-        starts = list(itertools.accumulate(ray.get([rows.remote(r) for r in refs]), initial=0))
-        n = starts[-1]
-        if n == 0:
-            return self._write_arrow(table, schemas.schema_of(table).empty_table(), tmp)
+        count = ray.remote(num_cpus=0)(_split_counts)
+        per_block = ray.get([count.remote(r, splits) for r in refs])
         # A shard write is idempotent (same path, same bytes): retry it on a transient storage error.
         write = ray.remote(max_retries=3, retry_exceptions=True)(_write_shard)
-        tasks = []
-        for i, lo in enumerate(range(0, n, self.cfg.output.rows_per_shard)):
-            hi = min(lo + self.cfg.output.rows_per_shard, n)
-            first, last = bisect.bisect_right(starts, lo) - 1, bisect.bisect_left(starts, hi)
-            tasks.append(write.remote(self.fs, f"{tmp}/part-{i:05d}.parquet", self.cfg.output.row_group_rows,
-                                      lo - starts[first], hi - lo, *refs[first:last]))
+        tasks, counts = [], {}
+        for k, split in enumerate(splits):
+            # This split's rows: the slice (offset, length) of each block that holds any, in order.
+            pieces = [(ref, sum(c[:k]), c[k]) for ref, c in zip(refs, per_block) if c[k]]
+            starts = list(itertools.accumulate((n for _, _, n in pieces), initial=0))
+            counts[split] = n = starts[-1]
+            if n == 0:
+                self._write_arrow(table, schemas.schema_of(table).empty_table(), tmps[split])
+            for i, lo in enumerate(range(0, n, self.cfg.output.rows_per_shard)):
+                hi = min(lo + self.cfg.output.rows_per_shard, n)
+                first, last = bisect.bisect_right(starts, lo) - 1, bisect.bisect_left(starts, hi)
+                slices = [(offset + max(lo - start, 0), min(hi, start + length) - max(lo, start))
+                          for (_, offset, length), start in zip(pieces[first:last], starts[first:last])]
+                tasks.append(write.remote(self.fs, f"{tmps[split]}/part-{i:05d}.parquet", self.cfg.output.row_group_rows,
+                                          slices, *(ref for ref, _, _ in pieces[first:last])))
         ray.get(tasks)
-        return n
+        return counts
 
     def count_rows(self, table: str, split: str | None = None) -> int:
         """Rows of a written table, from the Parquet footers (no data is read)."""

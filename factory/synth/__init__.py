@@ -119,12 +119,9 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     clock.lap("filters_and_split")
 
     system_prompt = s.system_prompt or t.system_prompt
-    counts = {}
-    for split in ("train", "test"):
-        mine = ray.put(decisions.filter(pc.equal(decisions.column("split"), split)))
-        qa = scored.map_batches(qa_batch, fn_kwargs={"decisions": [mine], "split": split, "reasoning": s.reasoning,
-                                                     "system_prompt": system_prompt}, batch_format="pyarrow")
-        counts[split] = run.write_table("qa", qa, split=split)
+    qa = scored.map_batches(qa_batch, fn_kwargs={"decisions": [ray.put(decisions)], "reasoning": s.reasoning,
+                                                 "system_prompt": system_prompt}, batch_format="pyarrow")
+    counts = run.write_splits("qa", qa, ("train", "test"))
     clock.lap("write")
     rec.rows_out = sum(counts.values())
     rec.stats["rows"] = {split: quality.kind_counts(decisions.filter(pc.equal(decisions.column("split"), split)))
@@ -159,17 +156,17 @@ QA_COLUMNS = ("id", "kind", "question", "answer", "reasoning", "evidence_chunk_i
               "model", "prompt_hash", "groundedness", "relevance")
 
 
-def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, system_prompt: str) -> pa.Table:
-    """The kept rows of one split as qa rows: lineage columns, scores, and the chat messages. `decisions`
-    holds the ref of an Arrow table (id, split, group_id, judge_score; the split's rows, or all), read
-    zero-copy in every task."""
+def qa_batch(batch: pa.Table, decisions: list, reasoning: str, system_prompt: str) -> pa.Table:
+    """The kept rows as qa rows: their split, lineage columns, scores, and the chat messages. `decisions`
+    holds the ref of an Arrow table (id, split, group_id, judge_score of the kept rows), read zero-copy
+    in every task."""
     import ray
 
     import schemas
 
     chosen = ray.get(decisions[0])
     at = pc.index_in(batch.column("id"), value_set=chosen.column("id"))
-    mask = pc.fill_null(pc.equal(pc.take(chosen.column("split"), at), split), False)
+    mask = pc.is_valid(at)
     rows, at = batch.filter(mask), at.filter(mask)
     n, qa = rows.num_rows, schemas.schema_of("qa")
     out = {c: rows.column(c) if c in rows.column_names else pa.nulls(n, qa.field(c).type) for c in QA_COLUMNS}
@@ -177,7 +174,7 @@ def qa_batch(batch: pa.Table, decisions: list, split: str, reasoning: str, syste
         out[c] = pc.fill_null(out[c], pa.scalar([], pa.list_(pa.string())))
     out["question_set"] = pc.fill_null(out["question_set"], "main")
     out["group_id"], out["judge_score"] = pc.take(chosen.column("group_id"), at), pc.take(chosen.column("judge_score"), at)
-    out["split"] = pa.array([split] * n, pa.string())
+    out["split"] = pc.take(chosen.column("split"), at)
     targets = [target(a, r, reasoning) for a, r in zip(rows.column("answer").to_pylist(), rows.column("reasoning").to_pylist())]
     # Three turns per row, built as flat struct columns and cut into lists: no Python dict per message.
     roles = pa.array(["system", "user", "assistant"] * n, pa.string())
