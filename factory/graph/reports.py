@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 _SOURCE_TOKENS = 300  # each passage in a context is cut to about this many tokens
 _SUMMARY_SENTENCES = 3
 _MAX_POOL = 80  # sentences TextRank ranks per community (its cost is pairwise)
+_RAY_PASS_ROWS = 256  # communities in a pass below which it runs on the driver (a few ms of work each)
 # A citation note in a report's text ("[Data: Entities (2, 3); Relationships (1)]").
 _CITATION = re.compile(r"\s*\[\s*(?:Data|Entities|Relationships|Sources|Reports)\b[^\]]*\]", re.IGNORECASE)
 
@@ -424,12 +425,10 @@ def write_reports(run: Run, rec: StageRecord) -> None:
         run.write_table("community_reports", schemas.schema_of("community_reports").empty_table())
         return
     llm = teacher.enabled
-    # Built once here and shipped to every task (unpickling it costs a third of building it), rather
-    # than kept per worker process in module state that outlives the stage.
-    graph = [ray.put(_Index(
-        run.read_arrow("entities"), run.read_arrow("relationships"),
-        run.read_arrow("chunks").select(["id", "text"]), run.read_arrow("communities"),
-    ))]
+    index = _Index(run.read_arrow("entities"), run.read_arrow("relationships"),
+                   run.read_arrow("chunks").select(["id", "text"]), run.read_arrow("communities"))
+    budget = cfg.report_max_context_tokens
+    shared: list = []  # the index in the object store, put there once for the first pass on Ray
     by_id = {c["community"]: c for c in communities}
     written: dict[int, dict] = {}  # community -> its report's title and summary
     rows: list[dict] = []
@@ -438,13 +437,18 @@ def write_reports(run: Run, rec: StageRecord) -> None:
     todo: list[tuple[int, str | None]] = [(c["community"], None) for c in communities]
     waiting: list[int] = []
     while todo:
-        items = [{"community": n, "children_reports": reports} for n, reports in todo]
-        # A block per CPU: every task unpacks the graph's index (~0.2 s of CPU for 13k entities), and
-        # from_items' default (up to ~200 tasks) cost more than the work.
-        blocks = block_count(len(items), min_rows=32, per_cpu=1)
-        prepared = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            prepare, batch_format="pyarrow", fn_kwargs={"graph": graph, "budget": cfg.report_max_context_tokens, "llm": llm},
-        ).take_all()
+        if len(todo) < _RAY_PASS_ROWS:
+            # A pass this small (the waiting ones of a level) costs less here than a Ray pass's start
+            # and the index's unpickling in its tasks.
+            prepared = [_prepare_one(index.community[n], reports, index, budget, llm) for n, reports in todo]
+        else:
+            shared = shared or [ray.put(index)]  # unpickling costs a task a third of building it
+            items = [{"community": n, "children_reports": reports} for n, reports in todo]
+            # A block per CPU: every task unpacks the graph's index (~0.2 s of CPU for 13k entities), and
+            # from_items' default (up to ~200 tasks) cost more than the work.
+            prepared = ray.data.from_items(items, override_num_blocks=block_count(len(items), min_rows=32, per_cpu=1)
+                                           ).map_batches(prepare, batch_format="pyarrow",
+                                                         fn_kwargs={"graph": shared, "budget": budget, "llm": llm}).take_all()
         waiting += [p["community"] for p in prepared if p["deferred"]]
         ready = [p for p in prepared if not p["deferred"]]
         if llm and ready:
