@@ -141,18 +141,11 @@ class RayCluster:
         self.stop()
 
     def stop(self) -> None:
-        # Workers first, head last; then anything left that names our temp dir.
-        for p in reversed(self.procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+        # Killed, not stopped: a disposable cluster has nothing to save, and `ray start --block` took
+        # 15 s to act on SIGTERM. Its process groups first, then anything left that names our temp dir.
         kill_tree([p.pid for p in self.procs], marker=self.temp_dir)
+        for p in self.procs:
+            p.wait()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
