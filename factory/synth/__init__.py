@@ -112,10 +112,13 @@ def synthesize(run: Run, rec: StageRecord) -> None:
     if judged:
         rows = quality.with_judgement(rows, quality.judge_rows(run, rec, scored, s.min_judge_score))
     _record_scores(rec, s, rows)
-    kept = quality.count_drops(rec, rows)
-    kept = quality.dedup(rec, kept, s.answer_dedup_threshold, s.dedup_threshold)
-    kept = quality.keep_top(rec, kept, s.keep_top_fraction)
-    decisions = split_rows(rec, kept, s.test_fraction, cfg.seed, s.test_overlap_threshold)
+    # One name for the rows still in the running, so each filter's input is freed once it has its output:
+    # at 10x the corpus every copy of these columns (two 512-byte signatures a row) is a gigabyte.
+    rows = quality.count_drops(rec, rows)
+    rows = quality.dedup(rec, rows, s.answer_dedup_threshold, s.dedup_threshold)
+    rows = quality.keep_top(rec, rows, s.keep_top_fraction)
+    decisions = split_rows(rec, rows, s.test_fraction, cfg.seed, s.test_overlap_threshold)
+    del rows
     clock.lap("filters_and_split")
 
     system_prompt = s.system_prompt or t.system_prompt

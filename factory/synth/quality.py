@@ -248,9 +248,9 @@ def count_drops(rec: StageRecord, t: pa.Table) -> pa.Table:
 
 def dedup(rec: StageRecord, t: pa.Table, answer_threshold: float, question_threshold: float) -> pa.Table:
     """Near-duplicate answers, then near-duplicate questions: walking the rows best first (rank_order), a
-    row whose answer, else whose question, is near that of a row kept before it is dropped. Rows in
-    rank order."""
-    t = t.take(rank_order(t))
+    row whose answer, else whose question, is near that of a row kept before it is dropped. The kept
+    rows in rank order, without their answer signatures (nothing after this reads them)."""
+    order = rank_order(t).to_numpy()
     a_group, a_near = FILTER.near_pairs(sigs_of(t, "answer_sig"), answer_threshold)
     q_group, q_near = FILTER.near_pairs(sigs_of(t, "question_sig"), question_threshold)
     keep = np.ones(t.num_rows, bool)
@@ -259,7 +259,7 @@ def dedup(rec: StageRecord, t: pa.Table, answer_threshold: float, question_thres
     kept_a: set[int] = set()
     kept_q: set[int] = set()
     answers = questions = 0
-    walk = np.flatnonzero(contested)
+    walk = order[contested[order]]
     for i, a, q in zip(walk.tolist(), a_group[walk].tolist(), q_group[walk].tolist()):
         if a in kept_a or not a_near.get(a, set()).isdisjoint(kept_a):
             keep[i], answers = False, answers + 1
@@ -270,7 +270,8 @@ def dedup(rec: StageRecord, t: pa.Table, answer_threshold: float, question_thres
             kept_q.add(q)
     rec.drop("duplicate_answer", answers)
     rec.drop("duplicate_question", questions)
-    return t.filter(pa.array(keep))
+    # One copy, of the kept rows only (a take of the whole table in rank order was one more of all of them).
+    return t.drop_columns(["answer_sig"]).take(order[keep[order]])
 
 
 def _shared(group: np.ndarray, near: dict[int, set[int]]) -> np.ndarray:
