@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from tests.support.openai_server import FakeOpenAIServer
+from tests.support.openai_server import FakeOpenAIServer, prefers_longer
 from tests.support.ray_cluster import BIN, RayCluster
 from tests.support.runs import ROOT, journal_corpus, sets, user_error_lines
-from tests.test_walkthrough import prefers_longer
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from factory.config import EngineConfig
 from factory.engines import run_llm
 from factory.engines.hf import HFGenerator
 from factory.pipeline import StageRecord
-from tests.test_engines_openai import by_id, make_run
+from tests.support.llm_calls import by_id, empty_run
 
 
 def conversation(k: int) -> list[dict]:
@@ -63,7 +63,7 @@ def test_run_llm_with_hf_actor_pool(ray_session, tmp_path, tiny_llama):
     rows = [{"id": f"q{k}", "messages": conversation(k), "max_tokens": 4 + k} for k in range(1, 7)]
     rows.append({"id": "too-long", "messages": conversation(1), "max_tokens": 4000})
     cfg = EngineConfig(engine="hf", model=str(tiny_llama), batch_size=2, max_tokens=6)
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     rec = StageRecord("t")
     out = by_id(run_llm(run, rec, ray_session.data.from_items(rows), cfg, "hf_demo"))
     assert set(out) == {r["id"] for r in rows}

@@ -18,6 +18,7 @@ from factory.engines.cache import CallCache
 from factory.errors import UserError
 from factory.pipeline import Run, StageRecord
 from factory.pipeline.manifest import update_manifest
+from tests.support.llm_calls import by_id, empty_run, engine, prompts, row_of
 from tests.support.openai_server import FakeOpenAIServer, Fault
 
 
@@ -26,35 +27,10 @@ class Answer(BaseModel):
     score: int
 
 
-def make_run(tmp_path) -> Run:
-    return Run(validate_config({"output": {"path": str(tmp_path / "run")}}))
-
-
-def engine(server: FakeOpenAIServer, **kw) -> EngineConfig:
-    base = {"engine": "openai", "model": "m", "base_url": server.base_url, "timeout_s": 2.0,
-            "max_retries": 4, "backoff_s": 0.01, "concurrency": 4, "batch_size": 4}
-    return EngineConfig(**{**base, **kw})
-
-
-def prompts(ray, n: int, start: int = 0, **extra):
-    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"row {i}"}], "keep": i, **extra}
-            for i in range(start, start + n)]
-    random.Random(n).shuffle(rows)
-    return ray.data.from_items(rows)
-
-
-def by_id(ds) -> dict[str, dict]:
-    return {r["id"]: r for r in ds.take_all()}
-
-
-def row_of(request: dict) -> int:
-    return int(request["messages"][-1]["content"].split()[-1])
-
-
 def test_plain_run_keys_rows_by_id_and_counts_tokens(ray_session, tmp_path):
     with FakeOpenAIServer() as server:
         rec = StageRecord("t")
-        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 20), engine(server), "demo"))
+        out = by_id(run_llm(empty_run(tmp_path), rec, prompts(ray_session, 20), engine(server), "demo"))
     assert len(out) == 20
     for i in range(20):
         r = out[f"r{i}"]
@@ -88,7 +64,7 @@ def test_faults_every_row_ends_with_answer_or_error(ray_session, tmp_path):
 
     with FakeOpenAIServer(responder) as server:
         rec = StageRecord("t")
-        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 12), engine(server, timeout_s=1.0), "faults"))
+        out = by_id(run_llm(empty_run(tmp_path), rec, prompts(ray_session, 12), engine(server, timeout_s=1.0), "faults"))
     assert len(out) == 12
     for i in (0, 1, 2, 3, 4, 8, 9, 10, 11):
         assert out[f"r{i}"]["generated_text"] == f"ok {i}" and out[f"r{i}"]["error"] is None, out[f"r{i}"]
@@ -111,7 +87,7 @@ def test_structured_output_schema_repair_and_invalid(ray_session, tmp_path):
     }
     with FakeOpenAIServer(lambda req: replies[row_of(req)]) as server:
         rec = StageRecord("t")
-        out = by_id(run_llm(make_run(tmp_path), rec, prompts(ray_session, 5), engine(server), "structured", Answer))
+        out = by_id(run_llm(empty_run(tmp_path), rec, prompts(ray_session, 5), engine(server), "structured", Answer))
     fmt = server.requests[0]["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == Answer.model_json_schema()
     assert json.loads(out["r0"]["parsed"]) == {"answer": "plain", "score": 1}
@@ -130,7 +106,7 @@ def test_identical_prompts_are_sent_once_and_answer_every_row(ray_session, tmp_p
     random.Random(0).shuffle(rows)
     with FakeOpenAIServer(lambda req: Fault(status=400) if row_of(req) == 5 else f"ok {row_of(req)}") as server:
         rec = StageRecord("t")
-        out = by_id(run_llm(make_run(tmp_path), rec, ray_session.data.from_items(rows).repartition(4), engine(server), "dups"))
+        out = by_id(run_llm(empty_run(tmp_path), rec, ray_session.data.from_items(rows).repartition(4), engine(server), "dups"))
         sent = sorted(row_of(r) for r in server.requests)
     assert sent == [0, 1, 2, 3, 4, 5]
     assert len(out) == 24
@@ -147,7 +123,7 @@ def test_identical_prompts_are_sent_once_and_answer_every_row(ray_session, tmp_p
 
 
 def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     fail = {3}
 
     def responder(req):
@@ -171,7 +147,7 @@ def test_cache_resume_sends_only_missing_calls(ray_session, tmp_path):
 
 
 def test_a_call_is_cached_when_it_finishes_not_when_its_batch_does(ray_session, tmp_path):
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     cache = CallCache(run, "durable")
     release = threading.Event()
 
@@ -220,7 +196,7 @@ def test_sampling_overrides_and_prompt_hash_are_per_row(ray_session, tmp_path):
          "prompt_hash": None},
     ]
     with FakeOpenAIServer() as server:
-        out = by_id(run_llm(make_run(tmp_path), StageRecord("t"), ray_session.data.from_items(rows),
+        out = by_id(run_llm(empty_run(tmp_path), StageRecord("t"), ray_session.data.from_items(rows),
                             engine(server), "no_such_prompt"))
         bodies = sorted((r["max_tokens"], r["temperature"]) for r in server.requests)
     # Same messages, different sampling: two different calls.
@@ -229,7 +205,7 @@ def test_sampling_overrides_and_prompt_hash_are_per_row(ray_session, tmp_path):
 
 
 def test_budget_stops_cleanly_and_keeps_what_finished(ray_session, tmp_path):
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     with FakeOpenAIServer(lambda req: Fault(delay_s=0.05, content="five words of answer here")) as server:
         rec = StageRecord("t")
         # Each call costs 2 + 5 = 7 tokens; one batch of 2 in flight at a time.
@@ -255,7 +231,7 @@ def test_budget_stops_cleanly_and_keeps_what_finished(ray_session, tmp_path):
 
 def test_qps_limit_spaces_requests(ray_session, tmp_path):
     with FakeOpenAIServer() as server:
-        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 11), engine(server, qps=20, concurrency=8), "qps")
+        run_llm(empty_run(tmp_path), StageRecord("t"), prompts(ray_session, 11), engine(server, qps=20, concurrency=8), "qps")
         times = sorted(server.times)
     assert len(times) == 11 and times[-1] - times[0] >= 10 / 20 * 0.9
 
@@ -288,9 +264,9 @@ def test_unreachable_server_and_engine_none(ray_session, tmp_path):
 
     cfg = EngineConfig(engine="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(UserError, match="cannot reach"):
-        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), cfg, "x")
+        run_llm(empty_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), cfg, "x")
     with pytest.raises(ValueError, match="engine 'none'"):
-        run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), EngineConfig(), "x")
+        run_llm(empty_run(tmp_path), StageRecord("t"), prompts(ray_session, 2), EngineConfig(), "x")
 
 
 def test_slow_server_is_used_concurrently(ray_session, tmp_path):
@@ -312,7 +288,7 @@ def test_slow_server_is_used_concurrently(ray_session, tmp_path):
         return "late"
 
     with FakeOpenAIServer(hold_until_full) as server:
-        out = run_llm(make_run(tmp_path), StageRecord("t"), prompts(ray_session, 16),
+        out = run_llm(empty_run(tmp_path), StageRecord("t"), prompts(ray_session, 16),
                       engine(server, concurrency=8, batch_size=4, timeout_s=60.0), "slow").take_all()
         sent = len(server.requests)
     assert len(out) == 16 and all(r["generated_text"] == "late" for r in out)

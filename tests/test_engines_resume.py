@@ -18,7 +18,7 @@ from factory.engines.cache import CallCache
 from factory.pipeline import StageRecord
 from tests.conftest import ROOT
 from tests.support.openai_server import FakeOpenAIServer, Fault
-from tests.test_engines_openai import by_id, engine, make_run, prompts, row_of
+from tests.support.llm_calls import by_id, engine, empty_run, prompts, row_of
 
 ROWS = 40
 DRIVER = """
@@ -29,19 +29,19 @@ ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir={tmp!r}
 from factory.engines import run_llm
 from factory.pipeline import StageRecord
 from tests.support.openai_server import FakeOpenAIServer
-from tests.test_engines_openai import engine, make_run, prompts
+from tests.support.llm_calls import engine, empty_run, prompts
 import pathlib
 
 class Server:  # only base_url is needed: the real server lives in the test process
     base_url = {url!r}
 
-run_llm(make_run(pathlib.Path({path!r})), StageRecord("t"), prompts(ray, {rows}), engine(Server, concurrency=2, batch_size=2), "kill").take_all()
+run_llm(empty_run(pathlib.Path({path!r})), StageRecord("t"), prompts(ray, {rows}), engine(Server, concurrency=2, batch_size=2), "kill").take_all()
 """
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_repeats_only_in_flight_calls(ray_session, tmp_path):
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     cache = CallCache(run, "kill")
     with FakeOpenAIServer(lambda req: Fault(delay_s=0.15, content="done")) as server:
         script = tmp_path / "driver.py"

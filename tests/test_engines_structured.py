@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from factory.engines.cache import COMPACT_AT, CallCache, call_key
 from factory.engines.structured import finish, parse_output, schema_hash
-from tests.test_engines_openai import make_run
+from tests.support.llm_calls import empty_run
 
 
 class Entity(BaseModel):
@@ -64,7 +64,7 @@ def test_call_key_depends_on_what_changes_the_answer():
 
 
 def test_cache_appends_dedupes_ignores_partial_files_and_compacts(tmp_path):
-    cache = CallCache(make_run(tmp_path), "t")
+    cache = CallCache(empty_run(tmp_path), "t")
     assert cache.load().num_rows == 0
 
     def part(keys, text):
@@ -87,7 +87,7 @@ def test_journal_writes_finished_calls_and_merges_only_new_parts(tmp_path):
     from factory.engines.cache import CallJournal
     from factory.engines.calls import CallResult
 
-    cache = CallCache(make_run(tmp_path), "t")
+    cache = CallCache(empty_run(tmp_path), "t")
     journal = CallJournal(cache, "openai", "m", background=False)
     # Transport errors are not journaled: a rerun retries them.
     journal.add(result_table(["a", "b"], [CallResult(text="ok"), CallResult(error="llm_error: HTTP 500")], None))
@@ -124,7 +124,7 @@ def test_background_journal_writes_without_a_flush(tmp_path):
     from factory.engines.cache import CallJournal
     from factory.engines.calls import CallResult
 
-    cache = CallCache(make_run(tmp_path), "t")
+    cache = CallCache(empty_run(tmp_path), "t")
     journal = CallJournal(cache, "openai", "m")
     journal.add(result_table(["a"], [CallResult(text="ok")], None))
     deadline = time.monotonic() + 30

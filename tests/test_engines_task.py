@@ -15,7 +15,7 @@ from factory.engines import enabled
 from factory.engines.task import LLMTask
 from factory.pipeline import StageRecord
 from tests.support.openai_server import FakeOpenAIServer, Fault
-from tests.test_engines_openai import engine, make_run
+from tests.support.llm_calls import engine, empty_run
 
 
 class Note(BaseModel):
@@ -61,7 +61,7 @@ def rows() -> list[dict]:
 def test_rows_become_messages_and_replies_become_columns(ray_session, tmp_path):
     with FakeOpenAIServer(reply) as server:
         rec = StageRecord("t")
-        out = {r["title"]: r for r in Summarize().run_rows(make_run(tmp_path), rec, rows(), engine(server, max_retries=0))}
+        out = {r["title"]: r for r in Summarize().run_rows(empty_run(tmp_path), rec, rows(), engine(server, max_retries=0))}
         sent = server.requests
     # The prompt file filled with each row's values; its hash in every row it produced.
     users = sorted(r["messages"][-1]["content"] for r in sent)
@@ -79,7 +79,7 @@ def test_rows_become_messages_and_replies_become_columns(ray_session, tmp_path):
 
 
 def test_kept_failures_carry_their_error_and_calls_come_from_the_cache(ray_session, tmp_path):
-    run = make_run(tmp_path)
+    run = empty_run(tmp_path)
     with FakeOpenAIServer(reply) as server:
         cfg = engine(server, max_retries=0)
         Summarize().run_rows(run, StageRecord("t"), rows(), cfg)

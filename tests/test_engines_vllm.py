@@ -19,7 +19,7 @@ from factory.config import EngineConfig
 from factory.engines import base, protocol, run_llm, vllm
 from factory.errors import UserError
 from factory.pipeline import StageRecord
-from tests.test_engines_openai import make_run
+from tests.support.llm_calls import empty_run
 
 
 class Verdict(BaseModel):
@@ -128,4 +128,4 @@ def test_processor_pipeline_around_a_stand_in_engine(ray_session, cfg):
 def test_run_llm_without_vllm_is_a_clear_user_error(ray_session, tmp_path, cfg):
     ds = ray_session.data.from_items([{"id": "a", "messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(UserError, match="needs vLLM on the GPU nodes"):
-        run_llm(make_run(tmp_path), StageRecord("t"), ds, cfg, "judge")
+        run_llm(empty_run(tmp_path), StageRecord("t"), ds, cfg, "judge")

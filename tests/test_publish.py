@@ -21,77 +21,19 @@ import yaml
 
 import schemas
 from factory.card import write_card
-from factory.config import S3Config, validate_config
+from factory.config import S3Config
 from factory.errors import UserError
 from factory.generate import STAGES
 from factory.pipeline import Run, open_run, run_stages
 from factory.pipeline.folder import ReadOnlyRun
 from factory.publish import data_files, publish
 from factory.snapshot import snapshot
+from tests.support.finished_run import GRAPH, finished_run, qa_rows, rewrite_qa
 from tests.support.flaky_s3 import FlakyS3
-
-GRAPH = ("documents", "chunks", "entities", "relationships", "communities", "community_reports")
-KINDS = ("local", "global", "entity", "relationship")
-
-
-def qa_rows(n: int, split: str, tag: str) -> pa.Table:
-    rows = []
-    for i in range(n):
-        kind = KINDS[i % len(KINDS)]
-        q, a = f"{tag} question {i} about the garden?", f"{tag} answer {i}: the tomatoes came up in May. " * 3
-        rows.append({
-            "id": f"{tag}-{split}-{i}", "kind": kind, "question": q, "answer": a, "split": split,
-            "messages": [{"role": "system", "content": "You remember the journal."},
-                         {"role": "user", "content": q}, {"role": "assistant", "content": a}],
-            "evidence_chunk_ids": [f"c{i % 5}"], "entity_ids": [f"e{i % 3}"], "level": 0,
-        })
-    return pa.Table.from_pylist(rows)
-
-
-def graph_tables() -> dict[str, pa.Table]:
-    t = pa.Table.from_pylist
-    return {
-        "documents": t([{"id": f"d{i}", "title": f"day {i}", "text": "text " * 20, "n_chars": 100} for i in range(3)]),
-        "chunks": t([{"id": f"c{i}", "document_id": f"d{i % 3}", "chunk_index": i, "text": "chunk", "n_tokens": 3}
-                     for i in range(5)]),
-        "entities": t([{"id": f"e{i}", "title": f"E{i}", "type": "person", "text_unit_ids": ["c0"]} for i in range(3)]),
-        "relationships": t([{"id": "r0", "source": "E0", "target": "E1", "weight": 2.0}]),
-        "communities": t([{"id": "k0", "community": 0, "level": 0, "parent": -1, "children": [], "entity_ids": ["e0"]}]),
-        "community_reports": t([{"id": "k0", "community": 0, "level": 0, "title": "Garden",
-                                 "findings": [{"summary": "s", "explanation": "x"}]}]),
-    }
-
-
-def make_run(root: Path | str, journal: Path, tag: str = "v1", n_train: int = 23, n_test: int = 5,
-             s3: dict | None = None) -> Run:
-    """A complete run: every table written, every stage of generate marked done."""
-    cfg = validate_config({
-        "corpus": {"path": str(journal)}, "s3": s3 or {},
-        "output": {"path": str(root), "rows_per_shard": 10, "row_group_rows": 4, "license": "cc-by-4.0"},
-    })
-    run = Run(cfg)
-    rewrite_qa(run, tag, n_train, n_test)
-    for name, table in graph_tables().items():
-        run.write_table(name, table)
-
-    def done(run: Run, rec) -> None:
-        rec.rows_in, rec.rows_out = 10, 8
-        rec.drop("too_short", 2)
-        rec.add_tokens("openai/teacher-7b", 1000, 400, 5)
-        rec.stats["retrieval_recall@5"] = 0.8
-
-    run_stages(run, [dataclasses.replace(s, fn=done) for s in STAGES])
-    return run
-
-
-def rewrite_qa(run: Run, tag: str, n_train: int = 23, n_test: int = 5) -> None:
-    run.write_table("qa", qa_rows(n_train, "train", tag), "train")
-    run.write_table("qa", qa_rows(n_test, "test", tag), "test")
-
 
 @pytest.fixture
 def run(tmp_path, journal) -> Run:
-    return make_run(tmp_path / "run", journal)
+    return finished_run(tmp_path / "run", journal)
 
 
 def test_snapshot_validates_and_counts(run):
@@ -201,7 +143,7 @@ def test_refuses_row_count_disagreeing_with_manifest(run):
 def test_publishes_with_its_corpus_gone_and_opened_read_only(tmp_path, journal):
     corpus = tmp_path / "journal"
     shutil.copytree(journal, corpus)
-    run = make_run(tmp_path / "run", corpus)
+    run = finished_run(tmp_path / "run", corpus)
     shutil.rmtree(corpus)  # the run's own files are all publish reads
     ro = open_run(run.root)
     assert publish(ro, str(tmp_path / "out")).changed
@@ -212,7 +154,7 @@ def test_publishes_with_its_corpus_gone_and_opened_read_only(tmp_path, journal):
 def test_refuses_a_stage_older_than_the_stage_it_reads(tmp_path, journal):
     corpus = tmp_path / "journal"
     shutil.copytree(journal, corpus)
-    run = make_run(tmp_path / "run", corpus)
+    run = finished_run(tmp_path / "run", corpus)
     (corpus / "2030-01-01.md").write_text("# A new day\n\nA new entry.\n")
     # `generate --until ingest` after the corpus changed: chunk and the rest were made from the old documents.
     run_stages(run, [dataclasses.replace(s, fn=lambda run, rec: None) for s in STAGES], until="ingest")
@@ -393,7 +335,7 @@ def test_run_on_s3_publishes_to_a_local_folder(s3_bucket, journal, tmp_path):
     from datasets import load_dataset
 
     endpoint, bucket = s3_bucket
-    run = make_run(f"s3://{bucket}/runs/journal", journal, s3={"endpoint_url": endpoint})
+    run = finished_run(f"s3://{bucket}/runs/journal", journal, s3={"endpoint_url": endpoint})
     done = publish(open_run(run.root, _s3(endpoint)), str(tmp_path / "pub"))
     assert done.rows["qa"] == {"train": 23, "test": 5}
     qa = load_dataset(str(tmp_path / "pub"), "qa")

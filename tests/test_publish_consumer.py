@@ -8,7 +8,7 @@ import pytest
 
 from factory.pipeline import open_run
 from factory.publish import publish
-from tests.test_publish import make_run
+from tests.support.finished_run import finished_run
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_trl_sft_trains_on_published_qa(tmp_path, journal, tiny_llama):
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    run = make_run(tmp_path / "run", journal)
+    run = finished_run(tmp_path / "run", journal)
     dest = tmp_path / "published"
     publish(open_run(run.root), str(dest))
 

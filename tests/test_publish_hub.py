@@ -26,7 +26,7 @@ from factory.errors import UserError
 from factory.pipeline import open_run
 from factory.publish import publish
 from tests.support.loopback import Served
-from tests.test_publish import make_run, rewrite_qa
+from tests.support.finished_run import finished_run, rewrite_qa
 
 
 class FakeHub(Served):
@@ -131,7 +131,7 @@ def hub(monkeypatch, tmp_path):
 
 
 def test_publish_to_hub_is_one_commit_per_version(tmp_path, journal, hub):
-    run = make_run(tmp_path / "run", journal)
+    run = finished_run(tmp_path / "run", journal)
     dest = "hf://datasets/me/journal-memory"
     first = publish(open_run(run.root), dest)
     assert first.changed and len(hub.commits) == 1
@@ -163,7 +163,7 @@ def test_publish_to_hub_is_one_commit_per_version(tmp_path, journal, hub):
 
 
 def test_hub_errors_are_one_line(tmp_path, journal, hub):
-    run = make_run(tmp_path / "run", journal)
+    run = finished_run(tmp_path / "run", journal)
     with pytest.raises(UserError, match="expected hf://datasets/<owner>/<name>"):
         publish(open_run(run.root), "hf://models/me/x")
     hub.token = "hf_another_token"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.support.openai_server import FakeOpenAIServer
+from tests.support.openai_server import FakeOpenAIServer, prefers_longer
 
 LLM_SYSTEMS = ["student", "base", "naive_rag", "long_context", "graph_local"]
 SYSTEMS = [*LLM_SYSTEMS, "graph_global"]
@@ -104,15 +104,6 @@ def without_override(args: list[str], override: str) -> list[str]:
     i = args.index(override)
     assert args[i - 1] == "--set"
     return args[: i - 1] + args[i + 1:]
-
-
-def prefers_longer(request: dict) -> str:
-    text = request["messages"][-1]["content"]
-    criteria = re.search(r"Judge these criteria: (.+)", text).group(1).split(", ")
-    a = re.search(r"Answer A:\n(.*?)\n\nAnswer B:", text, re.S).group(1)
-    b = re.search(r"Answer B:\n(.*?)\n\nJudge these", text, re.S).group(1)
-    winner = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
-    return json.dumps({c: {"winner": winner, "reason": "More detail."} for c in criteria})
 
 
 def test_with_a_judge_and_a_benchmark_then_a_rerun(walked, tmp_path):

@@ -9,6 +9,7 @@ arrival time (time.monotonic) in `times` and its headers in `headers`.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ Responder = Callable[[dict], "str | Fault"]
 
 def echo_responder(request: dict) -> str:
     return "echo: " + request["messages"][-1]["content"][:200]
+
+
+def prefers_longer(request: dict) -> str:
+    """A scripted pairwise judge: the longer answer wins every criterion."""
+    text = request["messages"][-1]["content"]
+    criteria = re.search(r"Judge these criteria: (.+)", text).group(1).split(", ")
+    a = re.search(r"Answer A:\n(.*?)\n\nAnswer B:", text, re.S).group(1)
+    b = re.search(r"Answer B:\n(.*?)\n\nJudge these", text, re.S).group(1)
+    winner = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
+    return json.dumps({c: {"winner": winner, "reason": "More detail."} for c in criteria})
 
 
 class FakeOpenAIServer(Served):
