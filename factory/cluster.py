@@ -63,10 +63,21 @@ def configure_data(ray_progress: bool = False) -> None:
 
 
 def _ray_data_console(level: int) -> None:
-    """Ray Data logs each execution's start and end at INFO on the console; keep its warnings."""
+    """Ray Data logs each execution's start and end at INFO on the console; keep its warnings, but
+    one: "no available CPUs" is read from an instant's resource view at each execution's start, and
+    while the step before releases its tasks that view can say zero (a job's log must not say it
+    will hang when it will not; a stage that really waits shows in its progress line)."""
     for handler in logging.getLogger("ray.data").handlers:
         if handler.name == "console":
             handler.setLevel(level)
+    dataset = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _NoCpuWarning) for f in dataset.filters):
+        dataset.addFilter(_NoCpuWarning())
+
+
+class _NoCpuWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
 
 
 class RayDataProgress(NoopExecutionProgressManager):

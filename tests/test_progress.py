@@ -91,3 +91,20 @@ def test_stage_names_the_line_of_a_source_that_does_not_know_it():
             assert progress.current_label() == "graph/reports"
         assert progress.current_label() == "graph"
     assert progress.current_label() == "ray"
+
+
+def test_ray_datas_false_no_cpu_warning_is_dropped_and_its_other_warnings_kept():
+    import logging
+
+    from factory.cluster import configure_data
+
+    configure_data()
+    configure_data()  # once more, as every job does in a process whose Ray is reused: one filter
+    log = logging.getLogger("ray.data.dataset")
+
+    def shown(message: str) -> bool:
+        return bool(log.filter(log.makeRecord(log.name, logging.WARNING, __file__, 0, message, (), None)))
+
+    assert not shown("Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang")
+    assert shown("Dataset is too large to fit in memory")
+    assert len(log.filters) == 1
