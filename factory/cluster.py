@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -41,6 +42,10 @@ def _init(cfg: Config) -> None:
         # (RAY_AUTH_MODE=disabled still turns it off), without the warning.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(**kwargs)
+    if not cfg.ray.progress:
+        # Ray's own exit hook waits 0.5 s for workers' log lines to reach the console; with
+        # log_to_driver off there are none. Ours runs first (atexit is last in, first out).
+        atexit.register(ray.shutdown)
 
 
 def configure_data(ray_progress: bool = False) -> None:

@@ -272,14 +272,17 @@ _SCAFFOLDING = re.compile(
 )
 
 
-_HEX_RUN = re.compile(r"[0-9a-f]{16}")
+# What every piece of scaffolding contains; a text without it is only trimmed (also as an Arrow
+# regex, which finds the texts worth cleaning in a whole column: quality.score_batch).
+MAYBE_SCAFFOLDING = r"[\[(]|[0-9a-f]{16}"
+_MAYBE_SCAFFOLDING = re.compile(MAYBE_SCAFFOLDING)
 
 
 def clean_target(text: str | None) -> str | None:
     """`text` without citation markers, chunk ids or passage-label scaffolding."""
     if text is None:
         return None
-    if "[" not in text and "(" not in text and not _HEX_RUN.search(text):
+    if not _MAYBE_SCAFFOLDING.search(text):
         return text.strip() or None  # nothing to remove: the common case, and a cheap test
     out = _SCAFFOLDING.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", re.sub(r" +([.,;:])", r"\1", out)).strip() or None

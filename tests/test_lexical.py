@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from factory.synth import lexical
 from factory.synth.report import MEASURE, NEAR_EQUAL
-from factory.text import content_words, shingles, support, words
+from factory.synth.extractive import question_terms
+from factory.text import content_words, relevance, shingles, support, words
 from tests.support.texts import TRICKY
 
 
@@ -40,6 +41,20 @@ def test_support_is_text_support_with_each_evidence_split_once():
     got = lexical.support(row[content], word[content], np.asarray(of), in_evidence)
     assert got.tolist() == [support(a, evidence[e]) for a, e in zip(answers, of)]
     assert got[4] == 1.0 and got[2] == 0.0  # no content words; no evidence
+
+
+def test_relevance_is_text_relevance_of_the_question_terms():
+    questions = ["What did Maya’s co-op plant in the allotment?", "What are the main themes across the notes?",
+                 "Who met O’Brien in March?", "", None, TRICKY[1], "What happened on Monday 3 June 2025?", "Why?"]
+    cues = [None, ["proud"], [], ["Growth", ""], None, ["café"], None, [""]]
+    answers = [TRICKY[0] + " The co-op planted beans. It rained.\n\n# Plants\n- Maya plants tomatoes. Dr. Smith came.",
+               "Proud of the garden. Growth everywhere.", TRICKY[9], "", None, TRICKY[1] + "\n| café | ſtraße |",
+               "Nothing.", "Because."]
+    got = lexical.relevance(pa.array(questions, pa.string()), pa.array(cues, pa.list_(pa.string())), answers,
+                            lexical.Vocabulary())
+    want = [relevance(question_terms(q or "", c), a or "") for q, c, a in zip(questions, cues, answers)]
+    assert [None if np.isnan(g) else g for g in got.tolist()] == want
+    assert want[0] not in (None, 0.0, 1.0) and want[1] == 0.5 and want[6] is None  # partial, a cue's match, no terms
 
 
 def test_a_text_has_one_signature_whatever_batch_it_is_in():

@@ -43,23 +43,25 @@ class Sentences:
         self.sents = [s for s, _ in sentence_words(text)]
         self.lowered = [s.lower() for s in self.sents]
         self._plain: dict[int, str] = {}  # a sentence is quoted for many focuses: made plain once
+        self._naming: dict[str, set[int]] = {}  # a name is looked up for many focuses too
 
     def plain(self, i: int) -> str:
         if i not in self._plain:
             self._plain[i] = plain(self.sents[i])
         return self._plain[i]
 
+    def _with(self, name: str) -> set[int]:
+        if name not in self._naming:
+            self._naming[name] = {i for i, s in enumerate(self.lowered) if name in s}
+        return self._naming[name]
+
     def naming(self, names: list[str], max_sentences: int = MAX_SENTENCES) -> list[str]:
         """The sentences that name every one of `names` (lower-case; else any of them), in reading order.
         A heading that names them stands for the sentence under it: a heading alone says nothing."""
-        sents = self.sents
-        for need in (all, any):
-            picked: list[int] = []
-            for i, s in enumerate(self.lowered):
-                if need(n in s for n in names):
-                    j = i + 1 if _is_heading(s) and i + 1 < len(sents) else i
-                    if j not in picked:
-                        picked.append(j)
+        found = [self._with(n) for n in names]
+        last = len(self.sents) - 1
+        for hits in (set.intersection(*found), set.union(*found)) if found else ():
+            picked = {i + 1 if i < last and _is_heading(self.lowered[i]) else i for i in hits}
             out = [p for p in map(self.plain, sorted(picked)) if len(p.split()) >= 3]
             if out:
                 return out[:max_sentences]

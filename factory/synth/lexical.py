@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from factory.text import content_words
+from factory.text import DATE_WORDS, GLOBAL_FRAMING, content_words, sentence_spans, stem
 
 # Bytes of a word character mapped to their lower case, all others to a space (a UTF-8 multi-byte
 # character to a run of them), ’ is put back, and Arrow's whitespace split finds the same runs.
@@ -76,6 +76,9 @@ class Vocabulary:
         self.crc = np.zeros(0, np.uint32)  # crc32 of the word
         self.crc_space = np.zeros(0, np.uint32)  # crc32 of the word and a space: a bigram's first half
         self.size = np.zeros(0, np.int64)  # its UTF-8 bytes
+        self.stem = np.zeros(0, np.int64)  # the id of its text.stem() in `stems`
+        self.topical = np.zeros(0, bool)  # it can say what a question asks about (text.topic_terms)
+        self.stems: dict[str, int] = {}
 
     def encode(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(row, word id) of every word of every text, in order."""
@@ -91,8 +94,15 @@ class Vocabulary:
             self.crc_space = np.concatenate([self.crc_space, [zlib.crc32(b" ", c) for c in crc.tolist()]]).astype(np.uint32)
             self.content = np.concatenate([self.content, [bool(content_words(w)) for w in new]])
             self.size = np.concatenate([self.size, [len(w.encode()) for w in new]]).astype(np.int64)
+            self.stem = np.concatenate([self.stem, self.stem_ids(map(stem, new))]).astype(np.int64)
+            self.topical = np.concatenate([self.topical, [w not in GLOBAL_FRAMING and w not in DATE_WORDS and not w.isdigit()
+                                                          for w in new]]).astype(bool)
         keep = word >= 0
         return row[keep], word[keep]
+
+    def stem_ids(self, stems) -> list[int]:
+        """Ids of stems (strings), new ones added."""
+        return [self.stems.setdefault(s, len(self.stems)) for s in stems]
 
     def _id(self, run: str) -> int:
         found = self._of_run.get(run)
@@ -115,6 +125,41 @@ def support(row: np.ndarray, word: np.ndarray, source: np.ndarray, in_source: np
     found = (source[row] >= 0) & (in_source[at] == key) if len(in_source) else np.zeros(len(row), bool)
     n_words = np.bincount(row, minlength=len(source))
     return np.where(n_words > 0, np.bincount(row, weights=found, minlength=len(source)) / np.maximum(n_words, 1), 1.0)
+
+
+def relevance(questions: pa.Array, cues: pa.Array, answers: list[str | None], vocab: Vocabulary) -> np.ndarray:
+    """text.relevance(extractive.question_terms(question, cues), answer) of each row; NaN where that is
+    None (no terms). An answer's sentences are cut by text.sentence_spans, one text at a time; their
+    words, stems and the question's terms are matched as ids."""
+    n = len(questions)
+    row, word = vocab.encode(questions)
+    keep = vocab.content[word] & vocab.topical[word]
+    terms = [row[keep].astype(np.int64) << 32 | vocab.stem[word[keep]]]
+    cues = cues.combine_chunks() if isinstance(cues, pa.ChunkedArray) else cues
+    if len(cues) and len(flat := pc.list_flatten(cues)):
+        cue_row = pc.list_parent_indices(cues).to_numpy().astype(np.int64)
+        cue_stem = np.array(vocab.stem_ids(stem(c.lower()) for c in flat.to_pylist()), np.int64)
+        terms.append(cue_row << 32 | cue_stem)
+    terms = np.unique(np.concatenate(terms))
+    has_terms = np.bincount((terms >> 32).astype(np.int64), minlength=n)[:n] > 0
+    sentence_row, sentence_texts = [], []
+    for i, answer in enumerate(answers):
+        if has_terms[i] and answer:
+            spans = sentence_spans(answer)
+            sentence_row += [i] * len(spans)
+            sentence_texts += [answer[a:b] for a, b in spans]
+    sentence_row = np.array(sentence_row, np.int64)
+    sentence, word = vocab.encode(pa.array(sentence_texts, pa.string()))
+    content = vocab.content[word]
+    sentence, word = sentence[content], word[content]
+    key = sentence_row[sentence] << 32 | vocab.stem[word]
+    at = np.minimum(np.searchsorted(terms, key), max(len(terms) - 1, 0))
+    found = terms[at] == key if len(terms) else np.zeros(len(key), bool)
+    mentions = np.bincount(sentence[found], minlength=len(sentence_texts)) > 0
+    sentences = np.bincount(sentence_row, minlength=n)
+    out = np.bincount(sentence_row, weights=mentions, minlength=n) / np.maximum(sentences, 1)
+    out[~has_terms] = np.nan
+    return out
 
 
 def evidence_words(numbers: np.ndarray, row: np.ndarray, word: np.ndarray, vocab: Vocabulary) -> np.ndarray:

@@ -30,10 +30,9 @@ from pydantic import BaseModel, field_validator
 from factory.engines.structured import BUDGET, INVALID_OUTPUT, LLM_ERROR
 from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord
-from factory.synth.extractive import question_terms
-from factory.synth.lexical import MinHash, Vocabulary, evidence_words, support
+from factory.synth.lexical import MinHash, Vocabulary, evidence_words, relevance, support
 from factory.synth.rows import collect
-from factory.text import clean_target, is_refusal, relevance
+from factory.text import MAYBE_SCAFFOLDING, clean_target, is_refusal
 from schemas import STRS
 
 # Error kinds the engine layer counts itself (the first word of `error`).
@@ -95,26 +94,30 @@ def score_batch(batch: pa.Table, limits: Limits, keep_evidence: bool) -> pa.Tabl
     """Column by column: only the texts the checks read become Python values. The evidence texts
     (the larger part of a row) are dropped after scoring unless the judge is to read them."""
     t = conform(batch)
-    kinds, questions, errors, cues = (t.column(c).to_pylist() for c in ("kind", "question", "error", "cues"))
-    answers = [clean_target(a) for a in t.column("answer").to_pylist()]
-    reasonings = [clean_target(r) for r in t.column("reasoning").to_pylist()]
+    answers, reasonings = _clean_targets(t.column("answer")), _clean_targets(t.column("reasoning"))
     answer_column = pa.array(answers, pa.string())
     vocab = Vocabulary()
-    grounded = _groundedness(answer_column, t.column("evidence"), vocab).tolist()
-    checked = [_check(*row, limits) for row in zip(kinds, questions, answers, grounded, errors, cues)]
+    grounded = _groundedness(answer_column, t.column("evidence"), vocab)
+    drop, groundedness, relevant = _checks(t, answers, answer_column, grounded, vocab, limits)
     t = (t.set_column(t.schema.get_field_index("answer"), "answer", answer_column)
           .set_column(t.schema.get_field_index("reasoning"), "reasoning", pa.array(reasonings, pa.string())))
     new = {
-        "groundedness": pa.array([c[1] for c in checked], pa.float64()),
-        "relevance": pa.array([c[2] for c in checked], pa.float64()),
+        "groundedness": groundedness,
+        "relevance": relevant,
         "judge_score": pa.nulls(t.num_rows, pa.float64()),
-        "drop": pa.array([c[0] for c in checked], pa.string()),
+        "drop": drop,
         "answer_sig": _sig_array(FILTER.signatures(answer_column, vocab)),
         "question_sig": _sig_array(FILTER.signatures(t.column("question"), vocab)),
     }
     for name, column in new.items():
         t = t.append_column(pa.field(name, SCORE_FIELDS[name]), column)
     return t if keep_evidence else t.drop_columns(["evidence", "cues"])
+
+
+def _clean_targets(texts: pa.ChunkedArray) -> list[str | None]:
+    """clean_target of every text; only those Arrow finds scaffolding in go through its regexes."""
+    maybe = pc.fill_null(pc.match_substring_regex(texts, MAYBE_SCAFFOLDING), False).to_numpy(zero_copy_only=False)
+    return [clean_target(x) if m else x and x.strip() or None for x, m in zip(texts.to_pylist(), maybe.tolist())]
 
 
 def _sig_array(sigs: np.ndarray) -> pa.Array:
@@ -134,29 +137,43 @@ def _groundedness(answers: pa.Array, evidence: pa.ChunkedArray, vocab: Vocabular
     return np.round(support(row[content], word[content], number, in_evidence), 4)
 
 
-def _check(kind: str, question: str | None, answer: str | None, grounded: float, error: str | None,
-           cues: list[str] | None, lim: Limits) -> tuple[str | None, float | None, float | None]:
-    """(the first failed check or None, groundedness, relevance)."""
-    if error:
-        return error.split(":", 1)[0], None, None
-    if not answer or not question:
-        return "no_answer", None, None
-    if kind != "unanswerable" and is_refusal(answer):
-        return "refusal", None, None
-    if not lim.min_question_chars <= len(question) <= lim.max_question_chars:
-        return "question_length", None, None
-    if len(answer) < lim.min_answer_chars:
-        return "answer_too_short", None, None
-    if len(answer) > lim.max_answer_chars:
-        return "answer_too_long", None, None
-    if kind == "unanswerable":
-        return None, None, None  # written and checked against the chunks when it was made
-    if grounded < (lim.min_source_support if kind == "local" else lim.min_groundedness):
-        return "ungrounded", grounded, None
-    relevant = relevance(question_terms(question, cues), answer)
-    if relevant is not None and lim.min_relevance is not None and relevant < lim.min_relevance:
-        return "off_topic", grounded, relevant
-    return None, grounded, relevant
+def _checks(t: pa.Table, answers: list[str | None], answer_column: pa.Array, grounded: np.ndarray, vocab: Vocabulary,
+            lim: Limits) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(the first failed check or null, groundedness, relevance) of every row, the checks in the module
+    docstring's order; a row's groundedness is kept once that check was reached, its relevance likewise."""
+    n = t.num_rows
+    undecided = np.ones(n, bool)
+    drop = np.full(n, None, object)
+
+    def fail(failed: np.ndarray, reason) -> None:
+        failed = failed & undecided
+        drop[failed] = reason if isinstance(reason, str) else reason[failed]
+        undecided[failed] = False
+
+    errors = t.column("error")
+    if errors.null_count < n:
+        kinds = np.array([e.split(":", 1)[0] if e else None for e in errors.to_pylist()], object)
+        fail(kinds != None, kinds)  # noqa: E711 (elementwise)
+    q_chars = pc.fill_null(pc.utf8_length(t.column("question")), 0).to_numpy(zero_copy_only=False)
+    a_chars = pc.fill_null(pc.utf8_length(answer_column), 0).to_numpy(zero_copy_only=False)
+    fail((q_chars == 0) | (a_chars == 0), "no_answer")
+    answerable = ~pc.equal(t.column("kind"), "unanswerable").to_numpy(zero_copy_only=False)
+    fail(np.array([bool(u and a and is_refusal(a)) for u, a in zip((undecided & answerable).tolist(), answers)], bool),
+         "refusal")
+    fail((q_chars < lim.min_question_chars) | (q_chars > lim.max_question_chars), "question_length")
+    fail(a_chars < lim.min_answer_chars, "answer_too_short")
+    fail(a_chars > lim.max_answer_chars, "answer_too_long")
+    undecided &= answerable  # unanswerable rows were written and checked against the chunks when they were made
+    scored = undecided.copy()
+    local = pc.equal(t.column("kind"), "local").to_numpy(zero_copy_only=False)
+    fail(grounded < np.where(local, lim.min_source_support, lim.min_groundedness), "ungrounded")
+    measured = undecided.copy()
+    rel = relevance(t.column("question"), t.column("cues"), [a if m else None for a, m in zip(answers, measured.tolist())],
+                    vocab)
+    if lim.min_relevance is not None:
+        fail(rel < lim.min_relevance, "off_topic")  # NaN (nothing to match) fails nothing
+    return (pa.array(drop, pa.string()), pa.array(grounded, pa.float64(), mask=~scored),
+            pa.array(rel, pa.float64(), mask=~measured | np.isnan(rel)))
 
 
 # ---- the judge ------------------------------------------------------------------------------------
