@@ -392,7 +392,9 @@ def ingest(run: Run, rec: StageRecord) -> None:
 
     cfg = run.cfg
     ds, n_inputs = read_corpus(cfg)
-    ds = ds.map_batches(
+    # One JSONL or Parquet file decodes to one block: its signatures (the costly part) then run on
+    # one CPU unless the block is cut first.
+    ds = ds.repartition(target_num_rows_per_block=_SIGNATURE_ROWS).map_batches(
         add_signatures, fn_kwargs={"num_perm": cfg.dedup.num_perm, "shingle": cfg.dedup.shingle_words},
         batch_format="pyarrow",
     ).materialize()
@@ -426,6 +428,9 @@ def ingest(run: Run, rec: StageRecord) -> None:
         return batch.append_column("n_chars", pc.utf8_length(batch["text"]).cast(pa.int64()))
 
     rec.rows_out = run.write_table("documents", ds.map_batches(keep, batch_format="pyarrow"))
+
+
+_SIGNATURE_ROWS = 1024  # documents per signature task
 
 
 def add_signatures(batch: pa.Table, num_perm: int, shingle: int) -> pa.Table:

@@ -20,6 +20,7 @@ keep-top-fraction per kind. Every drop is counted by reason in the stage record.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,8 +269,10 @@ def dedup(rec: StageRecord, t: pa.Table, answer_threshold: float, question_thres
     row whose answer, else whose question, is near that of a row kept before it is dropped. The kept
     rows in rank order, without their answer signatures (nothing after this reads them)."""
     order = rank_order(t).to_numpy()
-    a_group, a_near = FILTER.near_pairs(sigs_of(t, "answer_sig"), answer_threshold)
-    q_group, q_near = FILTER.near_pairs(sigs_of(t, "question_sig"), question_threshold)
+    with ThreadPoolExecutor(1) as other:  # numpy's sorts release the GIL: both searches at once
+        answer_pairs = other.submit(FILTER.near_pairs, sigs_of(t, "answer_sig"), answer_threshold)
+        q_group, q_near = FILTER.near_pairs(sigs_of(t, "question_sig"), question_threshold)
+        a_group, a_near = answer_pairs.result()
     keep = np.ones(t.num_rows, bool)
     # Only rows that share a signature with, or are near, another row can be dropped: walk those alone.
     contested = _shared(a_group, a_near) | _shared(q_group, q_near)
