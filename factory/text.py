@@ -301,5 +301,11 @@ _REFUSAL = re.compile(
 )
 
 
+# Every phrase _REFUSAL finds holds one of these: letters without special case folds, and ASCII \b
+# before them where re's Unicode \b is, so Arrow's RE2 finds at least the texts re would (a column
+# is searched with it first: quality.score_batch).
+MAYBE_REFUSAL = r"\bno|n't |cannot |never |unable to "
+
+
 def is_refusal(answer: str) -> bool:
     return bool(_REFUSAL.search(answer or ""))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from factory.config import validate_config
 from factory.pipeline import StageRecord
@@ -129,6 +130,26 @@ def test_refusals_and_relevance():
     assert terms == {"quay", "road"}
     assert relevance(terms, "Tomas signed the lease on Quay Road. It rained.") == 0.5
     assert relevance(topic_terms("What are the main themes across my notes?", X.GLOBAL_FRAMING), "Anything.") is None
+
+
+def test_arrow_prefilters_find_every_text_the_python_patterns_do():
+    """score_batch runs is_refusal and clean_target's regexes only where Arrow's RE2 finds MAYBE_REFUSAL
+    and MAYBE_SCAFFOLDING: those must miss nothing that re (Unicode \\b, its case folds) would find."""
+    from factory.text import MAYBE_REFUSAL, MAYBE_SCAFFOLDING, clean_target
+
+    phrases = ["I do not know", "I don't recall", "I cannot answer", "I can't say", "I could not find", "I couldn't tell",
+               "it does not mention", "they did not include", "it doesn't contain", "we didn't say", "no information",
+               "No record", "not stated in", "not provided anywhere", "cannot be determined", "can't tell",
+               "unable to answer", "I'd rather not guess", "never comes up", "Doesn't mention", "does not come up",
+               "nothing in your notes mentions", "Nothing you wrote links", "not mentioned anywhere", "has no information"]
+    texts = [f"{pre}{p}{post}" for p in phrases for pre, post in (("", "."), ("Sadly, ", " here"), ("«", "»"))]
+    texts += [t.upper() for t in texts] + [t.replace("i", "ı").replace("I", "İ") for t in texts]
+    texts += ["éno information", "Tomas signed the lease.", "[Data: Reports (3)]", "id 0123456789abcdef0123", "(2025-02-03)"]
+    refusal = pc.match_substring_regex(pa.array(texts), MAYBE_REFUSAL, ignore_case=True).to_pylist()
+    scaffolding = pc.match_substring_regex(pa.array(texts), MAYBE_SCAFFOLDING).to_pylist()
+    assert sum(map(is_refusal, texts)) > 2 * len(phrases)  # the variants are refusals to re too
+    assert all(found for t, found in zip(texts, refusal) if is_refusal(t))
+    assert all(found for t, found in zip(texts, scaffolding) if clean_target(t) != (t.strip() or None))
 
 
 def _answered(**row) -> dict:

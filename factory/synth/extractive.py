@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from factory.text import GLOBAL_FRAMING, plain, sentence_words, stem, topic_terms
+from factory.text import GLOBAL_FRAMING, plain, sentence_words, sentences, stem, topic_terms
 from factory.voice import to_second_person
 
 # A local answer quotes at most this many sentences of its source; a global one at most this many points.
@@ -40,7 +40,7 @@ class Sentences:
     """A passage's sentences, lower-cased once, for the many focuses asked of one chunk."""
 
     def __init__(self, text: str):
-        self.sents = [s for s, _ in sentence_words(text)]
+        self.sents = sentences(text)
         self.lowered = [s.lower() for s in self.sents]
         self._plain: dict[int, str] = {}  # a sentence is quoted for many focuses: made plain once
         self._naming: dict[str, set[int]] = {}  # a name is looked up for many focuses too

@@ -33,7 +33,7 @@ from factory.engines.task import LLMTask
 from factory.pipeline import Run, StageRecord
 from factory.synth.lexical import MinHash, Vocabulary, evidence_words, relevance, support
 from factory.synth.rows import collect
-from factory.text import MAYBE_SCAFFOLDING, clean_target, is_refusal
+from factory.text import MAYBE_REFUSAL, MAYBE_SCAFFOLDING, clean_target, is_refusal
 from schemas import STRS
 
 # Error kinds the engine layer counts itself (the first word of `error`).
@@ -98,7 +98,8 @@ def score_batch(batch: pa.Table, limits: Limits, keep_evidence: bool) -> pa.Tabl
     answers, reasonings = _clean_targets(t.column("answer")), _clean_targets(t.column("reasoning"))
     answer_column = pa.array(answers, pa.string())
     vocab = Vocabulary()
-    grounded = _groundedness(answer_column, t.column("evidence"), vocab)
+    answer_words = vocab.encode(answer_column)  # for groundedness and the signatures alike
+    grounded = _groundedness(answer_words, t.column("evidence"), vocab)
     drop, groundedness, relevant = _checks(t, answers, answer_column, grounded, vocab, limits)
     t = (t.set_column(t.schema.get_field_index("answer"), "answer", answer_column)
           .set_column(t.schema.get_field_index("reasoning"), "reasoning", pa.array(reasonings, pa.string())))
@@ -107,7 +108,7 @@ def score_batch(batch: pa.Table, limits: Limits, keep_evidence: bool) -> pa.Tabl
         "relevance": relevant,
         "judge_score": pa.nulls(t.num_rows, pa.float64()),
         "drop": drop,
-        "answer_sig": _sig_array(FILTER.signatures(answer_column, vocab)),
+        "answer_sig": _sig_array(FILTER.of_words(*answer_words, t.num_rows, vocab)),
         "question_sig": _sig_array(FILTER.signatures(t.column("question"), vocab)),
     }
     for name, column in new.items():
@@ -126,14 +127,15 @@ def _sig_array(sigs: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(SIG, len(sigs), [None, pa.py_buffer(np.ascontiguousarray(sigs))])
 
 
-def _groundedness(answers: pa.Array, evidence: pa.ChunkedArray, vocab: Vocabulary) -> np.ndarray:
-    """text.support() of every answer against its evidence, for the whole batch: the distinct evidence
-    texts (a source chunk backs every question asked of it) are split into words once."""
+def _groundedness(answer_words: tuple[np.ndarray, np.ndarray], evidence: pa.ChunkedArray, vocab: Vocabulary) -> np.ndarray:
+    """text.support() of every answer (its words as `vocab` encoded them) against its evidence, for the
+    whole batch: the distinct evidence texts (a source chunk backs every question asked of it) are
+    split into words once."""
     distinct = pc.dictionary_encode(pc.fill_null(evidence, "").combine_chunks())
     number = distinct.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     row, word = vocab.encode(distinct.dictionary)
     in_evidence = evidence_words(np.arange(len(distinct.dictionary)), row, word, vocab)
-    row, word = vocab.encode(answers)
+    row, word = answer_words
     content = vocab.content[word]
     return np.round(support(row[content], word[content], number, in_evidence), 4)
 
@@ -159,8 +161,9 @@ def _checks(t: pa.Table, answers: list[str | None], answer_column: pa.Array, gro
     a_chars = pc.fill_null(pc.utf8_length(answer_column), 0).to_numpy(zero_copy_only=False)
     fail((q_chars == 0) | (a_chars == 0), "no_answer")
     answerable = ~pc.equal(t.column("kind"), "unanswerable").to_numpy(zero_copy_only=False)
-    fail(np.array([bool(u and a and is_refusal(a)) for u, a in zip((undecided & answerable).tolist(), answers)], bool),
-         "refusal")
+    maybe = pc.fill_null(pc.match_substring_regex(answer_column, MAYBE_REFUSAL, ignore_case=True), False)
+    asked = undecided & answerable & maybe.to_numpy(zero_copy_only=False)
+    fail(np.array([bool(u and is_refusal(a)) for u, a in zip(asked.tolist(), answers)], bool), "refusal")
     fail((q_chars < lim.min_question_chars) | (q_chars > lim.max_question_chars), "question_length")
     fail(a_chars < lim.min_answer_chars, "answer_too_short")
     fail(a_chars > lim.max_answer_chars, "answer_too_long")
