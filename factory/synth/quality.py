@@ -154,8 +154,8 @@ def _checks(t: pa.Table, answers: list[str | None], answer_column: pa.Array, gro
 
     errors = t.column("error")
     if errors.null_count < n:
-        kinds = np.array([e.split(":", 1)[0] if e else None for e in errors.to_pylist()], object)
-        fail(kinds != None, kinds)  # noqa: E711 (elementwise)
+        error_kinds = np.array([e.split(":", 1)[0] if e else None for e in errors.to_pylist()], object)
+        fail(error_kinds != None, error_kinds)  # noqa: E711 (elementwise)
     q_chars = pc.fill_null(pc.utf8_length(t.column("question")), 0).to_numpy(zero_copy_only=False)
     a_chars = pc.fill_null(pc.utf8_length(answer_column), 0).to_numpy(zero_copy_only=False)
     fail((q_chars == 0) | (a_chars == 0), "no_answer")
